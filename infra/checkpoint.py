@@ -1,0 +1,370 @@
+"""The ledger of a book: runs, page status per stage and every billable call, in SQLite.
+
+It is the single source of truth on disk. Every total (total_cost_usd per book, stage, run,
+model) is derived from the `calls` table by a query; nothing keeps a second copy that could
+disagree with it. One process writes (see infra/lock.py); readers open it read-only and, in
+WAL mode, never block the writer and read one consistent snapshot per report.
+
+Durability: WAL with synchronous=NORMAL. A commit survives the death of the process (the
+threat here: SIGKILL, Ctrl-C, a closed laptop lid); only an OS crash or power loss can undo
+the last commits, never corrupt the file.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.errors import ArError
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema from version i to i + 1. Append, never edit.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (
+        run_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        ended_at   REAL,
+        status     TEXT NOT NULL DEFAULT 'running',
+        pid        INTEGER,
+        command    TEXT,
+        message    TEXT
+    );
+    CREATE TABLE pages (
+        stage      TEXT NOT NULL,
+        page       INTEGER NOT NULL,
+        status     TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        error      TEXT,
+        run_id     INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (stage, page)
+    ) WITHOUT ROWID;
+    CREATE TABLE calls (
+        call_id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id             INTEGER NOT NULL,
+        stage              TEXT NOT NULL,
+        page               INTEGER,
+        model              TEXT NOT NULL,
+        attempt            INTEGER NOT NULL DEFAULT 1,
+        status             TEXT NOT NULL,
+        generation_id      TEXT,
+        prompt_tokens      INTEGER NOT NULL DEFAULT 0,
+        completion_tokens  INTEGER NOT NULL DEFAULT 0,
+        cached_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens   INTEGER NOT NULL DEFAULT 0,
+        images             INTEGER NOT NULL DEFAULT 0,
+        computed_cost_usd  REAL,
+        provider_cost_usd  REAL,
+        error              TEXT,
+        started_at         REAL NOT NULL,
+        ended_at           REAL
+    );
+    CREATE INDEX calls_pending ON calls (status) WHERE status = 'pending';
+    """,
+]
+
+# What a call cost: the provider's figure when it gave one (that is the bill), else ours.
+CALL_COST = "COALESCE(provider_cost_usd, computed_cost_usd, 0)"
+
+RUN_STATUSES = ("running", "done", "interrupted", "failed", "budget", "crashed")
+CALL_FINAL_STATUSES = ("ok", "failed", "lost", "recovered")
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    call_id: int
+    run_id: int
+    stage: str
+    page: int | None
+    model: str
+    generation_id: str | None
+
+
+class LedgerError(ArError):
+    pass
+
+
+class Ledger:
+    """One book's checkpoint.db. Use `open_writer` (after taking the book's lock) or `open_reader`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self._db = conn
+        self.path = path
+
+    # ---- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open_writer(cls, path: Path) -> Ledger:
+        conn = _connect(path, read_only=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            _migrate(conn, path)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise _unreadable(path, e) from None
+        return cls(conn, path)
+
+    @classmethod
+    def open_reader(cls, path: Path) -> Ledger | None:
+        """Read-only view; None when the book was never processed (no ledger yet)."""
+        if not path.exists():
+            return None
+        conn = _connect(path, read_only=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise _unreadable(path, e) from None
+        _check_version(version, path)
+        if version == 0:  # created but not yet initialised by a writer
+            conn.close()
+            return None
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run several queries against one consistent state of the ledger."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    # ---- meta ----------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # ---- runs ----------------------------------------------------------------------
+
+    def start_run(self, pid: int, command: str) -> int:
+        """Open a run. Runs still marked running belong to a writer that died: close them."""
+        now = time.time()
+        self._db.execute(
+            "UPDATE runs SET status = 'crashed', ended_at = COALESCE("
+            "(SELECT MAX(COALESCE(ended_at, started_at)) FROM calls WHERE calls.run_id = runs.run_id),"
+            " started_at) WHERE status = 'running'"
+        )
+        cur = self._db.execute(
+            "INSERT INTO runs (started_at, status, pid, command) VALUES (?, 'running', ?, ?)",
+            (now, pid, command),
+        )
+        return cur.lastrowid
+
+    def end_run(self, run_id: int, status: str, message: str | None = None) -> None:
+        assert status in RUN_STATUSES, status
+        self._db.execute(
+            "UPDATE runs SET status = ?, ended_at = ?, message = ? WHERE run_id = ?",
+            (status, time.time(), message, run_id),
+        )
+
+    def runs(self) -> list[dict]:
+        rows = self._db.execute(
+            f"SELECT r.run_id, r.started_at, r.ended_at, r.status, r.pid, r.message,"
+            f" COALESCE(SUM({CALL_COST}), 0), COUNT(c.call_id)"
+            f" FROM runs r LEFT JOIN calls c ON c.run_id = r.run_id"
+            f" GROUP BY r.run_id ORDER BY r.run_id"
+        ).fetchall()
+        keys = ("run_id", "started_at", "ended_at", "status", "pid", "message", "cost_usd", "calls")
+        return [dict(zip(keys, row)) for row in rows]
+
+    # ---- pages ---------------------------------------------------------------------
+
+    def done_pages(self, stage: str) -> set[int]:
+        rows = self._db.execute(
+            "SELECT page FROM pages WHERE stage = ? AND status = 'done'", (stage,)
+        )
+        return {r[0] for r in rows}
+
+    def page_status(self, stage: str, page: int) -> str | None:
+        row = self._db.execute(
+            "SELECT status FROM pages WHERE stage = ? AND page = ?", (stage, page)
+        ).fetchone()
+        return row[0] if row else None
+
+    def mark_done(self, stage: str, page: int, run_id: int) -> None:
+        """O(1) in the size of the book: one upsert on the (stage, page) key."""
+        self._set_page(stage, page, run_id, "done", None)
+
+    def mark_failed(self, stage: str, page: int, run_id: int, error: str) -> None:
+        self._set_page(stage, page, run_id, "failed", error)
+
+    def _set_page(self, stage: str, page: int, run_id: int, status: str, error: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO pages (stage, page, status, attempts, error, run_id, updated_at)"
+            " VALUES (?, ?, ?, 1, ?, ?, ?)"
+            " ON CONFLICT (stage, page) DO UPDATE SET status = excluded.status,"
+            " attempts = attempts + 1, error = excluded.error, run_id = excluded.run_id,"
+            " updated_at = excluded.updated_at",
+            (stage, page, status, error, run_id, time.time()),
+        )
+
+    def clear_stage(self, stage: str) -> int:
+        """Forget a stage's page status (its outputs are being removed). Costs stay."""
+        return self._db.execute("DELETE FROM pages WHERE stage = ?", (stage,)).rowcount
+
+    def failed_pages(self, stage: str) -> dict[int, str]:
+        rows = self._db.execute(
+            "SELECT page, error FROM pages WHERE stage = ? AND status = 'failed'", (stage,)
+        )
+        return dict(rows.fetchall())
+
+    # ---- calls: what the LLM client reports, attempt by attempt ---------------------
+
+    def begin_call(self, run_id: int, stage: str, page: int | None, model: str, attempt: int) -> int:
+        """Record a call as pending before it is sent (DESIGN.md, invariant 1)."""
+        cur = self._db.execute(
+            "INSERT INTO calls (run_id, stage, page, model, attempt, status, started_at)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (run_id, stage, page, model, attempt, time.time()),
+        )
+        return cur.lastrowid
+
+    def set_generation_id(self, call_id: int, generation_id: str) -> None:
+        self._db.execute(
+            "UPDATE calls SET generation_id = ? WHERE call_id = ?", (generation_id, call_id)
+        )
+
+    def finish_call(
+        self,
+        call_id: int,
+        status: str,
+        usage=None,
+        computed_cost: float | None = None,
+        provider_cost: float | None = None,
+        error: str | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        """Close a call with what it cost. `usage` has the token counts (infra.pricing.Usage)."""
+        assert status in CALL_FINAL_STATUSES, status
+        tokens = _token_columns(usage)
+        self._db.execute(
+            "UPDATE calls SET status = ?, prompt_tokens = ?, completion_tokens = ?,"
+            " cached_tokens = ?, cache_write_tokens = ?, reasoning_tokens = ?, images = ?,"
+            " computed_cost_usd = ?, provider_cost_usd = ?, error = ?,"
+            " generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ?",
+            (status, *tokens, computed_cost, provider_cost, error, generation_id, time.time(), call_id),
+        )
+
+    def pending_calls(self) -> list[PendingCall]:
+        rows = self._db.execute(
+            "SELECT call_id, run_id, stage, page, model, generation_id FROM calls"
+            " WHERE status = 'pending' ORDER BY call_id"
+        )
+        return [PendingCall(*r) for r in rows]
+
+    def calls_with_generation(self) -> list[dict]:
+        rows = self._db.execute(
+            f"SELECT call_id, generation_id, model, {CALL_COST} FROM calls"
+            " WHERE generation_id IS NOT NULL AND status != 'pending' ORDER BY call_id"
+        )
+        return [dict(zip(("call_id", "generation_id", "model", "cost_usd"), r)) for r in rows]
+
+    # ---- totals: always derived from `calls` ---------------------------------------
+
+    def total_cost(self) -> float:
+        return self._db.execute(f"SELECT COALESCE(SUM({CALL_COST}), 0) FROM calls").fetchone()[0]
+
+    def stage_cost(self, stage: str) -> float:
+        return self._db.execute(
+            f"SELECT COALESCE(SUM({CALL_COST}), 0) FROM calls WHERE stage = ?", (stage,)
+        ).fetchone()[0]
+
+    def page_counts(self) -> dict[str, dict[str, int]]:
+        """Per stage: how many pages are done and failed."""
+        out: dict[str, dict[str, int]] = {}
+        for stage, status, n in self._db.execute(
+            "SELECT stage, status, COUNT(*) FROM pages GROUP BY stage, status"
+        ):
+            out.setdefault(stage, {"done": 0, "failed": 0})[status] = n
+        return out
+
+    def costs_by(self, column: str) -> dict[str, dict]:
+        """Calls, failed attempts, tokens and cost grouped by stage, model or run_id."""
+        assert column in ("stage", "model", "run_id"), column
+        rows = self._db.execute(
+            f"SELECT {column}, COUNT(*), SUM(status IN ('failed')),"
+            f" SUM(CASE WHEN status = 'failed' THEN {CALL_COST} ELSE 0 END),"
+            f" SUM(prompt_tokens), SUM(cached_tokens), SUM(cache_write_tokens),"
+            f" SUM(completion_tokens), SUM(reasoning_tokens),"
+            f" SUM({CALL_COST}), SUM(computed_cost_usd), SUM(provider_cost_usd),"
+            f" SUM(status = 'pending'), COUNT(DISTINCT page)"
+            f" FROM calls GROUP BY {column} ORDER BY {column}"
+        ).fetchall()
+        keys = (
+            "calls", "failed_calls", "failed_cost_usd", "prompt_tokens", "cached_tokens",
+            "cache_write_tokens", "completion_tokens", "reasoning_tokens", "cost_usd",
+            "computed_cost_usd", "provider_cost_usd", "pending_calls", "pages",
+        )
+        return {str(row[0]): {k: (v or 0) for k, v in zip(keys, row[1:])} for row in rows}
+
+
+def _token_columns(usage) -> tuple[int, ...]:
+    names = ("prompt_tokens", "completion_tokens", "cached_tokens",
+             "cache_write_tokens", "reasoning_tokens", "images")
+    return tuple(int(getattr(usage, n, 0) or 0) for n in names) if usage else (0,) * len(names)
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    # isolation_level=None: autocommit, every statement is its own transaction unless a
+    # snapshot() groups them; so each record is durable the moment its call returns.
+    uri = f"file:{path}?mode=ro" if read_only else f"file:{path}?mode=rwc"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise LedgerError(f"checkpoint {path} cannot be opened: {e}") from None
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"checkpoint {path} has schema version {version}, newer than this ar knows "
+            f"({SCHEMA_VERSION}): upgrade ar to read it"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    _check_version(version, path)
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _unreadable(path: Path, error: Exception) -> LedgerError:
+    return LedgerError(
+        f"checkpoint {path} cannot be read ({error}); it was left untouched: "
+        "restore it from a backup, or move it aside to start the book's ledger anew"
+    )

@@ -1,0 +1,46 @@
+"""Configuration: environment variables, then a `.env` file in the current directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra.errors import UsageError
+
+OPENROUTER_URL = "https://openrouter.ai/api/v1"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    api_key: SecretStr | None = Field(None, validation_alias=_env("OPENROUTER_API_KEY"))
+    base_url: str = Field(OPENROUTER_URL, validation_alias=_env("OPENROUTER_BASE_URL"))
+    books_dir: Path = Field(Path("books"), validation_alias=_env("AR_BOOKS_DIR"))
+    workers: int = Field(32, ge=1, le=1024, validation_alias=_env("AR_WORKERS"))
+    correct_model: str = Field("google/gemini-2.5-flash", validation_alias=_env("AR_CORRECT_MODEL"))
+    fix_model: str = Field("anthropic/claude-sonnet-4.5", validation_alias=_env("AR_FIX_MODEL"))
+    timeout_s: float = Field(120.0, gt=0, validation_alias=_env("AR_TIMEOUT"))
+    max_retries: int = Field(6, ge=0, le=50, validation_alias=_env("AR_MAX_RETRIES"))
+    # 0: no limit of our own; the provider's 429s (and Retry-After) set the pace.
+    requests_per_minute: float = Field(0, ge=0, validation_alias=_env("AR_RPM"))
+    budget_usd: float | None = Field(None, gt=0, validation_alias=_env("AR_BUDGET_USD"))
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment and .env; a bad value is a one-line usage error."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UsageError(f"bad configuration {where}: {first['msg']}") from None

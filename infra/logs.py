@@ -1,0 +1,67 @@
+"""Structured logs: one JSON-lines file per run in books/<id>/logs/, secrets redacted."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Whatever else goes wrong, this value is masked in every log record."""
+    if value and len(value) >= 8:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+class _Redacting(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_console(verbose: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Redacting("ar: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root = logging.getLogger("ar")
+    root.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+
+
+def open_run_log(logs_dir: Path, run_id: int) -> logging.Handler:
+    """Send the `ar` loggers to books/<id>/logs/run-NNNN-<time>.jsonl for this run."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    handler = logging.FileHandler(logs_dir / f"run-{run_id:04d}-{stamp}.jsonl", encoding="utf-8")
+    handler.setFormatter(_JsonLines())
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("ar")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return handler
+
+
+def close_run_log(handler: logging.Handler) -> None:
+    logging.getLogger("ar").removeHandler(handler)
+    handler.close()
+
+
+def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields) -> None:
+    logger.log(level, msg, extra={"fields": fields})

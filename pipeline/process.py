@@ -1,0 +1,110 @@
+"""`ar.py process BOOK`: one run of a book's pipeline, under the book's writer lock.
+
+The run is opened in the ledger first and closed however it ends (done, failed,
+interrupted, budget); a SIGKILL leaves it 'running', and the next run marks it crashed.
+First Ctrl-C or SIGTERM: stop dispatching, let in-flight pages finish, exit 130.
+Second: close the run and exit at once (the ledger is consistent after every commit).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+
+from infra.books import Book
+from infra.checkpoint import Ledger
+from infra.errors import EXIT_INTERRUPTED, ArError
+from infra.lock import WriterLock
+from infra.logs import close_run_log, log_event, open_run_log
+from pipeline.runner import Outcome, Pipeline
+from pipeline.stage import RunContext, Stage
+
+log = logging.getLogger("ar.process")
+
+StageFactory = Callable[[RunContext], Stage]
+
+
+def clean_stage(book: Book, ledger: Ledger, stage: str) -> int:
+    """Remove a stage's outputs and page status; every recorded cost stays."""
+    removed = 0
+    out_dir = book.stage_dir(stage)
+    if out_dir.is_dir():
+        for f in out_dir.iterdir():
+            f.unlink()
+            removed += 1
+    ledger.clear_stage(stage)
+    return removed
+
+
+def process_book(
+    book: Book,
+    stages: list[tuple[str, StageFactory]],
+    order: list[str],
+    workers: int,
+    options: dict | None = None,
+    fresh: bool = False,
+    on_progress=None,
+    before_run=None,
+) -> Outcome:
+    """Run the selected `stages` (name, factory) of `order` on `book`; returns the outcome.
+
+    `before_run(ctx)` runs first, inside the run (e.g. to resolve calls a crash left pending).
+    """
+    with WriterLock(book.lock_path, book.id):
+        ledger = Ledger.open_writer(book.ledger_path)
+        run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
+        handler = open_run_log(book.logs_dir, run_id)
+        log_event(log, "run started", run_id=run_id, book=book.id, stages=[n for n, _ in stages])
+        outcome = Outcome(status="failed", exit_code=1)
+        try:
+            if fresh:
+                for name, _ in stages:
+                    clean_stage(book, ledger, name)
+            ctx = RunContext(book=book, ledger=ledger, run_id=run_id, workers=workers,
+                             options=options or {})
+            outcome = asyncio.run(_run(ctx, stages, order, on_progress, before_run))
+        except ArError as e:
+            outcome = Outcome(status="failed", exit_code=e.exit_code, message=str(e))
+            raise
+        except BaseException as e:
+            outcome = Outcome(status="failed", exit_code=1, message=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            ledger.end_run(run_id, outcome.status, outcome.message or None)
+            log_event(log, "run ended", run_id=run_id, status=outcome.status,
+                      message=outcome.message, total_cost_usd=ledger.total_cost())
+            close_run_log(handler)
+            ledger.close()
+    return outcome
+
+
+async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outcome:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if ctx.stopping.is_set():  # the second one: leave now, the ledger is consistent
+            ctx.ledger.end_run(ctx.run_id, "interrupted", "stopped at once by a second signal")
+            os._exit(EXIT_INTERRUPTED)
+        ctx.stopping.set()
+        print(f"\nar: {signal.Signals(signum).name}: finishing the pages in flight "
+              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    built: list[Stage] = []
+    try:
+        if before_run is not None:
+            await before_run(ctx)
+        built = [factory(ctx) for _, factory in stages]
+        pipeline = Pipeline(ctx, built, order, on_progress)
+        pages = list(range(1, ctx.book.page_count() + 1))
+        return await pipeline.run(pages)
+    finally:
+        for stage in built:
+            stage.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,76 @@
+"""Human-readable forms of the reports (their --json forms are the dicts themselves)."""
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from infra.books import Book
+
+console = Console(highlight=False)
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def status(r: dict) -> None:
+    console.print(f"[bold]{r['book']}[/]: {r['pages']} pages, {r['state']}, "
+                  f"total cost {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+    t = Table("stage", "done", "total", "failed", "calls", "cost")
+    for name, s in r["stages"].items():
+        t.add_row(name, str(s["done"]), str(s["total"]), str(s["failed"] or ""),
+                  str(s["calls"]), _usd(s["cost_usd"]))
+    console.print(t)
+
+
+def library(r: dict) -> None:
+    t = Table("book", "pages", "state", "cost", title=f"library {r['books_dir']}")
+    for b in r["books"]:
+        t.add_row(b["book"], str(b["pages"]), b["state"], _usd(b["total_cost_usd"]))
+    t.add_section()
+    t.add_row("total", str(r["total_pages"]), f"{len(r['books'])} books", _usd(r["total_cost_usd"]))
+    console.print(t)
+
+
+def _breakdown(title: str, rows: dict) -> Table:
+    t = Table(title, "calls", "failed", "failed $", "prompt", "cached", "completion",
+              "reasoning", "cost", title_justify="left")
+    for key, m in rows.items():
+        t.add_row(key, str(m["calls"]), str(m["failed_calls"]), _usd(m["failed_cost_usd"]),
+                  f"{m['prompt_tokens']:,}", f"{m['cached_tokens']:,}", f"{m['completion_tokens']:,}",
+                  f"{m['reasoning_tokens']:,}", _usd(m["cost_usd"]))
+    return t
+
+
+def cost(r: dict) -> None:
+    console.print(f"[bold]{r['book']}[/]: total {_usd(r['total_cost_usd'])} "
+                  f"({r['pages']} pages, {_usd(r.get('cost_per_page_usd', 0.0))} per page); "
+                  f"provider-reported {_usd(r['provider_cost_usd'])}, computed {_usd(r['computed_cost_usd'])}")
+    console.print(_breakdown("stage", r["stages"]))
+    console.print(_breakdown("model", r["models"]))
+    t = Table("run", "started", "ended", "status", "calls", "cost", title_justify="left")
+    for run in r["runs"]:
+        t.add_row(str(run["run_id"]), _when(run["started_at"]), _when(run["ended_at"]),
+                  run["status"], str(run["calls"]), _usd(run["cost_usd"]))
+    console.print(t)
+
+
+def process_summary(r: dict, book: Book) -> None:
+    outcome = r["outcome"]
+    if outcome["status"] == "done":
+        if outcome["pages_processed"] == 0:
+            console.print(f"book {r['book']!r} is done: nothing to do.")
+        else:
+            console.print(f"book {r['book']!r} done.")
+        if (book.root / "book.md").exists():
+            console.print(f"  text:        {book.root / 'book.md'}")
+            console.print(f"  cost report: {book.root / 'cost_report.json'}")
+    else:
+        console.print(f"{outcome['status']}: {outcome['message']}")
+    console.print(f"  total cost:  {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")

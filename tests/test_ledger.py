@@ -1,0 +1,121 @@
+import sqlite3
+
+import pytest
+
+from infra.checkpoint import SCHEMA_VERSION, Ledger, LedgerError
+from infra.pricing import Usage
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = Ledger.open_writer(tmp_path / "checkpoint.db")
+    yield led
+    led.close()
+
+
+def test_new_ledger_is_wal_with_current_schema(ledger, tmp_path):
+    conn = sqlite3.connect(tmp_path / "checkpoint.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_totals_are_derived_from_calls_provider_cost_first(ledger):
+    run = ledger.start_run(1, "test")
+    a = ledger.begin_call(run, "correct", 1, "m/a", 1)
+    ledger.finish_call(a, "ok", Usage(prompt_tokens=100, completion_tokens=10), computed_cost=0.010, provider_cost=0.011)
+    b = ledger.begin_call(run, "correct", 2, "m/a", 1)
+    ledger.finish_call(b, "failed", Usage(prompt_tokens=50), computed_cost=0.002, error="boom")
+    c = ledger.begin_call(run, "fix", 2, "m/b", 1)
+    ledger.finish_call(c, "ok", computed_cost=0.5)
+    assert ledger.total_cost() == pytest.approx(0.011 + 0.002 + 0.5)
+    assert ledger.stage_cost("correct") == pytest.approx(0.013)
+    models = ledger.costs_by("model")
+    assert models["m/a"]["calls"] == 2 and models["m/a"]["failed_calls"] == 1
+    assert models["m/a"]["failed_cost_usd"] == pytest.approx(0.002)
+    assert models["m/a"]["prompt_tokens"] == 150
+    assert ledger.runs()[0]["cost_usd"] == pytest.approx(0.513)
+
+
+def test_pending_call_is_recorded_before_it_finishes(ledger):
+    run = ledger.start_run(1, "test")
+    call = ledger.begin_call(run, "correct", 3, "m/a", 1)
+    ledger.set_generation_id(call, "gen-1")
+    pending = ledger.pending_calls()
+    assert [(p.call_id, p.generation_id, p.page) for p in pending] == [(call, "gen-1", 3)]
+    ledger.finish_call(call, "recovered", provider_cost=0.25)
+    assert ledger.pending_calls() == []
+    assert ledger.total_cost() == 0.25
+
+
+def test_clear_stage_forgets_pages_but_keeps_costs(ledger):
+    run = ledger.start_run(1, "test")
+    for page in (1, 2):
+        call = ledger.begin_call(run, "correct", page, "m/a", 1)
+        ledger.finish_call(call, "ok", computed_cost=0.1)
+        ledger.mark_done("correct", page, run)
+    assert ledger.done_pages("correct") == {1, 2}
+    ledger.clear_stage("correct")
+    assert ledger.done_pages("correct") == set()
+    assert ledger.total_cost() == pytest.approx(0.2)
+
+
+def test_attempts_count_each_try(ledger):
+    run = ledger.start_run(1, "test")
+    ledger.mark_failed("ocr", 7, run, "tesseract died")
+    assert ledger.failed_pages("ocr") == {7: "tesseract died"}
+    ledger.mark_done("ocr", 7, run)
+    row = ledger._db.execute("SELECT status, attempts, error FROM pages WHERE page = 7").fetchone()
+    assert row == ("done", 2, None)
+
+
+def test_a_new_run_closes_runs_left_running_as_crashed(ledger):
+    first = ledger.start_run(1, "test")
+    second = ledger.start_run(2, "test")
+    runs = {r["run_id"]: r for r in ledger.runs()}
+    assert runs[first]["status"] == "crashed" and runs[first]["ended_at"] is not None
+    assert runs[second]["status"] == "running"
+
+
+def test_reader_of_a_missing_ledger_creates_nothing(tmp_path):
+    assert Ledger.open_reader(tmp_path / "checkpoint.db") is None
+    assert not (tmp_path / "checkpoint.db").exists()
+
+
+def test_reader_cannot_write(ledger, tmp_path):
+    reader = Ledger.open_reader(tmp_path / "checkpoint.db")
+    with pytest.raises(sqlite3.OperationalError):
+        reader.start_run(1, "x")
+    reader.close()
+
+
+def test_corrupt_checkpoint_is_reported_and_left_untouched(tmp_path):
+    path = tmp_path / "checkpoint.db"
+    junk = b"this is not a database" * 100
+    path.write_bytes(junk)
+    with pytest.raises(LedgerError, match="cannot be read") as err:
+        Ledger.open_writer(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(LedgerError, match="cannot be read"):
+        Ledger.open_reader(path)
+    assert path.read_bytes() == junk
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    for opener in (Ledger.open_writer, Ledger.open_reader):
+        with pytest.raises(LedgerError, match="newer than this ar knows"):
+            opener(path)
+
+
+def test_reopening_keeps_everything(tmp_path):
+    path = tmp_path / "checkpoint.db"
+    led = Ledger.open_writer(path)
+    run = led.start_run(1, "t")
+    led.finish_call(led.begin_call(run, "s", 1, "m", 1), "ok", computed_cost=1.5)
+    led.close()
+    again = Ledger.open_writer(path)
+    assert again.total_cost() == 1.5
+    again.close()
