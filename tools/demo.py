@@ -1,0 +1,66 @@
+"""`make demo`: the main job end to end, offline.
+
+Makes the sample book's page images, starts the local OpenRouter-compatible server on a
+free port, runs `ar.py process sample` against it, shows where the results are, what they
+cost and how good they are, and stops the server. A second run finds the book done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "books" / "sample"
+DEMO_KEY = "sk-or-demo-local-key"  # the local server's key; never a real one
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.openrouter_sim", "--port", "0", "--latency-ms", "300",
+         "--jitter-ms", "200", "--api-key", DEMO_KEY],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        sys.exit(f"demo: the local server did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
+def quality_report() -> None:
+    from pipeline.quality import cer
+
+    truth = sorted((BOOK / "truth").glob("page_*.txt"))
+    rows = []
+    for stage, folder in (("ocr", "ocr"), ("correct", "corrected"), ("fix", "fixed")):
+        pairs = [(json.loads((BOOK / folder / f"{t.stem}.json").read_text())["text"], t.read_text())
+                 for t in truth]
+        chars = sum(len(ref) for _, ref in pairs)
+        rows.append((stage, sum(cer(hyp, ref) * len(ref) for hyp, ref in pairs) / chars))
+    print("character error rate against the true text: "
+          + ", ".join(f"after {stage} {rate:.2%}" for stage, rate in rows))
+
+
+def main() -> int:
+    subprocess.run([sys.executable, "-m", "tools.make_sample"], cwd=ROOT, check=True)
+    server, url = start_server()
+    print(f"demo: local OpenRouter-compatible server at {url}")
+    try:
+        env = dict(os.environ, OPENROUTER_BASE_URL=url, OPENROUTER_API_KEY=DEMO_KEY,
+                   AR_BOOKS_DIR=str(ROOT / "books"))
+        code = subprocess.run([sys.executable, str(ROOT / "ar.py"), "process", "sample"],
+                              cwd=ROOT, env=env).returncode
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    if code != 0:
+        return code
+    quality_report()
+    print(f"see the cost report with: python ar.py cost sample   (or {BOOK / 'cost_report.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
