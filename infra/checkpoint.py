@@ -256,8 +256,10 @@ class Ledger:
         provider_cost: float | None = None,
         error: str | None = None,
         generation_id: str | None = None,
-    ) -> None:
-        """Close a call with what it cost. `usage` has the token counts (infra.pricing.Usage)."""
+    ) -> float:
+        """Close a call with what it cost; returns the cost as the ledger counts it (CALL_COST).
+
+        `usage` has the token counts (infra.pricing.Usage)."""
         assert status in CALL_FINAL_STATUSES, status
         tokens = _token_columns(usage)
         self._db.execute(
@@ -267,6 +269,7 @@ class Ledger:
             " generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ?",
             (status, *tokens, computed_cost, provider_cost, error, generation_id, time.time(), call_id),
         )
+        return provider_cost if provider_cost is not None else (computed_cost or 0.0)
 
     def pending_calls(self) -> list[PendingCall]:
         rows = self._db.execute(

@@ -1,0 +1,383 @@
+"""LLMClient: one chat call to OpenRouter (or any OpenAI-compatible endpoint) = (response, usage, cost).
+
+Every attempt goes through a CallRecorder, in the order that keeps the ledger equal to the
+bill (DESIGN.md, invariants 1 and 2): recorded as pending before it is sent; its generation
+id recorded the moment the first streamed chunk brings it; its cost the moment its usage
+arrives, before anything else is done with the answer. Failed attempts are billed too, so
+they are recorded too. The client computes costs; it does not accumulate them.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import httpx
+from pydantic import BaseModel, SecretStr, ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from infra.errors import ArError
+from infra.logs import log_event, register_secret
+from infra.pricing import CostCalculator, PricingCache, Usage
+
+log = logging.getLogger("ar.llm")
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+# Provider cost and our own may differ by float rounding; more than this is worth a log line.
+COST_TOLERANCE = 1e-9
+
+
+class CallRecorder(Protocol):
+    """Where each attempt is reported (a stage gives one per page; see pipeline/llm_stage.py)."""
+
+    def begin(self, model: str, attempt: int) -> int: ...
+    def generation(self, handle: int, generation_id: str) -> None: ...
+    def finish(self, handle: int, status: str, usage: Usage | None, computed: float | None,
+               provider: float | None, error: str | None, generation_id: str | None) -> float: ...
+
+
+# ---- errors: what went wrong, said plainly; the key never in them -----------------------
+
+class LLMError(ArError):
+    """A call failed for good (after any retries); the page cannot be done now."""
+
+
+class RetryableError(LLMError):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FatalLLMError(LLMError):
+    """Nothing else will work either in this run: bad key (401/403) or out of credits (402)."""
+
+
+class InvalidAnswer(LLMError):
+    """The model's answer did not validate against the schema, after the allowed retries."""
+
+
+@dataclass(frozen=True)
+class Result:
+    response: BaseModel | str
+    usage: Usage
+    cost: float  # of every attempt this call took, failed ones included
+
+
+def image_part(path: Path) -> dict:
+    """A page scan as a base64 data URL, for vision models."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+
+
+def _provider_message(response: httpx.Response, body: bytes) -> str:
+    try:
+        err = json.loads(body).get("error") or {}
+        message = err.get("message") or body.decode(errors="replace")[:200]
+    except (ValueError, AttributeError):
+        message = body.decode(errors="replace")[:200] or response.reason_phrase
+    return f"HTTP {response.status_code}: {message}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class _Pacer:
+    """At most `per_minute` request starts a minute (0: no limit of our own)."""
+
+    def __init__(self, per_minute: float):
+        self.interval = 60.0 / per_minute if per_minute else 0.0
+        self.next_start = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            if self.next_start > now:
+                await asyncio.sleep(self.next_start - now)
+            self.next_start = max(now, self.next_start) + self.interval
+
+
+class LLMClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | None,
+        pricing: PricingCache,
+        *,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        max_invalid_answers: int = 2,
+        concurrency: int = 32,
+        requests_per_minute: float = 0,
+        backoff_cap: float = 30.0,
+        resolve_timeout: float = 60.0,
+    ):
+        if api_key is None or not api_key.get_secret_value().strip():
+            raise FatalLLMError("no API key: set OPENROUTER_API_KEY in the environment or in .env")
+        register_secret(api_key.get_secret_value())
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self.pricing = pricing
+        self.costs = CostCalculator(pricing)
+        self.max_retries = max_retries
+        self.max_invalid_answers = max_invalid_answers
+        self.backoff_cap = backoff_cap
+        self.resolve_timeout = resolve_timeout
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pacer = _Pacer(requests_per_minute)
+        self._late: set[asyncio.Task] = set()
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+
+    def __repr__(self) -> str:
+        return f"LLMClient({self.base_url!r})"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._key.get_secret_value()}", "X-Title": "ar"}
+
+    async def aclose(self) -> None:
+        if self._late:
+            await asyncio.gather(*self._late, return_exceptions=True)
+        await self._http.aclose()
+
+    # ---- the call ------------------------------------------------------------------
+
+    async def call(
+        self,
+        model: str,
+        messages: list[dict],
+        recorder: CallRecorder,
+        schema: type[Answer] | None = None,
+        max_tokens: int = 4096,
+    ) -> Result:
+        """Send one chat request; retry what is worth retrying; validate against `schema`."""
+        self.pricing.get(model)  # an unpriced model is an error before any call, never $0
+        body: dict = {"model": model, "messages": list(messages), "max_tokens": max_tokens,
+                      "stream": True, "usage": {"include": True},
+                      "stream_options": {"include_usage": True}}
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": schema.__name__, "strict": True, "schema": schema.model_json_schema()}}
+        spent = 0.0
+        attempt = 0
+        for invalid in range(self.max_invalid_answers + 1):
+            text, usage, cost, attempt = await self._with_retries(body, recorder, attempt)
+            spent += cost
+            if schema is None:
+                return Result(text, usage, spent)
+            try:
+                return Result(schema.model_validate_json(_strip_fences(text)), usage, spent)
+            except ValidationError as e:
+                problem = _first_error(e)
+                log_event(log, "invalid answer", logging.WARNING, model=model, error=problem)
+                if invalid == self.max_invalid_answers:
+                    raise InvalidAnswer(f"{model}: answer did not match the schema "
+                                        f"after {invalid + 1} tries: {problem}") from None
+                body["messages"] = list(messages) + [
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": f"That answer is not valid: {problem}. "
+                                                "Answer again with only the JSON object the schema asks for."},
+                ]
+        raise AssertionError("unreachable")
+
+    async def _with_retries(self, body, recorder, attempt):
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            reraise=True,
+        )
+        async for try_ in retrying:
+            with try_:
+                attempt += 1
+                text, usage, cost = await self._attempt(body, recorder, attempt)
+                return text, usage, cost, attempt
+        raise AssertionError("unreachable")
+
+    def _wait(self, state) -> float:
+        """Retry-After when the provider gives one, else exponential backoff with full jitter."""
+        error = state.outcome.exception()
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return min(error.retry_after, self.backoff_cap)
+        return random.uniform(0, min(self.backoff_cap, 0.25 * 2 ** state.attempt_number))
+
+    async def _attempt(self, body: dict, recorder: CallRecorder, attempt: int) -> tuple[str, Usage, float]:
+        model = body["model"]
+        async with self._slots:
+            await self._pacer.wait()
+            handle = recorder.begin(model, attempt)  # pending before a byte is sent
+            generation_id: str | None = None
+            parts: list[str] = []
+            try:
+                async with self._http.stream("POST", f"{self.base_url}/chat/completions",
+                                             json=body, headers=self._headers()) as response:
+                    if response.status_code != 200:
+                        self._fail_http(response, await response.aread(), recorder, handle)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue  # SSE comments (": OPENROUTER PROCESSING") and blank lines
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        chunk = json.loads(data)
+                        if generation_id is None and chunk.get("id"):
+                            generation_id = chunk["id"]
+                            recorder.generation(handle, generation_id)
+                        for choice in chunk.get("choices") or ():
+                            parts.append((choice.get("delta") or {}).get("content") or "")
+                        if chunk.get("usage"):
+                            usage = Usage.from_openrouter(chunk["usage"], images=_images(body))
+                            return self._settle(model, usage, chunk, parts, recorder, handle, generation_id)
+                        if chunk.get("error"):
+                            # an error without usage: the provider's record says what it billed
+                            raise self._cut(recorder, handle, generation_id,
+                                            f"error during generation: {chunk['error'].get('message')}")
+                raise self._cut(recorder, handle, generation_id, "stream ended without usage")
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                raise self._cut(recorder, handle, generation_id, f"{type(e).__name__}: {e}".rstrip(": ")) from None
+            except json.JSONDecodeError as e:
+                raise self._cut(recorder, handle, generation_id, f"malformed stream chunk: {e}") from None
+            except asyncio.CancelledError:
+                self._cut(recorder, handle, generation_id, "cancelled")
+                raise
+
+    def _settle(self, model, usage, chunk, parts, recorder, handle, generation_id):
+        """The usage has arrived: record its cost first, then look at the answer."""
+        computed = self.costs.cost(model, usage)
+        provider = usage.cost
+        error = chunk.get("error")
+        status = "failed" if error else "ok"
+        message = f"error during generation: {error.get('message')}" if error else None
+        recorded = recorder.finish(handle, status, usage, computed, provider, message, generation_id)
+        if provider is not None and abs(provider - computed) > COST_TOLERANCE + 1e-6 * abs(provider):
+            log_event(log, "provider cost differs from computed cost", logging.WARNING, model=model,
+                      generation_id=generation_id, provider_cost=provider, computed_cost=computed)
+        if error:  # HTTP 200 with an error body: billed, failed, worth another try
+            raise RetryableError(f"{model}: {message}")
+        return "".join(parts), usage, recorded
+
+    def _fail_http(self, response: httpx.Response, body: bytes, recorder, handle) -> None:
+        """A non-200 answer: nothing was generated, so nothing was billed."""
+        message = _provider_message(response, body)
+        recorder.finish(handle, "failed", None, 0.0, None, message, None)
+        status = response.status_code
+        if status == 429 or status == 408 or status >= 500:
+            raise RetryableError(message, _retry_after(response))
+        if status == 402:
+            raise FatalLLMError(f"out of credits at {self.base_url} ({message}): add credits, then run again")
+        if status in (401, 403):
+            raise FatalLLMError(f"the provider refused the API key ({message}): check OPENROUTER_API_KEY")
+        raise LLMError(message)
+
+    def _cut(self, recorder, handle, generation_id, message) -> RetryableError:
+        """The attempt ended before its usage arrived. Without an id nothing was generated,
+        so nothing billed; with one, the provider may have billed a part: ask it (later)."""
+        if generation_id is None:
+            recorder.finish(handle, "failed", None, 0.0, None, message, None)
+        else:
+            task = asyncio.get_running_loop().create_task(
+                self._settle_from_provider(recorder, handle, generation_id, message))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        return RetryableError(message)
+
+    async def _settle_from_provider(self, recorder, handle, generation_id, message) -> None:
+        stats = await self.generation_stats(generation_id)
+        if stats is None:
+            return  # stays pending in the ledger; the next run resolves it
+        usage, cost = stats
+        recorder.finish(handle, "failed", usage, None, cost, message, generation_id)
+
+    # ---- after a crash ---------------------------------------------------------------
+
+    async def generation_stats(self, generation_id: str) -> tuple[Usage, float] | None:
+        """What the provider billed for a generation; None if it still does not know it.
+
+        Stats appear a moment after a generation ends: 404 means "not yet", so ask again.
+        """
+        deadline = time.monotonic() + self.resolve_timeout
+        delay = 0.1
+        while True:
+            try:
+                r = await self._http.get(f"{self.base_url}/generation", params={"id": generation_id},
+                                         headers=self._headers())
+            except httpx.TransportError:
+                r = None
+            if r is not None and r.status_code == 200:
+                data = r.json()["data"]
+                usage = Usage(
+                    prompt_tokens=data.get("native_tokens_prompt") or data.get("tokens_prompt") or 0,
+                    completion_tokens=data.get("native_tokens_completion") or data.get("tokens_completion") or 0,
+                    cached_tokens=data.get("native_tokens_cached") or 0,
+                    reasoning_tokens=data.get("native_tokens_reasoning") or 0,
+                    cost=data.get("total_cost"),
+                )
+                return usage, float(data.get("total_cost") or 0.0)
+            if r is not None and r.status_code in (401, 403):
+                raise FatalLLMError(f"the provider refused the API key ({_provider_message(r, r.content)})")
+            if time.monotonic() + delay > deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def resolve_pending(self, pending, recorder_for) -> dict[str, int]:
+        """Close the calls an earlier run left pending, each as the provider billed it."""
+        counts = {"recovered": 0, "lost": 0, "unresolved": 0}
+
+        async def one(call) -> None:
+            recorder = recorder_for(call)
+            if call.generation_id is None:  # cut before the provider sent anything: not billed
+                recorder.finish(call.call_id, "lost", None, 0.0, None, "never answered (run ended)", None)
+                counts["lost"] += 1
+                return
+            stats = await self.generation_stats(call.generation_id)
+            if stats is None:
+                counts["unresolved"] += 1
+                log_event(log, "generation not yet known to the provider; left pending", logging.WARNING,
+                          call_id=call.call_id, generation_id=call.generation_id)
+                return
+            usage, cost = stats
+            computed = self.costs.cost(call.model, usage) if usage.prompt_tokens else None
+            recorder.finish(call.call_id, "recovered", usage, computed, cost,
+                            "run ended mid-call; cost from the provider", call.generation_id)
+            counts["recovered"] += 1
+
+        await asyncio.gather(*(one(c) for c in pending))
+        return counts
+
+
+def _images(body: dict) -> int:
+    return sum(1 for m in body["messages"] if isinstance(m.get("content"), list)
+               for part in m["content"] if part.get("type") == "image_url")
+
+
+def _strip_fences(text: str) -> str:
+    """Some models wrap JSON in ``` fences even when asked for JSON only."""
+    t = text.strip()
+    if t.startswith("```"):
+        t = t.split("\n", 1)[1] if "\n" in t else ""
+        t = t.rsplit("```", 1)[0]
+    return t
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]
+
