@@ -10,6 +10,8 @@ from infra.errors import ArError, UsageError
 # A book id is a name: letters, digits, '.', '_' and '-', not starting with '.' or '-'.
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 PAGE_GLOB = "page_*.png"
+# Stage outputs live in folders named for what they hold (DESIGN.md, book layout).
+STAGE_DIRS = {"correct": "corrected", "fix": "fixed"}
 
 
 def validate_book_id(book_id: str) -> str:
@@ -63,7 +65,7 @@ class Book:
         return self.root / "structured"
 
     def stage_dir(self, stage: str) -> Path:
-        return self.root / stage
+        return self.root / STAGE_DIRS.get(stage, stage)
 
     def source_pages(self) -> list[Path]:
         return sorted(self.source_dir.glob(PAGE_GLOB))

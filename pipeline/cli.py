@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of ocr,correct,fix,merge (default: all)")
     p.add_argument("--workers", type=int, help="calls or pages in flight per stage (default 32, $AR_WORKERS)")
     p.add_argument("--fresh", action="store_true", help="discard the selected stages' outputs first (costs are kept)")
+    p.add_argument("--model", help="model of the correct stage (default google/gemini-2.5-flash, $AR_CORRECT_MODEL)")
+    p.add_argument("--fix-model", help="model of the fix stage (default anthropic/claude-sonnet-4.5, $AR_FIX_MODEL)")
+    p.add_argument("--vision", action="store_true", help="send the page image with its text to the LLM stages")
 
     p = sub.add_parser("status", parents=[_common()], help="pages done per stage and cost, of one book or all")
     p.add_argument("book", nargs="?")
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
 
     sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+
+    p = sub.add_parser("pricing", parents=[_common()], help="the prices ar uses (provider's model list, cached 24 h)")
+    p.add_argument("model", nargs="?", help="a model id, e.g. google/gemini-2.5-flash")
+    p.add_argument("--list", action="store_true", help="every model with its prices")
+    p.add_argument("--refresh", action="store_true", help="fetch the price list now, whatever its age")
     return parser
 
 
@@ -101,25 +109,24 @@ def _remove_tree(root: Path) -> None:
 def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.progress import StageProgress
     from pipeline.process import process_book
-    from pipeline.stages import STAGE_NAMES, build_stages
+    from pipeline.stages import STAGE_NAMES, build_stages, check_stage_names, llm_setup
 
     book = library.existing(args.book)
-    selected = STAGE_NAMES if not args.stages else [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in selected if s not in STAGE_NAMES]
-    if unknown or not selected:
-        raise UsageError(f"unknown stage {', '.join(unknown) or '(none)'}: choose from {','.join(STAGE_NAMES)}")
-    selected = [s for s in STAGE_NAMES if s in selected]
-    workers = args.workers or settings.workers
+    selected = check_stage_names(STAGE_NAMES if not args.stages else
+                                 [s.strip() for s in args.stages.split(",") if s.strip()])
+    workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
-    stages = build_stages(selected, settings)
+    settings = settings.model_copy(update={k: v for k, v in
+                                           {"correct_model": args.model, "fix_model": args.fix_model}.items() if v})
+    stages = build_stages(selected, settings, vision=args.vision)
 
     before = status_report(book)["stages"]
     totals = {s: before[s]["total"] for s in selected}
     with StageProgress(totals, {s: before[s]["done"] for s in selected},
                        {s: before[s]["cost_usd"] for s in selected}) as progress:
         outcome = process_book(book, stages, STAGE_NAMES, workers, fresh=args.fresh,
-                               on_progress=progress.update)
+                               on_progress=progress.update, before_run=llm_setup(settings, selected))
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,
                            "pages_processed": outcome.pages_processed})
@@ -142,11 +149,10 @@ def cmd_cost(args, settings: Settings, library: Library) -> int:
 
 def cmd_clean(args, settings: Settings, library: Library) -> int:
     from pipeline.process import clean_stage
-    from pipeline.stages import STAGE_NAMES
+    from pipeline.stages import check_stage_names
 
     book = library.existing(args.book)
-    if args.stage not in STAGE_NAMES:
-        raise UsageError(f"unknown stage {args.stage!r}: choose from {','.join(STAGE_NAMES)}")
+    check_stage_names([args.stage])
     with WriterLock(book.lock_path, book.id):
         ledger = Ledger.open_writer(book.ledger_path)
         try:
@@ -165,8 +171,27 @@ def cmd_library(args, settings: Settings, library: Library) -> int:
     return 0
 
 
+def cmd_pricing(args, settings: Settings, library: Library) -> int:
+    from infra.pricing import PricingCache, PricingError
+
+    if not (args.model or args.list or args.refresh):
+        raise UsageError("pricing: give a MODEL, --list or --refresh")
+    cache = PricingCache(settings.base_url)
+    try:
+        if args.refresh:
+            cache.refresh()
+        models = cache.models()
+        chosen = {args.model: cache.get(args.model)} if args.model else (models if args.list else {})
+    except PricingError as e:
+        raise ArError(str(e)) from None
+    report = {"base_url": settings.base_url, "age_seconds": cache.age_seconds(), "models_known": len(models),
+              "models": {m: price.model_dump() for m, price in chosen.items()}}
+    _emit(args, report, render.pricing)
+    return 0
+
+
 COMMANDS = {"add": cmd_add, "process": cmd_process, "status": cmd_status, "cost": cmd_cost,
-            "clean": cmd_clean, "library": cmd_library}
+            "clean": cmd_clean, "library": cmd_library, "pricing": cmd_pricing}
 
 
 def main(argv: list[str] | None = None) -> int:

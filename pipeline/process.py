@@ -20,6 +20,8 @@ from infra.checkpoint import Ledger
 from infra.errors import EXIT_INTERRUPTED, ArError
 from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
+from infra.storage import atomic_write_json
+from pipeline.reports import cost_report
 from pipeline.runner import Outcome, Pipeline
 from pipeline.stage import RunContext, Stage
 
@@ -38,6 +40,14 @@ def clean_stage(book: Book, ledger: Ledger, stage: str) -> int:
             removed += 1
     ledger.clear_stage(stage)
     return removed
+
+
+def write_cost_report(book: Book) -> None:
+    """cost_report.json after every run, however it ended: what the book cost so far."""
+    try:
+        atomic_write_json(book.root / "cost_report.json", cost_report(book))
+    except OSError as e:
+        log.warning("cannot write %s: %s", book.root / "cost_report.json", e.strerror or e)
 
 
 def process_book(
@@ -77,6 +87,7 @@ def process_book(
             ledger.end_run(run_id, outcome.status, outcome.message or None)
             log_event(log, "run ended", run_id=run_id, status=outcome.status,
                       message=outcome.message, total_cost_usd=ledger.total_cost())
+            write_cost_report(book)
             close_run_log(handler)
             ledger.close()
     return outcome
@@ -106,5 +117,7 @@ async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outco
     finally:
         for stage in built:
             stage.close()
+        if ctx.llm is not None:
+            await ctx.llm.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -74,3 +74,17 @@ def process_summary(r: dict, book: Book) -> None:
     else:
         console.print(f"{outcome['status']}: {outcome['message']}")
     console.print(f"  total cost:  {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+
+
+def pricing(r: dict) -> None:
+    per_m = 1_000_000
+    t = Table("model", "prompt $/M", "completion $/M", "cache read $/M", "cache write $/M",
+              "reasoning $/M", "image $", "request $", "discount",
+              title=f"{r['models_known']} models at {r['base_url']}, prices {r['age_seconds'] / 3600:.1f} h old")
+    for model, p in r["models"].items():
+        def m(key):
+            return "-" if p.get(key) is None else f"{p[key] * per_m:.4g}"
+        t.add_row(model, m("prompt"), m("completion"), m("input_cache_read"), m("input_cache_write"),
+                  m("internal_reasoning"), str(p.get("image") or 0), str(p.get("request") or 0),
+                  str(p.get("discount") or 0))
+    console.print(t)

@@ -40,6 +40,7 @@ class RunContext:
     run_id: int
     workers: int = 8
     options: dict[str, Any] = field(default_factory=dict)
+    llm: Any = None  # the run's LLMClient, shared by the LLM stages
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -51,8 +52,9 @@ class Stage:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.out_dir = ctx.book.stage_dir(self.name)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(self.out_dir)
+        if self.per_page:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(self.out_dir)
         ledger = ctx.ledger
         # What earlier runs spent stays in the totals: loaded here, only ever added to.
         self.stats: dict[str, float | int] = {
