@@ -30,17 +30,18 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 
 def quality_report() -> None:
-    from pipeline.quality import cer
+    """The character error rate of the whole book's text, merged the same way from the
+    pages as each stage left them, against the true text."""
+    from pipeline.merge import book_markdown
+    from pipeline.quality import book_cer
 
-    truth = sorted((BOOK / "truth").glob("page_*.txt"))
-    rows = []
+    truth = (BOOK / "truth" / "book.md").read_text()
+    pages = sorted((BOOK / "source").glob("page_*.png"))
+    rates = []
     for stage, folder in (("ocr", "ocr"), ("correct", "corrected"), ("fix", "fixed")):
-        pairs = [(json.loads((BOOK / folder / f"{t.stem}.json").read_text())["text"], t.read_text())
-                 for t in truth]
-        chars = sum(len(ref) for _, ref in pairs)
-        rows.append((stage, sum(cer(hyp, ref) * len(ref) for hyp, ref in pairs) / chars))
-    print("character error rate against the true text: "
-          + ", ".join(f"after {stage} {rate:.2%}" for stage, rate in rows))
+        texts = [json.loads((BOOK / folder / f"{p.stem}.json").read_text())["text"] for p in pages]
+        rates.append(f"after {stage} {book_cer(book_markdown(texts), truth):.2%}")
+    print("character error rate of the book's text against the true text: " + ", ".join(rates))
 
 
 def main() -> int:
