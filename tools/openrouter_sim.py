@@ -150,16 +150,38 @@ def correct_word(word: str) -> str:
         speller = _speller()
         best = max(candidates, key=lambda w: (speller.word_usage_frequency(w), w))
         return _recase(best, word)
+    split = _split_in_two(lower)
+    if split:  # OCR lost the space between two words: "nota" -> "not a"
+        return _recase(split, word)
     if any(ch.isdigit() for ch in word):
         return word
     guess = _speller().correction(lower)
     return _recase(guess, word) if guess else word
 
 
+def _split_in_two(word: str) -> str | None:
+    """Two known words whose concatenation is `word`, the likeliest pair; None if none."""
+    speller = _speller()
+    pairs = [(word[:i], word[i:]) for i in range(1, len(word))
+             if (len(word[:i]) > 1 or word[:i] in "ai") and (len(word[i:]) > 1 or word[i:] in "ai")
+             and _known(word[:i]) and _known(word[i:])]
+    if not pairs:
+        return None
+    left, right = max(pairs, key=lambda p: min(speller.word_usage_frequency(p[0]),
+                                               speller.word_usage_frequency(p[1])))
+    return f"{left} {right}"
+
+
+# Specks read as punctuation: a lone mark at either end of a line, or a lone _ | ~ anywhere.
+_STRAY = re.compile(r"(?m)^[^\S\n]*[_|~—.,:;'\"*]+[^\S\n]*(?:\n|$)|^[^\S\n]*[_|~—:.,;'\"*]+[^\S\n]+|"
+                    r"[^\S\n]+[_|~—:;'\"*]+[^\S\n]*$|(?<=\s)[_|~]+[^\S\n]+(?=\S)")
+
+
 def correct_text(text: str) -> tuple[str, list[str], int]:
     """(corrected text, changes, words) with line structure kept and line-end hyphens joined."""
     text = re.sub(r"([A-Za-z]+)-\n([a-z]+)[^\S\n]?", r"\1\2\n", text)
-    changes: list[str] = []
+    changes: list[str] = [f"{m.group(0).strip()!r} -> ''" for m in _STRAY.finditer(text)]
+    text = _STRAY.sub("", text)
     words = 0
 
     def fix(match: re.Match) -> str:
