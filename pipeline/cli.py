@@ -22,7 +22,9 @@ log = logging.getLogger("ar")
 
 def _common(json_flag: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--books-dir", type=Path, help="where books live (default ./books, or $AR_BOOKS_DIR)")
+    # SUPPRESS: given after the command it counts, absent it leaves the one before the command
+    p.add_argument("--books-dir", type=Path, default=argparse.SUPPRESS,
+                   help="where books live (default ./books, or $AR_BOOKS_DIR)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 done, 1 error, 2 usage, 3 budget reached, 130 interrupted",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument("--books-dir", type=Path, help="where books live (default ./books, or $AR_BOOKS_DIR)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("add", parents=[_common()], help="add a book from a PDF or a folder of page images")
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("book")
     p.add_argument("--stages", help="comma-separated subset of ocr,correct,fix,merge (default: all)")
     p.add_argument("--workers", type=int, help="calls or pages in flight per stage (default 32, $AR_WORKERS)")
-    p.add_argument("--fresh", action="store_true", help="discard the selected stages' outputs first (costs are kept)")
+    p.add_argument("--fresh", action="store_true", help="discard the outputs of the selected stages and those after them first (costs are kept)")
     p.add_argument("--model", help="model of the correct stage (default google/gemini-2.5-flash, $AR_CORRECT_MODEL)")
     p.add_argument("--fix-model", help="model of the fix stage (default anthropic/claude-sonnet-4.5, $AR_FIX_MODEL)")
     p.add_argument("--vision", action="store_true", help="send the page image with its text to the LLM stages")
@@ -56,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cost", parents=[_common()], help="what a book cost, per run, stage and model")
     p.add_argument("book")
 
-    p = sub.add_parser("clean", parents=[_common()], help="remove a stage's outputs (its costs are kept)")
+    p = sub.add_parser("clean", parents=[_common()],
+                       help="remove a stage's outputs and those of the stages after it (costs are kept)")
     p.add_argument("book")
     p.add_argument("stage")
 
@@ -123,10 +127,10 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
 
     before = status_report(book)["stages"]
     totals = {s: before[s]["total"] for s in selected}
-    with StageProgress(totals, {s: before[s]["done"] for s in selected},
-                       {s: before[s]["cost_usd"] for s in selected}) as progress:
-        outcome = process_book(book, stages, STAGE_NAMES, workers, fresh=args.fresh,
-                               on_progress=progress.update, before_run=llm_setup(settings, selected))
+    progress = StageProgress(totals, {s: before[s]["done"] for s in selected},
+                             {s: before[s]["cost_usd"] for s in selected})
+    outcome = process_book(book, stages, STAGE_NAMES, workers, fresh=args.fresh,
+                           progress=progress, before_run=llm_setup(settings, selected))
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,
                            "pages_processed": outcome.pages_processed})
@@ -149,14 +153,14 @@ def cmd_cost(args, settings: Settings, library: Library) -> int:
 
 def cmd_clean(args, settings: Settings, library: Library) -> int:
     from pipeline.process import clean_stage
-    from pipeline.stages import check_stage_names
+    from pipeline.stages import STAGE_NAMES, check_stage_names
 
     book = library.existing(args.book)
     check_stage_names([args.stage])
     with WriterLock(book.lock_path, book.id):
         ledger = Ledger.open_writer(book.ledger_path)
         try:
-            removed = clean_stage(book, ledger, args.stage)
+            removed = clean_stage(book, ledger, args.stage, STAGE_NAMES)
             kept = ledger.total_cost()
         finally:
             ledger.close()
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_console(args.verbose)
     try:
-        settings = load_settings(books_dir=getattr(args, "books_dir", None))
+        settings = load_settings(books_dir=args.books_dir)
         library = Library(settings.books_dir)
         if getattr(args, "book", None):
             validate_book_id(args.book)

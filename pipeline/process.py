@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from infra.books import Book
 from infra.checkpoint import Ledger
@@ -30,15 +31,17 @@ log = logging.getLogger("ar.process")
 StageFactory = Callable[[RunContext], Stage]
 
 
-def clean_stage(book: Book, ledger: Ledger, stage: str) -> int:
-    """Remove a stage's outputs and page status; every recorded cost stays."""
+def clean_stage(book: Book, ledger: Ledger, stage: str, order: list[str]) -> int:
+    """Remove the outputs and page status of `stage` and of every stage after it in `order`
+    (they were made from it); every recorded cost stays. Returns the files removed."""
     removed = 0
-    out_dir = book.stage_dir(stage)
-    if out_dir.is_dir():
-        for f in out_dir.iterdir():
-            f.unlink()
-            removed += 1
-    ledger.clear_stage(stage)
+    for name in order[order.index(stage):]:
+        out_dir = book.stage_dir(name)
+        if out_dir.is_dir():
+            for f in out_dir.iterdir():
+                f.unlink()
+                removed += 1
+        ledger.clear_stage(name)
     return removed
 
 
@@ -57,14 +60,17 @@ def process_book(
     workers: int,
     options: dict | None = None,
     fresh: bool = False,
-    on_progress=None,
+    progress=None,
     before_run=None,
 ) -> Outcome:
     """Run the selected `stages` (name, factory) of `order` on `book`; returns the outcome.
 
+    `progress` (a context manager with `update(stage)`) is shown once the lock is ours, so a
+    refused second writer prints nothing but its error.
     `before_run(ctx)` runs first, inside the run (e.g. to resolve calls a crash left pending).
     """
-    with WriterLock(book.lock_path, book.id):
+    with WriterLock(book.lock_path, book.id), (progress or nullcontext()):
+        on_progress = progress.update if progress is not None else None
         ledger = Ledger.open_writer(book.ledger_path)
         run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
         handler = open_run_log(book.logs_dir, run_id)
@@ -72,8 +78,7 @@ def process_book(
         outcome = Outcome(status="failed", exit_code=1)
         try:
             if fresh:
-                for name, _ in stages:
-                    clean_stage(book, ledger, name)
+                clean_stage(book, ledger, stages[0][0], order)
             ctx = RunContext(book=book, ledger=ledger, run_id=run_id, workers=workers,
                              options=options or {})
             outcome = asyncio.run(_run(ctx, stages, order, on_progress, before_run))

@@ -74,7 +74,7 @@ class Pipeline:
                 for stage in self.book_stages:
                     if self.outcome.pages_processed or not self._book_stage_done(stage):
                         await stage.run_book()
-                        self.ctx.ledger.mark_done(stage.name, 0, self.ctx.run_id)
+                        stage.mark_book_done()
                         self.on_progress(stage)
         except StopRun as stop:
             self._stop(stop)

@@ -104,5 +104,10 @@ class Stage:
         """Book stages (per_page = False) do their work here."""
         raise NotImplementedError
 
+    def mark_book_done(self) -> None:
+        """A book stage's one unit of work (ledger page 0) is done."""
+        self.ctx.ledger.mark_done(self.name, 0, self.ctx.run_id)
+        self.stats["pages_done"] = 1
+
     def close(self) -> None:
         """Release what the stage holds (process pools, connections)."""
