@@ -86,7 +86,7 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     src = args.path
     if not src.exists():
         raise ArError(f"{src}: no such file or folder")
-    book = library.book(args.id if args.id else book_id_from_path(src))
+    book = library.book(args.id if args.id is not None else book_id_from_path(src))
     if book.root.exists():
         raise ArError(f"book {book.id!r} already exists in {library.root}; choose another --id")
     library.root.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(books_dir=args.books_dir)
         library = Library(settings.books_dir)
-        if getattr(args, "book", None):
+        if getattr(args, "book", None) is not None:
             validate_book_id(args.book)
         return COMMANDS[args.command](args, settings, library)
     except ArError as e:

@@ -1,0 +1,94 @@
+"""`ar.py add`: real PDFs and images become a book's pages; bad input fails in one line, leaving nothing."""
+import json
+
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image
+
+from tests.conftest import REAL_SCANS, run_ar
+
+
+def only_error_line(r, *needles):
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ar: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_a_pdf_becomes_pages_at_300_dpi(books_dir):
+    r = run_ar("add", str(REAL_SCANS / "multipage.pdf"), "--json", books_dir=books_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pages"] == 6
+    pages = sorted((books_dir / "multipage" / "source").glob("page_*.png"))
+    assert [p.name for p in pages] == [f"page_{n:04d}.png" for n in range(1, 7)]
+    with Image.open(pages[0]) as image:
+        assert round(image.info["dpi"][0]) == 300
+
+
+def test_a_folder_of_images_keeps_their_natural_order(books_dir, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for n, shade in ((10, 10), (2, 200), (1, 100)):
+        Image.new("L", (40, 60), shade).save(folder / f"scan{n}.jpg")
+    r = run_ar("add", str(folder), "--id", "mine", books_dir=books_dir)
+    assert r.returncode == 0, r.stderr
+    shades = []
+    for p in sorted((books_dir / "mine" / "source").glob("page_*.png")):
+        with Image.open(p) as image:
+            shades.append(image.getpixel((0, 0)))
+    assert shades == [100, 200, 10]
+
+
+def _empty_pdf(path):
+    pdf = pdfium.PdfDocument.new()
+    pdf.save(str(path))
+    pdf.close()
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: REAL_SCANS / "invalid.pdf", "not a readable PDF"),
+    (lambda d: (d / "empty.pdf").write_bytes(b"") or d / "empty.pdf", "empty file"),
+    # PDFium refuses to open a document without pages ("not a readable PDF")
+    (lambda d: _empty_pdf(d / "none.pdf") or d / "none.pdf", "PDF"),
+    (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not a readable image"),
+])
+def test_bad_sources_fail_in_one_line_and_leave_no_book(books_dir, tmp_path, make, needle):
+    src = make(tmp_path)
+    r = run_ar("add", str(src), "--id", "bad", books_dir=books_dir)
+    assert r.returncode == 1
+    only_error_line(r, str(src.name), needle)
+    assert list(books_dir.iterdir()) == []  # no half-made book, no temp folder
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "empty file"), (b"just text", "not a page image")])
+def test_a_folder_with_a_bad_file_fails_naming_it(books_dir, tmp_path, content, needle):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.new("L", (40, 60), 255).save(folder / "p1.png")
+    bad = folder / ("p2.png" if not content else "p2.txt")
+    bad.write_bytes(content)
+    r = run_ar("add", str(folder), "--id", "bad", books_dir=books_dir)
+    assert r.returncode == 1
+    only_error_line(r, bad.name, needle)
+    assert list(books_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("book_id", ["../x", "/etc", "a/b", "", "..", ".hidden"])
+def test_book_ids_are_names_not_paths(books_dir, book_id):
+    r = run_ar("add", str(REAL_SCANS / "c02-22.pdf"), "--id", book_id, books_dir=books_dir)
+    assert r.returncode == 2
+    only_error_line(r, "invalid book id")
+    assert list(books_dir.iterdir()) == []
+    r = run_ar("status", book_id, books_dir=books_dir)
+    assert r.returncode == 2 and "invalid book id" in r.stderr
+
+
+def test_an_existing_book_is_not_overwritten(books_dir):
+    assert run_ar("add", str(REAL_SCANS / "c02-22.pdf"), "--id", "b", books_dir=books_dir).returncode == 0
+    before = (books_dir / "b" / "source" / "page_0001.png").read_bytes()
+    r = run_ar("add", str(REAL_SCANS / "multipage.pdf"), "--id", "b", books_dir=books_dir)
+    assert r.returncode == 1
+    only_error_line(r, "already exists")
+    assert (books_dir / "b" / "source" / "page_0001.png").read_bytes() == before
+    assert len(list((books_dir / "b" / "source").iterdir())) == 1
