@@ -107,7 +107,9 @@ class MergeStage(Stage):
             "title": title_of(markdown, book.id),
             "pages": status["pages"],
             "total_cost_usd": status["total_cost_usd"],
-            "stages": {name: {"done": s["done"], "total": s["total"], "cost_usd": s["cost_usd"]}
+            # merge itself is done once this file is written
+            "stages": {name: {"done": s["total"] if name == self.name else s["done"],
+                              "total": s["total"], "cost_usd": s["cost_usd"]}
                        for name, s in status["stages"].items()},
         }
         book.structured_dir.mkdir(exist_ok=True)

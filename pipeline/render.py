@@ -64,10 +64,14 @@ def cost(r: dict) -> None:
 def process_summary(r: dict, book: Book) -> None:
     outcome = r["outcome"]
     if outcome["status"] == "done":
-        if outcome["pages_processed"] == 0:
+        finished = r["stages"]["merge"]["done"] == 1
+        if outcome["pages_processed"] == 0 and finished:
             console.print(f"book {r['book']!r} is done: nothing to do.")
-        else:
+        elif finished:
             console.print(f"book {r['book']!r} done.")
+        else:
+            console.print(f"book {r['book']!r}: the stages asked for are done; "
+                          f"`ar.py process {r['book']}` runs the rest.")
         if (book.root / "book.md").exists():
             console.print(f"  text:        {book.root / 'book.md'}")
             console.print(f"  cost report: {book.root / 'cost_report.json'}")

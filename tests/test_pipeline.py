@@ -1,0 +1,114 @@
+"""The whole pipeline, as a user runs it: real `ar.py` processes, real Tesseract on real
+scans, real HTTP to the local OpenRouter-compatible server."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from infra.checkpoint import Ledger
+from tests.conftest import REAL_SCANS, ROOT, run_ar
+from tests.simserver import sim  # noqa: F401
+
+KEY = "sk-or-v1-e2e-RECOGNISABLE-0123456789"
+
+
+def llm_env(server, tmp_path) -> dict:
+    return {"OPENROUTER_BASE_URL": server.url, "OPENROUTER_API_KEY": KEY,
+            "AR_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def add(books_dir, path, book_id):
+    r = run_ar("add", str(path), "--id", book_id, books_dir=books_dir)
+    assert r.returncode == 0, r.stderr
+
+
+def page_texts(book_dir, folder):
+    return [json.loads(p.read_text())["text"] for p in sorted((book_dir / folder).glob("page_*.json"))]
+
+
+@pytest.mark.parametrize("scan, pages", [("c02-22.pdf", 1), ("multipage.pdf", 6)])
+def test_a_real_scan_goes_through_all_four_stages(sim, books_dir, tmp_path, scan, pages):
+    server = sim("--api-key", KEY, "--latency-ms", "20")
+    add(books_dir, REAL_SCANS / scan, "book")
+    r = run_ar("process", "book", "--json", books_dir=books_dir, env=llm_env(server, tmp_path))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["outcome"]["status"] == "done"
+    assert {s: report["stages"][s]["done"] for s in ("ocr", "correct", "fix", "merge")} == \
+        {"ocr": pages, "correct": pages, "fix": pages, "merge": 1}
+    book = books_dir / "book"
+    ocr = page_texts(book, "ocr")
+    assert len(ocr) == pages and all(p["mean_confidence"] > 0 for p in
+                                     (json.loads(f.read_text()) for f in (book / "ocr").glob("*.json")))
+    if scan == "c02-22.pdf":  # Huckleberry Finn, chapter II: Tesseract really read it
+        assert "tip-toeing" in ocr[0] and "Jim" in ocr[0]
+    markdown = (book / "book.md").read_text()
+    assert markdown.count("<!-- page ") == pages and "tip-toeing along a path" in markdown
+    metadata = json.loads((book / "structured" / "metadata.json").read_text())
+    cost = json.loads((book / "cost_report.json").read_text())
+    assert metadata["pages"] == pages and metadata["stages"]["merge"]["done"] == 1
+    # the ledger equals the bill, and every report says the same total
+    billed = server.credits()
+    assert billed > 0
+    assert abs(cost["total_cost_usd"] - billed) <= 1e-9
+    assert metadata["total_cost_usd"] == pytest.approx(billed, abs=1e-12)
+    assert report["total_cost_usd"] == pytest.approx(billed, abs=1e-12)
+    # the key never reaches a file, a log or the output
+    assert KEY not in r.stdout + r.stderr
+    for f in books_dir.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_a_second_run_of_a_done_book_does_nothing_and_spends_nothing(sim, books_dir, tmp_path):
+    server = sim("--api-key", KEY)
+    add(books_dir, REAL_SCANS / "c02-22.pdf", "book")
+    env = llm_env(server, tmp_path)
+    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
+    billed = server.credits()
+    again = run_ar("process", "book", books_dir=books_dir, env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert server.credits() == billed
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_book_as_one_run(sim, books_dir, tmp_path):
+    server = sim("--api-key", KEY, "--latency-ms", "400", "--seed", "1")
+    add(books_dir, REAL_SCANS / "multipage.pdf", "once")
+    add(books_dir, REAL_SCANS / "multipage.pdf", "killed")
+    env = llm_env(server, tmp_path)
+    assert run_ar("process", "once", books_dir=books_dir, env=env).returncode == 0
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ar.py"), "process", "killed", "--workers", "2"],
+                            env={**os.environ, "AR_BOOKS_DIR": str(books_dir), **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = books_dir / "killed" / "checkpoint.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once correction is under way, calls in flight
+        led = Ledger.open_reader(db) if db.exists() else None
+        if led is not None:
+            busy = led.pending_calls() and len(led.done_pages("correct")) >= 1
+            led.close()
+            if busy:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    led = Ledger.open_reader(db)
+    done_before = len(led.done_pages("fix"))
+    led.close()
+    assert done_before < 6
+
+    r = run_ar("process", "killed", books_dir=books_dir, env=env)
+    assert r.returncode == 0, r.stderr
+    once, killed = books_dir / "once", books_dir / "killed"
+    assert (killed / "book.md").read_bytes() == (once / "book.md").read_bytes()
+    cost = json.loads((killed / "cost_report.json").read_text())
+    assert [run["status"] for run in cost["runs"]] == ["crashed", "done"]
+    assert not [f for f in killed.rglob("*") if ".tmp-" in f.name or f.name == "writer.lock"]
+    # both books together cost what the server billed, the killed run's cut calls included
+    both = cost["total_cost_usd"] + json.loads((once / "cost_report.json").read_text())["total_cost_usd"]
+    assert abs(both - server.credits()) <= 1e-9
