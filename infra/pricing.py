@@ -22,6 +22,7 @@ from infra.storage import atomic_write_json
 log = logging.getLogger("ar.pricing")
 
 TTL_SECONDS = 24 * 3600
+RETRY_SECONDS = 300  # after a failed refresh, the stale prices serve this long before trying again
 
 
 class PricingError(ArError):
@@ -109,9 +110,10 @@ class PricingCache:
         self.now = now
         self._models: dict[str, ModelPrice] | None = None
         self._fetched_at = 0.0
+        self._retry_at = 0.0
 
     def models(self) -> dict[str, ModelPrice]:
-        if self._models is None or self._age() > self.ttl:
+        if self._models is None or (self._age() > self.ttl and self.now() >= self._retry_at):
             self._load()
         return self._models
 
@@ -131,6 +133,7 @@ class PricingCache:
             if not self._read_disk():
                 raise
             log.warning("using prices cached %.1f h ago: refresh failed: %s", self._age() / 3600, e)
+            self._retry_at = self.now() + RETRY_SECONDS
         return self._models
 
     def age_seconds(self) -> float:
