@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # 0: no limit of our own; the provider's 429s (and Retry-After) set the pace.
     requests_per_minute: float = Field(0, ge=0, validation_alias=_env("AR_RPM"))
     budget_usd: float | None = Field(None, gt=0, validation_alias=_env("AR_BUDGET_USD"))
+    # a warning (never a stop) when one run has spent more than this
+    warn_run_usd: float | None = Field(None, gt=0, validation_alias=_env("AR_WARN_RUN_USD"))
 
     @field_validator("base_url")
     @classmethod

@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from infra.budget import Budget
 from infra.errors import ArError
 from infra.logs import log_event, register_secret
 from infra.pricing import CostCalculator, PricingCache, Usage
@@ -32,6 +33,9 @@ Answer = TypeVar("Answer", bound=BaseModel)
 
 # Provider cost and our own may differ by float rounding; more than this is worth a log line.
 COST_TOLERANCE = 1e-9
+# No tokenizer splits text finer than a byte, and no provider counts an image as more than
+# this many prompt tokens: bounds for the worst case a budget reserves.
+IMAGE_TOKENS_BOUND = 2000
 
 
 class CallRecorder(Protocol):
@@ -41,6 +45,8 @@ class CallRecorder(Protocol):
     def generation(self, handle: int, generation_id: str) -> None: ...
     def finish(self, handle: int, status: str, usage: Usage | None, computed: float | None,
                provider: float | None, error: str | None, generation_id: str | None) -> float: ...
+    def unresolved(self, handle: int) -> None:
+        """The attempt's cost will not be known in this run (it stays pending for the next)."""
 
 
 # ---- errors: what went wrong, said plainly; the key never in them -----------------------
@@ -140,6 +146,7 @@ class LLMClient:
         self._slots = asyncio.Semaphore(concurrency)
         self._pacer = _Pacer(requests_per_minute)
         self._late: set[asyncio.Task] = set()
+        self.budget: Budget | None = None  # set by the run when the book has a cap
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
@@ -221,6 +228,8 @@ class LLMClient:
         model = body["model"]
         async with self._slots:
             await self._pacer.wait()
+            if self.budget is not None:  # BudgetReached here: the call is not sent
+                recorder = _Reserved(recorder, self.budget, await self.budget.reserve(self.worst_case(body)))
             handle = recorder.begin(model, attempt)  # pending before a byte is sent
             generation_id: str | None = None
             parts: list[str] = []
@@ -256,6 +265,13 @@ class LLMClient:
             except asyncio.CancelledError:
                 self._cut(recorder, handle, generation_id, "cancelled")
                 raise
+
+    def worst_case(self, body: dict) -> float:
+        """The most this request can cost (see infra/budget.py)."""
+        images = _images(body)
+        text_bytes = sum(len(_text_of(m).encode()) + 8 for m in body["messages"])
+        return self.costs.worst_case(body["model"], text_bytes + images * IMAGE_TOKENS_BOUND,
+                                     body["max_tokens"], images)
 
     def _settle(self, model, usage, chunk, parts, recorder, handle, generation_id):
         """The usage has arrived: record its cost first, then look at the answer."""
@@ -300,7 +316,8 @@ class LLMClient:
     async def _settle_from_provider(self, recorder, handle, generation_id, message) -> None:
         stats = await self.generation_stats(generation_id)
         if stats is None:
-            return  # stays pending in the ledger; the next run resolves it
+            recorder.unresolved(handle)
+            return
         usage, cost = stats
         recorder.finish(handle, "failed", usage, None, cost, message, generation_id)
 
@@ -360,6 +377,36 @@ class LLMClient:
 
         await asyncio.gather(*(one(c) for c in pending))
         return counts
+
+
+class _Reserved:
+    """A recorder whose call holds a budget reservation until its cost is recorded."""
+
+    def __init__(self, inner: CallRecorder, budget: Budget, reservation: float):
+        self.inner, self.budget, self.reservation = inner, budget, reservation
+
+    def begin(self, model: str, attempt: int) -> int:
+        return self.inner.begin(model, attempt)
+
+    def generation(self, handle: int, generation_id: str) -> None:
+        self.inner.generation(handle, generation_id)
+
+    def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
+        cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
+        self.budget.settle(self.reservation, cost)
+        return cost
+
+    def unresolved(self, handle: int) -> None:
+        """Unknown cost: count the worst case as spent, so the budget still holds."""
+        self.inner.unresolved(handle)
+        self.budget.settle(self.reservation, self.reservation)
+
+
+def _text_of(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or () if part.get("type") == "text")
 
 
 def _images(body: dict) -> int:

@@ -1,12 +1,23 @@
 """What the LLM stages (correct, fix) share: the page's call recorder and error policy."""
 from __future__ import annotations
 
+import bisect
+import json
+import logging
+
 from pydantic import BaseModel, Field
 
+from infra.budget import BudgetReached
 from infra.checkpoint import Ledger
+from infra.errors import EXIT_BUDGET
 from infra.llm_client import FatalLLMError, InvalidAnswer, LLMError, Result
 from infra.pricing import Usage
+from infra.logs import log_event
 from pipeline.stage import PageFailed, Stage, StopRun
+
+log = logging.getLogger("ar.stage")
+EXPENSIVE_PAGE_FACTOR = 5
+MEDIAN_AFTER_PAGES = 5
 
 
 class CorrectedPage(BaseModel):
@@ -38,6 +49,9 @@ class LedgerRecorder:
             self.on_cost(cost)
         return cost
 
+    def unresolved(self, handle: int) -> None:
+        """It stays pending in the ledger: the next run asks the provider again."""
+
 
 class LLMStage(Stage):
     model: str
@@ -45,7 +59,29 @@ class LLMStage(Stage):
     def __init__(self, ctx, model: str):
         super().__init__(ctx)
         self.model = model
-        ctx.llm.pricing.get(model)  # an unpriced model stops the run before any call
+        self._page_costs: list[float] = []  # sorted, for the median
+        price = ctx.llm.pricing.get(model)  # an unpriced model stops the run before any call
+        self._note_price_change(price)
+
+    def _note_price_change(self, price) -> None:
+        """Warn when the model's prices are not those of the book's last run with it."""
+        key, now = f"price:{self.model}", price.model_dump_json()
+        before = self.ctx.ledger.get_meta(key)
+        if before is not None and before != now:
+            changed = {k: (v, price.model_dump()[k]) for k, v in json.loads(before).items()
+                       if price.model_dump().get(k) != v}
+            log_event(log, f"prices of {self.model} changed since the book's last run: " + ", ".join(
+                f"{k} {a} -> {b}" for k, (a, b) in changed.items()), logging.WARNING, book=self.ctx.book.id)
+        self.ctx.ledger.set_meta(key, now)
+
+    def _note_page_cost(self, page: int, cost: float) -> None:
+        """Warn about a page that cost far more than the book's median page so far."""
+        costs = self._page_costs
+        if len(costs) >= MEDIAN_AFTER_PAGES and cost > EXPENSIVE_PAGE_FACTOR * costs[len(costs) // 2]:
+            log_event(log, f"page {page} cost ${cost:.4f} in {self.name}, over {EXPENSIVE_PAGE_FACTOR}x "
+                      f"the median page (${costs[len(costs) // 2]:.4f})", logging.WARNING,
+                      book=self.ctx.book.id, page=page)
+        bisect.insort(costs, cost)
 
     def recorder(self, page: int) -> LedgerRecorder:
         return LedgerRecorder(self.ctx.ledger, self.ctx.run_id, self.name, page, self.add_cost)
@@ -55,10 +91,14 @@ class LLMStage(Stage):
 
         InvalidAnswer is left to the stage: an answer that never validated flags the page."""
         try:
-            return await self.ctx.llm.call(self.model, messages, self.recorder(page),
-                                           schema=CorrectedPage, max_tokens=max_tokens)
+            result = await self.ctx.llm.call(self.model, messages, self.recorder(page),
+                                             schema=CorrectedPage, max_tokens=max_tokens)
+            self._note_page_cost(page, result.cost)
+            return result
         except InvalidAnswer:
             raise
+        except BudgetReached as e:
+            raise StopRun(str(e), status="budget", exit_code=EXIT_BUDGET) from None
         except FatalLLMError as e:
             raise StopRun(str(e)) from None
         except LLMError as e:

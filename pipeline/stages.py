@@ -42,13 +42,16 @@ def make_llm_client(settings: Settings, workers: int):
     )
 
 
-def llm_setup(settings: Settings, selected: list[str]):
-    """The run's first step: an LLM client if a stage needs one, and the calls an earlier
-    run left pending resolved through the provider before anything new is sent."""
+def llm_setup(settings: Settings, selected: list[str], budget_usd: float | None = None):
+    """The run's first step: an LLM client if a stage needs one, the calls an earlier run
+    left pending resolved through the provider before anything new is sent, then the
+    book's budget (`budget_usd` given now, else kept in the ledger, else configured)."""
 
     async def before_run(ctx: RunContext) -> None:
+        from infra.budget import Budget, book_budget
         from pipeline.llm_stage import LedgerRecorder
 
+        limit = book_budget(ctx.ledger, budget_usd, settings.budget_usd)
         pending = ctx.ledger.pending_calls()
         needs_llm = bool(LLM_STAGES & set(selected))
         if not needs_llm and not pending:
@@ -62,6 +65,8 @@ def llm_setup(settings: Settings, selected: list[str]):
             counts = await ctx.llm.resolve_pending(
                 pending, lambda call: LedgerRecorder(ctx.ledger, call.run_id, call.stage, call.page))
             log_event(log, "resolved calls left pending by an earlier run", **counts)
+        if limit is not None:
+            ctx.llm.budget = Budget(limit, ctx.ledger.total_cost())
 
     return before_run
 

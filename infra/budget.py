@@ -1,0 +1,68 @@
+"""A cap on what a book may cost, across all its runs, that holds with any number of calls in flight.
+
+Before a call is sent, its worst case (every prompt token at the dearest input rate,
+`max_tokens` at the dearest output rate) is reserved against what is left; a call that does
+not fit is sent until calls in flight have settled and freed room, and when none is in flight, never.
+The reservation is released when the call's real cost is known, and that cost is counted
+instead. A call cut mid-answer keeps its reservation until the provider
+says what it billed. So spent + reserved never exceeds the budget, hence neither does spent.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from infra.errors import EXIT_BUDGET, ArError
+
+
+class BudgetReached(ArError):
+    exit_code = EXIT_BUDGET
+
+
+class Budget:
+    def __init__(self, limit_usd: float, spent_usd: float):
+        self.limit = limit_usd
+        self.spent = spent_usd
+        self.reserved = 0.0
+        self.holding = 0  # calls holding a reservation (counted, not inferred from a float sum)
+        self._settled = asyncio.Event()
+
+    @property
+    def left(self) -> float:
+        return self.limit - self.spent - self.reserved
+
+    async def reserve(self, worst_case_usd: float) -> float:
+        """Hold `worst_case_usd` for a call about to be sent, once it fits in what is left;
+        BudgetReached when it cannot fit even with no other call in flight."""
+        while worst_case_usd > self.left:
+            if self.holding == 0:
+                self._settled.set()  # the other waiters see it too, and stop
+                raise BudgetReached(
+                    f"budget reached: ${self.spent:.4f} of ${self.limit:.4f} spent; the next call "
+                    f"could cost up to ${worst_case_usd:.4f} and only ${max(0.0, self.left):.4f} is left")
+            self._settled.clear()
+            await self._settled.wait()
+        self.reserved += worst_case_usd
+        self.holding += 1
+        return worst_case_usd
+
+    def settle(self, reservation: float, cost_usd: float) -> None:
+        """The call's real cost is known: count it instead of its reservation."""
+        self.reserved -= reservation
+        self.holding -= 1
+        self.spent += cost_usd
+        self._settled.set()
+
+
+def book_budget(ledger, given_usd: float | None, default_usd: float | None) -> float | None:
+    """The book's cap: the one given now (kept in the ledger for the runs after), else the
+    one kept from an earlier run, else the configured default; None: no cap."""
+    if given_usd is not None:
+        ledger.set_meta("budget_usd", repr(given_usd))
+        return given_usd
+    return kept_budget(ledger, default_usd)
+
+
+def kept_budget(ledger, default_usd: float | None) -> float | None:
+    """The cap an earlier run kept in the ledger (None: no ledger yet), else the default."""
+    kept = ledger.get_meta("budget_usd") if ledger is not None else None
+    return float(kept) if kept is not None else default_usd
