@@ -295,6 +295,12 @@ class Ledger:
             f"SELECT COALESCE(SUM({CALL_COST}), 0) FROM calls WHERE stage = ?", (stage,)
         ).fetchone()[0]
 
+    def page_costs(self, stage: str, pages: set[int]) -> dict[int, float]:
+        """What each of `pages` cost in `stage`, every attempt included."""
+        rows = self._db.execute(
+            f"SELECT page, SUM({CALL_COST}) FROM calls WHERE stage = ? GROUP BY page", (stage,))
+        return {page: cost for page, cost in rows if page in pages}
+
     def page_counts(self) -> dict[str, dict[str, int]]:
         """Per stage: how many pages are done and failed."""
         out: dict[str, dict[str, int]] = {}

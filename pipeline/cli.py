@@ -20,8 +20,25 @@ from pipeline.reports import cost_report, library_report, status_report
 log = logging.getLogger("ar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"ar: error: {message} (see {self.prog} --help)\n")
+
+
+def usd_amount(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive amount of USD, not {text!r}")
+    return value
+
+
 def _common(json_flag: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     # SUPPRESS: given after the command it counts, absent it leaves the one before the command
     p.add_argument("--books-dir", type=Path, default=argparse.SUPPRESS,
                    help="where books live (default ./books, or $AR_BOOKS_DIR)")
@@ -31,14 +48,14 @@ def _common(json_flag: bool = True) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ar.py",
         description="Turn scanned books into clean text with LLMs; resumable, every cent accounted for.",
         epilog="exit codes: 0 done, 1 error, 2 usage, 3 budget reached, 130 interrupted",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument("--books-dir", type=Path, help="where books live (default ./books, or $AR_BOOKS_DIR)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("add", parents=[_common()], help="add a book from a PDF or a folder of page images")
     p.add_argument("path", type=Path, help="a PDF, or a folder of page images")
@@ -52,12 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model of the correct stage (default google/gemini-2.5-flash, $AR_CORRECT_MODEL)")
     p.add_argument("--fix-model", help="model of the fix stage (default anthropic/claude-sonnet-4.5, $AR_FIX_MODEL)")
     p.add_argument("--vision", action="store_true", help="send the page image with its text to the LLM stages")
+    p.add_argument("--budget", type=usd_amount, metavar="USD",
+                   help="the most the book may cost, all runs together; kept for later runs ($AR_BUDGET_USD)")
+    p.add_argument("--dry-run", action="store_true", help="print what the rest will cost, spend nothing")
+    p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left")
+
+    p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost, low and high")
+    p.add_argument("book")
+    p.add_argument("--model", help="model of the correct stage")
+    p.add_argument("--fix-model", help="model of the fix stage")
 
     p = sub.add_parser("status", parents=[_common()], help="pages done per stage and cost, of one book or all")
     p.add_argument("book", nargs="?")
 
     p = sub.add_parser("cost", parents=[_common()], help="what a book cost, per run, stage and model")
     p.add_argument("book")
+    p.add_argument("--reconcile", action="store_true",
+                   help="ask the provider what each recorded generation cost and list every difference")
 
     p = sub.add_parser("clean", parents=[_common()],
                        help="remove a stage's outputs and those of the stages after it (costs are kept)")
@@ -110,10 +138,40 @@ def _remove_tree(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _with_models(settings: Settings, args) -> Settings:
+    chosen = {"correct_model": args.model, "fix_model": args.fix_model}
+    return settings.model_copy(update={k: v for k, v in chosen.items() if v})
+
+
+def _estimate(book, settings: Settings) -> dict:
+    from infra.budget import kept_budget
+    from infra.pricing import PricingCache, PricingError
+    from pipeline.estimate import estimate
+
+    try:
+        report = estimate(book, PricingCache(settings.base_url),
+                          {"correct": settings.correct_model, "fix": settings.fix_model})
+    except PricingError as e:
+        raise ArError(str(e)) from None
+    ledger = Ledger.open_reader(book.ledger_path)
+    try:
+        spent = ledger.total_cost() if ledger else 0.0
+        report.update(spent_usd=spent, budget_usd=kept_budget(ledger, settings.budget_usd))
+    finally:
+        if ledger:
+            ledger.close()
+    return report
+
+
+def cmd_estimate(args, settings: Settings, library: Library) -> int:
+    _emit(args, _estimate(library.existing(args.book), _with_models(settings, args)), render.estimate)
+    return 0
+
+
 def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.progress import StageProgress
     from pipeline.process import process_book
-    from pipeline.stages import STAGE_NAMES, build_stages, check_stage_names, llm_setup
+    from pipeline.stages import LLM_STAGES, STAGE_NAMES, build_stages, check_stage_names, llm_setup
 
     book = library.existing(args.book)
     selected = check_stage_names(STAGE_NAMES if not args.stages else
@@ -121,8 +179,11 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
-    settings = settings.model_copy(update={k: v for k, v in
-                                           {"correct_model": args.model, "fix_model": args.fix_model}.items() if v})
+    settings = _with_models(settings, args)
+    if args.dry_run or (LLM_STAGES & set(selected)):
+        _check_estimate(args, book, settings, selected)
+        if args.dry_run:
+            return 0
     stages = build_stages(selected, settings, vision=args.vision)
 
     before = status_report(book)["stages"]
@@ -130,12 +191,34 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     progress = StageProgress(totals, {s: before[s]["done"] for s in selected},
                              {s: before[s]["cost_usd"] for s in selected})
     outcome = process_book(book, stages, STAGE_NAMES, workers, fresh=args.fresh,
-                           progress=progress, before_run=llm_setup(settings, selected))
+                           options={"warn_run_usd": settings.warn_run_usd},
+                           progress=progress, before_run=llm_setup(settings, selected, args.budget))
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,
                            "pages_processed": outcome.pages_processed})
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
+
+
+def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
+    """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here."""
+    from infra.budget import BudgetReached
+
+    report = _estimate(book, settings)
+    report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
+    report["low_usd"] = sum(e["low_usd"] for e in report["stages"].values())
+    report["high_usd"] = sum(e["high_usd"] for e in report["stages"].values())
+    if args.budget is not None:
+        report["budget_usd"] = args.budget
+    if args.dry_run:
+        _emit(args, report, render.estimate)
+        return
+    budget = report["budget_usd"]
+    if budget is not None and not args.force and report["low_usd"] > budget - report["spent_usd"]:
+        raise BudgetReached(
+            f"even the low estimate of the rest, ${report['low_usd']:.4f}, exceeds what is left of the "
+            f"budget (${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget "
+            f"to at least ${report['spent_usd'] + report['high_usd']:.4f}, or add --force")
 
 
 def cmd_status(args, settings: Settings, library: Library) -> int:
@@ -147,8 +230,15 @@ def cmd_status(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_cost(args, settings: Settings, library: Library) -> int:
-    _emit(args, cost_report(library.existing(args.book)), render.cost)
-    return 0
+    book = library.existing(args.book)
+    if not args.reconcile:
+        _emit(args, cost_report(book), render.cost)
+        return 0
+    from pipeline.reconcile import reconcile
+
+    report = reconcile(book, settings)
+    _emit(args, report, render.reconciliation)
+    return 1 if report["differences"] or report["unknown"] else 0
 
 
 def cmd_clean(args, settings: Settings, library: Library) -> int:
@@ -194,7 +284,7 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
     return 0
 
 
-COMMANDS = {"add": cmd_add, "process": cmd_process, "status": cmd_status, "cost": cmd_cost,
+COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,
             "clean": cmd_clean, "library": cmd_library, "pricing": cmd_pricing}
 
 

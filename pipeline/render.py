@@ -77,6 +77,12 @@ def process_summary(r: dict, book: Book) -> None:
             console.print(f"  cost report: {book.root / 'cost_report.json'}")
     else:
         console.print(f"{outcome['status']}: {outcome['message']}")
+    if outcome["status"] == "budget":
+        undone = ", ".join(f"{name} {s['total'] - s['done']}" for name, s in r["stages"].items()
+                           if s["total"] > s["done"])
+        console.print(f"  left undone: {undone} (pages)")
+        console.print(f"  to continue: ar.py process {r['book']} --budget USD, with more than "
+                      f"{_usd(r['total_cost_usd'])}")
     console.print(f"  total cost:  {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
 
 
@@ -91,4 +97,31 @@ def pricing(r: dict) -> None:
         t.add_row(model, m("prompt"), m("completion"), m("input_cache_read"), m("input_cache_write"),
                   m("internal_reasoning"), str(p.get("image") or 0), str(p.get("request") or 0),
                   str(p.get("discount") or 0))
+    console.print(t)
+
+
+def estimate(r: dict) -> None:
+    t = Table("stage", "model", "pages", "low", "high", "from", title_justify="left",
+              title=f"{r['book']}: what the rest will cost")
+    for name, e in r["stages"].items():
+        t.add_row(name, e["model"], str(e["pages"]), _usd(e["low_usd"]), _usd(e["high_usd"]), e["method"])
+    t.add_section()
+    t.add_row("total", "", "", _usd(r["low_usd"]), _usd(r["high_usd"]), "")
+    console.print(t)
+    budget = "no budget" if r["budget_usd"] is None else f"budget {_usd(r['budget_usd'])}"
+    console.print(f"spent so far {_usd(r['spent_usd'])}; {budget}")
+
+
+def reconciliation(r: dict) -> None:
+    console.print(f"[bold]{r['book']}[/]: {r['generations']} generations; ledger {_usd(r['ledger_usd'])}, "
+                  f"provider {_usd(r['provider_usd'])}")
+    if not r["differences"] and not r["unknown"]:
+        console.print("every recorded cost equals the provider's")
+        return
+    t = Table("call", "generation", "model", "ledger", "provider", "difference", title_justify="left")
+    for d in r["differences"]:
+        t.add_row(str(d["call_id"]), d["generation_id"], d["model"], f"${d['cost_usd']:.9f}",
+                  f"${d['provider_cost_usd']:.9f}", f"${d['difference_usd']:+.9f}")
+    for u in r["unknown"]:
+        t.add_row(str(u["call_id"]), u["generation_id"], u["model"], f"${u['cost_usd']:.9f}", "unknown", "")
     console.print(t)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +16,11 @@ from typing import Any, ClassVar
 from infra.books import Book, page_file
 from infra.checkpoint import Ledger
 from infra.errors import EXIT_ERROR
+from infra.logs import log_event
 from infra.storage import atomic_write_json, remove_temp_files
+
+
+log = logging.getLogger("ar.stage")
 
 
 class PageFailed(Exception):
@@ -41,6 +46,7 @@ class RunContext:
     workers: int = 8
     options: dict[str, Any] = field(default_factory=dict)
     llm: Any = None  # the run's LLMClient, shared by the LLM stages
+    run_cost_usd: float = 0.0  # every stage's spending in this run
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -80,6 +86,11 @@ class Stage:
         self.stats["total_cost_usd"] += cost
         self.stats["run_cost_usd"] += cost
         self.stats["calls"] += 1
+        before, self.ctx.run_cost_usd = self.ctx.run_cost_usd, self.ctx.run_cost_usd + cost
+        warn_at = self.ctx.options.get("warn_run_usd")
+        if warn_at is not None and before <= warn_at < self.ctx.run_cost_usd:
+            log_event(log, f"this run has spent ${self.ctx.run_cost_usd:.4f}, past the ${warn_at:.4f} "
+                      "set by AR_WARN_RUN_USD", logging.WARNING, book=self.ctx.book.id)
 
     async def process_page(self, page: int) -> dict:
         raise NotImplementedError

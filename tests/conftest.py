@@ -34,3 +34,38 @@ def books_dir(tmp_path: Path) -> Path:
     d = tmp_path / "books"
     d.mkdir()
     return d
+
+
+def text_pages(folder: Path, count: int) -> Path:
+    """`count` small page images of real prose (the sample's true text), quick to OCR."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from tools.make_sample import find_font
+
+    font = ImageFont.truetype(str(find_font()), 30)
+    words = (ROOT / "books" / "sample" / "truth" / "book.md").read_text().split()[3:]
+    folder.mkdir(parents=True)
+    for n in range(count):
+        start = (n * 37) % (len(words) - 40)
+        lines = [" ".join(words[start + i * 8:start + i * 8 + 8]) for i in range(4)]
+        page = Image.new("L", (1100, 300), 255)
+        ImageDraw.Draw(page).multiline_text((30, 30), "\n".join(lines), font=font, fill=0, spacing=18)
+        page.save(folder / f"p{n + 1:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ocr_book(tmp_path_factory):
+    """make(books_dir, book_id): a copy of a 120-page book whose OCR is done (done once)."""
+    import shutil
+
+    template = tmp_path_factory.mktemp("ocr-book")
+    scans = text_pages(template / "scans", 120)
+    for args in (("add", str(scans), "--id", "book"), ("process", "book", "--stages", "ocr")):
+        r = run_ar(*args, books_dir=template / "books")
+        assert r.returncode == 0, r.stderr
+
+    def make(books_dir: Path, book_id: str = "book") -> Path:
+        return Path(shutil.copytree(template / "books" / "book", books_dir / book_id))
+
+    return make

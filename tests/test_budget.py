@@ -1,0 +1,167 @@
+"""Budgets that hold with 32 calls in flight, estimates before spending, reports that add up."""
+import json
+import shutil
+
+import pytest
+
+from infra.checkpoint import Ledger
+from tests.conftest import ROOT, run_ar
+from tests.simserver import sim  # noqa: F401
+
+KEY = "sk-or-v1-budget-test-0123456789"
+
+
+def env_for(server, tmp_path, **extra) -> dict:
+    return {"OPENROUTER_BASE_URL": server.url, "OPENROUTER_API_KEY": KEY,
+            "AR_CACHE_DIR": str(tmp_path / "cache"), **extra}
+
+
+def ledger_rows(book_dir, sql):
+    led = Ledger.open_reader(book_dir / "checkpoint.db")
+    try:
+        return led._db.execute(sql).fetchall()
+    finally:
+        led.close()
+
+
+def most_calls_in_flight(book_dir) -> int:
+    events = []
+    for start, end in ledger_rows(book_dir, "SELECT started_at, ended_at FROM calls"):
+        events += [(start, 1), (end, -1)]
+    level = peak = 0
+    for _, step in sorted(events):
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_a_budget_stops_the_run_and_is_never_exceeded_with_32_calls_in_flight(sim, books_dir, tmp_path, ocr_book):
+    server = sim("--api-key", KEY, "--latency-ms", "300", "--jitter-ms", "200", "--seed", "2")
+    book = ocr_book(books_dir)
+    env = env_for(server, tmp_path)
+    budget = 0.02  # about two thirds of the book
+    r = run_ar("process", "book", "--workers", "32", "--budget", str(budget), "--force", "--json",
+               books_dir=books_dir, env=env)
+    assert r.returncode == 3, r.stderr
+    report = json.loads(r.stdout)
+    assert report["outcome"]["status"] == "budget" and "budget reached" in report["outcome"]["message"]
+    assert 0 < report["stages"]["correct"]["done"] < 120
+    spent = report["total_cost_usd"]
+    assert spent <= budget
+    assert spent > budget / 2  # it did spend: the reservations did not starve it
+    assert abs(spent - server.credits()) <= 1e-9  # in-flight calls finished and were recorded
+    assert most_calls_in_flight(book) >= 8
+    assert ledger_rows(book, "SELECT status FROM runs")[-1] == ("budget",)  # the first run was the OCR
+    assert json.loads((book / "cost_report.json").read_text())["total_cost_usd"] == spent
+
+    # the budget is kept: a run without --budget stops again, before spending anything
+    again = run_ar("process", "book", "--workers", "32", books_dir=books_dir, env=env)
+    assert again.returncode == 3 and "budget" in again.stderr + again.stdout
+    assert server.credits() == pytest.approx(spent, abs=1e-12)
+
+    # raising it finishes the book, and the ledger still equals the bill
+    done = run_ar("process", "book", "--workers", "32", "--budget", "1", books_dir=books_dir, env=env)
+    assert done.returncode == 0, done.stderr
+    cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
+    assert abs(cost["total_cost_usd"] - server.credits()) <= 1e-9
+    assert ledger_rows(book, "SELECT COUNT(*) FROM pages WHERE stage = 'correct' AND status = 'done'") == [(120,)]
+
+
+def test_process_refuses_a_budget_below_the_low_estimate(sim, books_dir, tmp_path, ocr_book):
+    server = sim("--api-key", KEY)
+    ocr_book(books_dir)
+    r = run_ar("process", "book", "--budget", "0.001", books_dir=books_dir, env=env_for(server, tmp_path))
+    assert r.returncode == 3
+    assert r.stderr.startswith("ar: error: even the low estimate") and "--force" in r.stderr
+    assert server.credits() == 0
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "0", "nan", "inf", ""])
+def test_a_budget_that_is_not_a_positive_amount_is_a_usage_error(books_dir, bad):
+    r = run_ar("process", "book", "--budget", bad, books_dir=books_dir)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--budget: must be a positive amount of USD" in r.stderr
+
+
+def test_the_estimate_of_the_sample_book_holds_its_real_cost(sim, books_dir, tmp_path):
+    from tools.make_sample import make
+
+    sample = tmp_path / "sample"
+    (sample / "truth").mkdir(parents=True)
+    shutil.copy(ROOT / "books" / "sample" / "truth" / "book.md", sample / "truth")
+    make(sample)
+    server = sim("--api-key", KEY)
+    env = env_for(server, tmp_path)
+    assert run_ar("add", str(sample / "source"), "--id", "sample", books_dir=books_dir).returncode == 0
+    assert run_ar("process", "sample", "--stages", "ocr", books_dir=books_dir).returncode == 0
+    before = run_ar("estimate", "sample", "--json", books_dir=books_dir, env=env)
+    assert before.returncode == 0, before.stderr
+    estimate = json.loads(before.stdout)
+    dry = json.loads(run_ar("process", "sample", "--dry-run", "--json", books_dir=books_dir, env=env).stdout)
+    assert dry["low_usd"] == estimate["low_usd"] and server.credits() == 0  # a dry run spends nothing
+    assert run_ar("process", "sample", books_dir=books_dir, env=env).returncode == 0
+    cost = json.loads(run_ar("cost", "sample", "--json", books_dir=books_dir).stdout)
+    for stage in ("correct", "fix"):
+        real = cost["stages"].get(stage, {}).get("cost_usd", 0.0)
+        assert estimate["stages"][stage]["low_usd"] <= real <= estimate["stages"][stage]["high_usd"], stage
+    assert estimate["low_usd"] <= cost["total_cost_usd"] <= estimate["high_usd"]
+    after = json.loads(run_ar("estimate", "sample", "--json", books_dir=books_dir, env=env).stdout)
+    assert after["high_usd"] == 0  # nothing left to do
+
+
+def test_reconcile_finds_a_difference_planted_in_the_ledger(sim, books_dir, tmp_path, ocr_book):
+    server = sim("--api-key", KEY)
+    book = ocr_book(books_dir)
+    env = env_for(server, tmp_path)
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    clean = run_ar("cost", "book", "--reconcile", "--json", books_dir=books_dir, env=env)
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["differences"] == []
+    led = Ledger.open_writer(book / "checkpoint.db")
+    call_id = led._db.execute("SELECT MIN(call_id) FROM calls WHERE generation_id IS NOT NULL").fetchone()[0]
+    led._db.execute("UPDATE calls SET provider_cost_usd = provider_cost_usd + 0.001 WHERE call_id = ?", (call_id,))
+    led.close()
+    found = run_ar("cost", "book", "--reconcile", "--json", books_dir=books_dir, env=env)
+    assert found.returncode == 1
+    differences = json.loads(found.stdout)["differences"]
+    assert [d["call_id"] for d in differences] == [call_id]
+    assert differences[0]["difference_usd"] == pytest.approx(-0.001, abs=1e-12)
+
+
+def test_the_cost_report_adds_up_failed_attempts_included(sim, books_dir, tmp_path, ocr_book):
+    server = sim("--api-key", KEY, "--seed", "4", "--retry-after", "0", "--fail-500", "0.2",
+                 "--fail-midstream", "0.15", "--fail-malformed", "0.1")
+    book = ocr_book(books_dir)
+    env = env_for(server, tmp_path, AR_MAX_RETRIES="20")
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    r = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
+    total = r["total_cost_usd"]
+    assert abs(total - server.credits()) <= 1e-9
+    for part in ("stages", "models"):
+        assert sum(x["cost_usd"] for x in r[part].values()) == pytest.approx(total, abs=1e-12)
+        assert sum(x["calls"] for x in r[part].values()) == sum(run["calls"] for run in r["runs"])
+    assert sum(run["cost_usd"] for run in r["runs"]) == pytest.approx(total, abs=1e-12)
+    assert [run["status"] for run in r["runs"]] == ["done", "done", "done"]  # ocr, correct, again
+    model = r["models"]["google/gemini-2.5-flash"]
+    assert model["failed_calls"] > 0 and model["failed_cost_usd"] > 0  # billed failures, on record
+    assert model["cached_tokens"] > 0 and model["cached_tokens"] < model["prompt_tokens"]
+    assert r["cost_per_page_usd"] == pytest.approx(total / 120)
+    assert r["provider_cost_usd"] == pytest.approx(total, abs=1e-12)
+
+
+def test_a_price_change_since_the_last_run_is_a_warning(sim, books_dir, tmp_path, ocr_book):
+    server = sim("--api-key", KEY)
+    book = ocr_book(books_dir)
+    env = env_for(server, tmp_path)
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    led = Ledger.open_writer(book / "checkpoint.db")
+    key = "price:google/gemini-2.5-flash"
+    old = json.loads(led.get_meta(key))
+    led.set_meta(key, json.dumps({**old, "prompt": old["prompt"] / 2}))
+    led.close()
+    assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
+    r = run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env)
+    assert r.returncode == 0
+    assert "prices of google/gemini-2.5-flash changed since the book's last run: prompt" in r.stderr
