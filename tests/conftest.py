@@ -30,6 +30,17 @@ def run_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
 
 
 @pytest.fixture
+def ledger(tmp_path: Path):
+    """A book's ledger, open for writing, with a run started (its id in `ledger.run`)."""
+    from infra.checkpoint import Ledger
+
+    led = Ledger.open_writer(tmp_path / "checkpoint.db")
+    led.run = led.start_run(os.getpid(), "test")
+    yield led
+    led.close()
+
+
+@pytest.fixture
 def books_dir(tmp_path: Path) -> Path:
     d = tmp_path / "books"
     d.mkdir()
@@ -69,3 +80,6 @@ def ocr_book(tmp_path_factory):
         return Path(shutil.copytree(template / "books" / "book", books_dir / book_id))
 
     return make
+
+
+from tests.simserver import sim  # noqa: E402,F401  (the `sim` fixture, for every test module)

@@ -6,7 +6,6 @@ import pytest
 
 from infra.checkpoint import Ledger
 from tests.conftest import ROOT, run_ar
-from tests.simserver import sim  # noqa: F401
 
 KEY = "sk-or-v1-budget-test-0123456789"
 
@@ -131,7 +130,7 @@ def test_reconcile_finds_a_difference_planted_in_the_ledger(sim, books_dir, tmp_
 def test_the_cost_report_adds_up_failed_attempts_included(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY, "--seed", "4", "--retry-after", "0", "--fail-500", "0.2",
                  "--fail-midstream", "0.15", "--fail-malformed", "0.1")
-    book = ocr_book(books_dir)
+    ocr_book(books_dir)
     env = env_for(server, tmp_path, AR_MAX_RETRIES="20")
     assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
     assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0

@@ -158,7 +158,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(books_dir):
 
 def test_status_read_during_a_run_is_consistent_and_moves_forward(books_dir):
     book_dir = make_book(books_dir, "b", 40)
-    first = start_driver(book_dir, 0.03)
+    first = start_driver(book_dir, 0.15)  # a run of 1.5 s: several snapshots even on a loaded machine
     snapshots = []
     while first.poll() is None:
         r = run_ar("status", "b", "--json", books_dir=books_dir)

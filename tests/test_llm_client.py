@@ -14,19 +14,10 @@ from infra.llm_client import FatalLLMError, InvalidAnswer, LLMClient, RetryableE
 from infra.pricing import PricingCache
 from pipeline.llm_stage import CorrectedPage, LedgerRecorder
 from tests.conftest import ROOT
-from tests.simserver import sim  # noqa: F401
 
 KEY = "sk-or-test-0123456789abcdef"
 MODEL = "google/gemini-2.5-flash"
 OCR = "<ocr_text>\nTbe qnick brown f0x jumps over tbe lazy dog.\n</ocr_text>"
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger.open_writer(tmp_path / "checkpoint.db")
-    led.run = led.start_run(os.getpid(), "test")
-    yield led
-    led.close()
 
 
 def client_for(server, tmp_path, **kw):

@@ -11,7 +11,6 @@ import pytest
 
 from infra.checkpoint import Ledger
 from tests.conftest import REAL_SCANS, ROOT, run_ar
-from tests.simserver import sim  # noqa: F401
 
 KEY = "sk-or-v1-e2e-RECOGNISABLE-0123456789"
 

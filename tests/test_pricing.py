@@ -7,19 +7,16 @@ against an injected clock; the `ar.py pricing` command as a real process.
 import asyncio
 import json
 import logging
-import os
 import socket
 
 import pytest
 from pydantic import SecretStr
 
 from infra import pricing
-from infra.checkpoint import Ledger
 from infra.llm_client import LLMClient
 from infra.pricing import TTL_SECONDS, CostCalculator, PricingCache, PricingUnavailable, UnknownModel, Usage
 from pipeline.llm_stage import LedgerRecorder
 from tests.conftest import run_ar
-from tests.simserver import sim  # noqa: F401
 from tools.openrouter_sim import MODELS
 
 KEY = "sk-or-test-0123456789abcdef"
@@ -87,14 +84,6 @@ COST_TABLE = [  # (what, prices, usage, the bill by hand)
 def test_cost_of_each_price_field_matches_the_hand_computed_bill(tmp_path, prices, usage, expected):
     costs = CostCalculator(cache_with(tmp_path, {"m/x": prices}))
     assert costs.cost("m/x", Usage(**usage)) == pytest.approx(expected, rel=1e-12, abs=0)
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger.open_writer(tmp_path / "checkpoint.db")
-    led.run = led.start_run(os.getpid(), "test")
-    yield led
-    led.close()
 
 
 TINY_PNG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
