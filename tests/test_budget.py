@@ -150,7 +150,7 @@ def test_the_cost_report_adds_up_failed_attempts_included(sim, books_dir, tmp_pa
     assert r["provider_cost_usd"] == pytest.approx(total, abs=1e-12)
 
 
-def test_a_price_change_since_the_last_run_is_a_warning(sim, books_dir, tmp_path, ocr_book):
+def test_a_price_change_and_a_costly_run_are_warnings(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY)
     book = ocr_book(books_dir)
     env = env_for(server, tmp_path)
@@ -161,6 +161,7 @@ def test_a_price_change_since_the_last_run_is_a_warning(sim, books_dir, tmp_path
     led.set_meta(key, json.dumps({**old, "prompt": old["prompt"] / 2}))
     led.close()
     assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
-    r = run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env)
+    r = run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env={**env, "AR_WARN_RUN_USD": "0.001"})
     assert r.returncode == 0
     assert "prices of google/gemini-2.5-flash changed since the book's last run: prompt" in r.stderr
+    assert r.stderr.count("past the $0.0010 set by AR_WARN_RUN_USD") == 1  # warned once, not stopped
