@@ -7,6 +7,7 @@ Tesseract's own threads help one page but cost throughput when every core is bus
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import csv
 import io
 import multiprocessing
@@ -98,11 +99,21 @@ def ocr_page(image: Path, lang: str = "eng") -> dict:
     return parse_tsv(run_tesseract(image, lang))
 
 
-def _detach_worker() -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _detach_worker(parent_pid: int) -> None:
     """OCR workers leave the terminal's process group: a Ctrl-C meant for `ar` must let
-    the pages in flight finish, not kill their tesseract."""
+    the pages in flight finish, not kill their tesseract. But they die with `ar`: a pool
+    worker holds both ends of its own task pipe, so it would never see a SIGKILLed parent go."""
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker outlives a SIGKILLed ar
+        pass
+    if os.getppid() != parent_pid:  # ar died before prctl took effect
+        os._exit(1)
 
 
 class OcrStage(Stage):
@@ -113,8 +124,9 @@ class OcrStage(Stage):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.processes = max(1, min(ctx.workers, os.cpu_count() or 1))
-        self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"),
-                                        initializer=_detach_worker)
+        # spawn: the workers are ar's own children (so they die with it) and share no state with it
+        self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_detach_worker, initargs=(os.getpid(),))
 
     @property
     def concurrency(self) -> int:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,39 @@ def test_sigkill_mid_run_then_resume_gives_the_same_book_as_one_run(sim, books_d
     # both books together cost what the server billed, the killed run's cut calls included
     both = cost["total_cost_usd"] + json.loads((once / "cost_report.json").read_text())["total_cost_usd"]
     assert abs(both - server.credits()) <= 1e-9
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ocr_workers_die_with_a_sigkilled_ar(books_dir):
+    add(books_dir, REAL_SCANS / "multipage.pdf", "book")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ar.py"), "process", "book", "--stages", "ocr"],
+                            env={**os.environ, "AR_BOOKS_DIR": str(books_dir)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(workers := children_of(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) >= 2  # one OCR process per core
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers)
