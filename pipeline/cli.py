@@ -180,7 +180,8 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
-    if args.dry_run or (LLM_STAGES & set(selected)):
+    # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
+    if args.dry_run or (LLM_STAGES & set(selected) and not args.force and _has_budget(args, book, settings)):
         _check_estimate(args, book, settings, selected)
         if args.dry_run:
             return 0
@@ -198,6 +199,19 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                            "pages_processed": outcome.pages_processed})
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
+
+
+def _has_budget(args, book, settings: Settings) -> bool:
+    from infra.budget import kept_budget
+
+    if args.budget is not None:
+        return True
+    ledger = Ledger.open_reader(book.ledger_path)
+    try:
+        return kept_budget(ledger, settings.budget_usd) is not None
+    finally:
+        if ledger:
+            ledger.close()
 
 
 def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
