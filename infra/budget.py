@@ -1,11 +1,11 @@
 """A cap on what a book may cost, across all its runs, that holds with any number of calls in flight.
 
 Before a call is sent, its worst case (every prompt token at the dearest input rate,
-`max_tokens` at the dearest output rate) is reserved against what is left; a call that does
-not fit is sent until calls in flight have settled and freed room, and when none is in flight, never.
-The reservation is released when the call's real cost is known, and that cost is counted
-instead. A call cut mid-answer keeps its reservation until the provider
-says what it billed. So spent + reserved never exceeds the budget, hence neither does spent.
+`max_tokens` at the dearest output rate) is reserved against what is left. A call that does
+not fit waits for calls in flight to settle and free room; when none is in flight, it is
+never sent. The reservation is released when the call's real cost is known, and that cost
+is counted instead. A call cut mid-answer keeps its reservation until the provider says
+what it billed. So spent + reserved never exceeds the budget, hence neither does spent.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from infra.books import PAGE_GLOB, page_file
+from infra.books import page_file
 from infra.errors import ArError
 
 DPI = 300
@@ -24,10 +24,6 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 class SourceError(ArError):
     pass
-
-
-def page_images(source_dir: Path) -> list[Path]:
-    return sorted(source_dir.glob(PAGE_GLOB))
 
 
 def _natural(path: Path) -> list:

@@ -144,23 +144,14 @@ def _with_models(settings: Settings, args) -> Settings:
 
 
 def _estimate(book, settings: Settings) -> dict:
-    from infra.budget import kept_budget
     from infra.pricing import PricingCache, PricingError
     from pipeline.estimate import estimate
 
     try:
-        report = estimate(book, PricingCache(settings.base_url),
-                          {"correct": settings.correct_model, "fix": settings.fix_model})
+        return estimate(book, PricingCache(settings.base_url),
+                        {"correct": settings.correct_model, "fix": settings.fix_model}, settings.budget_usd)
     except PricingError as e:
         raise ArError(str(e)) from None
-    ledger = Ledger.open_reader(book.ledger_path)
-    try:
-        spent = ledger.total_cost() if ledger else 0.0
-        report.update(spent_usd=spent, budget_usd=kept_budget(ledger, settings.budget_usd))
-    finally:
-        if ledger:
-            ledger.close()
-    return report
 
 
 def cmd_estimate(args, settings: Settings, library: Library) -> int:

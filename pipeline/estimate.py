@@ -14,6 +14,7 @@ import json
 import statistics
 
 from infra.books import Book, page_file
+from infra.budget import kept_budget
 from infra.checkpoint import Ledger
 from infra.pricing import ModelPrice, PricingCache
 from pipeline import correct, fix
@@ -55,17 +56,21 @@ def _read(book: Book, stage: str, page: int) -> dict | None:
         return None
 
 
-def estimate(book: Book, pricing: PricingCache, models: dict[str, str]) -> dict:
-    """The remaining cost of `book`'s LLM stages with `models` ({"correct": id, "fix": id})."""
+def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
+             default_budget_usd: float | None = None) -> dict:
+    """The remaining cost of `book`'s LLM stages with `models` ({"correct": id, "fix": id}),
+    beside what the book has spent and its budget (kept in the ledger, else the default)."""
     pages = range(1, book.page_count() + 1)
     ledger = Ledger.open_reader(book.ledger_path)
     done: dict[str, set[int]] = {"ocr": set(), "correct": set(), "fix": set()}
     observed: dict[str, list[float]] = {"correct": [], "fix": []}
+    spent, budget = 0.0, kept_budget(None, default_budget_usd)
     if ledger is not None:
         try:
             with ledger.snapshot():
                 done = {s: ledger.done_pages(s) for s in done}
                 observed = {s: list(ledger.page_costs(s, done[s]).values()) for s in observed}
+                spent, budget = ledger.total_cost(), kept_budget(ledger, default_budget_usd)
         finally:
             ledger.close()
     chars = {p: len(_read(book, "ocr", p)["text"]) for p in pages if p in done["ocr"]}
@@ -103,4 +108,5 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str]) -> dict:
                      "high_usd": known["high_usd"] + rest["high_usd"]}
     return {"book": book.id, "pages": len(pages), "stages": stages,
             "low_usd": sum(s["low_usd"] for s in stages.values()),
-            "high_usd": sum(s["high_usd"] for s in stages.values())}
+            "high_usd": sum(s["high_usd"] for s in stages.values()),
+            "spent_usd": spent, "budget_usd": budget}

@@ -65,14 +65,13 @@ class LLMStage(Stage):
 
     def _note_price_change(self, price) -> None:
         """Warn when the model's prices are not those of the book's last run with it."""
-        key, now = f"price:{self.model}", price.model_dump_json()
+        key, now = f"price:{self.model}", price.model_dump()
         before = self.ctx.ledger.get_meta(key)
-        if before is not None and before != now:
-            changed = {k: (v, price.model_dump()[k]) for k, v in json.loads(before).items()
-                       if price.model_dump().get(k) != v}
+        if before is not None and json.loads(before) != now:
+            changed = {k: (v, now.get(k)) for k, v in json.loads(before).items() if now.get(k) != v}
             log_event(log, f"prices of {self.model} changed since the book's last run: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in changed.items()), logging.WARNING, book=self.ctx.book.id)
-        self.ctx.ledger.set_meta(key, now)
+        self.ctx.ledger.set_meta(key, json.dumps(now))
 
     def _note_page_cost(self, page: int, cost: float) -> None:
         """Warn about a page that cost far more than the book's median page so far."""
