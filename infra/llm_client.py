@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ from infra.budget import Budget
 from infra.errors import ArError
 from infra.logs import log_event, register_secret
 from infra.pricing import CostCalculator, PricingCache, Usage
+from infra.transport import SlotTransport
 
 log = logging.getLogger("ar.llm")
 
@@ -149,7 +151,7 @@ class LLMClient:
         self.budget: Budget | None = None  # set by the run when the book has a cap
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=SlotTransport(concurrency),
         )
 
     def __repr__(self) -> str:
@@ -180,7 +182,7 @@ class LLMClient:
                       "stream_options": {"include_usage": True}}
         if schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": schema.__name__, "strict": True, "schema": schema.model_json_schema()}}
+                "name": schema.__name__, "strict": True, "schema": _json_schema(schema)}}
         spent = 0.0
         attempt = 0
         for invalid in range(self.max_invalid_answers + 1):
@@ -233,17 +235,20 @@ class LLMClient:
             handle = recorder.begin(model, attempt)  # pending before a byte is sent
             generation_id: str | None = None
             parts: list[str] = []
+            answer = None  # (text, usage, cost) once the usage has arrived and its cost is recorded
             try:
                 async with self._http.stream("POST", f"{self.base_url}/chat/completions",
                                              json=body, headers=self._headers()) as response:
                     if response.status_code != 200:
                         self._fail_http(response, await response.aread(), recorder, handle)
+                    # Read to the end, past [DONE]: a response left unread closes its connection,
+                    # and every call would pay for a new one (a TLS handshake, with a real provider).
                     async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue  # SSE comments (": OPENROUTER PROCESSING") and blank lines
+                        if answer is not None or not line.startswith("data:"):
+                            continue  # SSE comments (": OPENROUTER PROCESSING"), blank lines, the end
                         data = line[5:].strip()
                         if data == "[DONE]":
-                            break
+                            continue
                         chunk = json.loads(data)
                         if generation_id is None and chunk.get("id"):
                             generation_id = chunk["id"]
@@ -252,18 +257,23 @@ class LLMClient:
                             parts.append((choice.get("delta") or {}).get("content") or "")
                         if chunk.get("usage"):
                             usage = Usage.from_openrouter(chunk["usage"], images=_images(body))
-                            return self._settle(model, usage, chunk, parts, recorder, handle, generation_id)
-                        if chunk.get("error"):
+                            answer = self._settle(model, usage, chunk, parts, recorder, handle, generation_id)
+                        elif chunk.get("error"):
                             # an error without usage: the provider's record says what it billed
                             raise self._cut(recorder, handle, generation_id,
                                             f"error during generation: {chunk['error'].get('message')}")
+                if answer is not None:
+                    return answer
                 raise self._cut(recorder, handle, generation_id, "stream ended without usage")
             except (httpx.TimeoutException, httpx.TransportError) as e:
+                if answer is not None:  # cut after the answer was whole and recorded: it stands
+                    return answer
                 raise self._cut(recorder, handle, generation_id, f"{type(e).__name__}: {e}".rstrip(": ")) from None
             except json.JSONDecodeError as e:
                 raise self._cut(recorder, handle, generation_id, f"malformed stream chunk: {e}") from None
             except asyncio.CancelledError:
-                self._cut(recorder, handle, generation_id, "cancelled")
+                if answer is None:
+                    self._cut(recorder, handle, generation_id, "cancelled")
                 raise
 
     def worst_case(self, body: dict) -> float:
@@ -412,6 +422,12 @@ def _text_of(message: dict) -> str:
 def _images(body: dict) -> int:
     return sum(1 for m in body["messages"] if isinstance(m.get("content"), list)
                for part in m["content"] if part.get("type") == "image_url")
+
+
+@functools.cache
+def _json_schema(schema: type[BaseModel]) -> dict:
+    """Built once per model class: pydantic takes about a millisecond to build it."""
+    return schema.model_json_schema()
 
 
 def _strip_fences(text: str) -> str:

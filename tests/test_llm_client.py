@@ -62,6 +62,24 @@ def test_a_call_returns_a_validated_answer_its_usage_and_what_it_cost(sim, ledge
     assert ledger.total_cost() == pytest.approx(server.credits(), abs=1e-12)
 
 
+def test_calls_keep_their_connections_alive(sim, ledger, tmp_path):
+    """Each streamed answer is read to its end, so its connection serves the next call
+    (with a real provider, a new connection is a TLS handshake)."""
+    server = sim("--api-key", KEY)
+
+    async def go():
+        client = client_for(server, tmp_path, concurrency=4)
+        try:
+            await asyncio.gather(*(correct(client, ledger, page) for page in range(1, 25)))
+        finally:
+            await client.aclose()
+
+    run(go)
+    stats = server.generations()
+    assert stats["requests"] == {"ok": 24}
+    assert stats["connections"] <= 4
+
+
 def test_the_call_is_pending_with_its_generation_id_while_it_streams(sim, ledger, tmp_path):
     server = sim("--api-key", KEY, "--latency-ms", "1500")
     seen = []

@@ -271,6 +271,7 @@ class Simulator:
         self.total_usage = 0.0
         self.requests: dict[str, int] = {}
         self.seen_prompts: set[tuple[str, str]] = set()
+        self.connections: set[tuple] = set()  # client (host, port) pairs: one per TCP connection
 
     def count(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
@@ -359,9 +360,11 @@ class Simulator:
         data = [{"id": g.id, "model": g.model, "cost": g.cost, "status": g.status,
                  "prompt_tokens": g.prompt, "completion_tokens": g.completion}
                 for g in self.generations.values()]
-        return web.json_response({"data": data, "requests": self.requests, "total_usage": self.total_usage})
+        return web.json_response({"data": data, "requests": self.requests, "total_usage": self.total_usage,
+                                  "connections": len(self.connections)})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.connections.add(request.transport.get_extra_info("peername") if request.transport else None)
         if not self.authorized(request):
             self.count("401")
             return self.error(401, "No auth credentials found" if "Authorization" not in request.headers
