@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from infra.books import Book, Library
 from infra.checkpoint import Ledger
@@ -31,19 +32,32 @@ def _state(book_pages: int, stages: dict, runs: list[dict]) -> str:
     return last["status"] if last["status"] != "done" else "partial"
 
 
-def status_report(book: Book) -> dict:
-    pages = book.page_count()
+def read_ledger(book: Book, queries: Callable[[Ledger], dict]) -> dict:
+    """What `queries(ledger)` returns, read from one consistent state of the book's ledger,
+    opened read-only and closed again: no read transaction outlives the call (a reader
+    holding one would keep the writer's WAL from being checkpointed). {} when the book
+    has no ledger yet."""
     ledger = Ledger.open_reader(book.ledger_path)
-    counts, costs, runs, total = {}, {}, [], 0.0
-    if ledger is not None:
-        try:
-            with ledger.snapshot():  # every figure from one consistent state
-                counts = ledger.page_counts()
-                costs = ledger.costs_by("stage")
-                runs = ledger.runs()
-                total = ledger.total_cost()
-        finally:
-            ledger.close()
+    if ledger is None:
+        return {}
+    try:
+        with ledger.snapshot():
+            return queries(ledger)
+    finally:
+        ledger.close()
+
+
+def status_figures(ledger: Ledger) -> dict:
+    """The ledger's part of a status report; read it inside a snapshot (see read_ledger)."""
+    return {"counts": ledger.page_counts(), "costs": ledger.costs_by("stage"),
+            "runs": ledger.runs(), "total": ledger.total_cost()}
+
+
+def status_from(book: Book, figures: dict) -> dict:
+    """The status report of `book` from its status_figures ({} for a book never processed)."""
+    pages = book.page_count()
+    counts, costs = figures.get("counts", {}), figures.get("costs", {})
+    runs, total = figures.get("runs", []), figures.get("total", 0.0)
     names = list(STAGE_ORDER) + sorted((set(counts) | set(costs)) - set(STAGE_ORDER))
     stages = {}
     for name in names:
@@ -63,6 +77,10 @@ def status_report(book: Book) -> dict:
         "runs": len(runs),
         "stages": stages,
     }
+
+
+def status_report(book: Book) -> dict:
+    return status_from(book, read_ledger(book, status_figures))
 
 
 def cost_report(book: Book) -> dict:
