@@ -310,6 +310,30 @@ class Ledger:
             out.setdefault(stage, {"done": 0, "failed": 0})[status] = n
         return out
 
+    # ---- what a run is doing (the live view, pipeline/monitor.py) ------------------
+
+    def run_activity(self, run_id: int) -> dict:
+        """Of one run: pages it marked done per stage, its calls in flight (pending) and its
+        retries (attempts after a call's first)."""
+        done = dict(self._db.execute(
+            "SELECT stage, COUNT(*) FROM pages WHERE run_id = ? AND status = 'done' GROUP BY stage",
+            (run_id,)).fetchall())
+        pending, retries = self._db.execute(
+            "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(attempt > 1), 0)"
+            " FROM calls WHERE run_id = ?", (run_id,)).fetchone()
+        return {"pages_done": done, "calls_in_flight": pending, "retries": retries}
+
+    def recent_errors(self, limit: int) -> list[dict]:
+        """The newest `limit` errors, newest first: failed call attempts and failed pages."""
+        rows = self._db.execute(
+            "SELECT at, run_id, stage, page, error FROM ("
+            " SELECT COALESCE(ended_at, started_at) AS at, run_id, stage, page, error"
+            "  FROM calls WHERE error IS NOT NULL"
+            " UNION ALL SELECT updated_at, run_id, stage, page, error"
+            "  FROM pages WHERE status = 'failed')"
+            " ORDER BY at DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(zip(("at", "run_id", "stage", "page", "error"), r)) for r in rows]
+
     def costs_by(self, column: str) -> dict[str, dict]:
         """Calls, failed attempts, tokens and cost grouped by stage, model or run_id."""
         assert column in ("stage", "model", "run_id"), column

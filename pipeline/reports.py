@@ -8,6 +8,8 @@ from infra.books import Book, Library
 from infra.checkpoint import Ledger
 from pipeline.stages import STAGE_NAMES as STAGE_ORDER
 
+BOOK_STAGES = {"merge"}  # done once for the whole book (its one unit is ledger page 0)
+
 
 def _alive(pid: int | None) -> bool:
     if not pid:
@@ -63,7 +65,7 @@ def status_from(book: Book, figures: dict) -> dict:
     for name in names:
         stages[name] = {
             "done": counts.get(name, {}).get("done", 0),
-            "total": 1 if name == "merge" else pages,
+            "total": 1 if name in BOOK_STAGES else pages,
             "failed": counts.get(name, {}).get("failed", 0),
             "cost_usd": costs.get(name, {}).get("cost_usd", 0.0),
             "calls": costs.get(name, {}).get("calls", 0),

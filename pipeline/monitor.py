@@ -1,0 +1,114 @@
+"""The figures of the live view (tools/monitor.py, `ar.py monitor`): a book's status report
+(pipeline/reports.py) plus what its current run is doing and where its cost is heading.
+
+A book's figures all come from one read-only snapshot of its ledger. "This run" is the
+book's last run: the running one, or the last one that ended.
+- rate (pages per minute): the pages a stage marked done in this run / the run's time so
+  far (its whole duration once it ended; unknown for a crashed run, whose end is unknown);
+- ETA: a stage's pages left / its rate, while the book runs; the book's is the longest of
+  the stages at work in this run (a page done in it): pages flow through them together;
+- cost per page: per stage, what it cost / the pages it has done (all runs, failed attempts
+  included: they are paid); the book's is the sum over its stages;
+- projected total: spent + each billable stage's cost per page x its pages left; unknown
+  (None) while an LLM stage with pages left has done none, as its cost per page is unknown.
+"""
+from __future__ import annotations
+
+import time
+
+from infra.books import Book, Library
+from infra.budget import kept_budget
+from infra.checkpoint import Ledger
+from pipeline.reports import BOOK_STAGES, read_ledger, status_figures, status_from
+from pipeline.stages import LLM_STAGES
+
+RECENT_ERRORS = 5
+IDLE = {"pages_done": {}, "calls_in_flight": 0, "retries": 0}
+
+
+def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
+    """`ar.py status BOOK --json` plus the live figures (see the module's docstring)."""
+
+    def queries(ledger: Ledger) -> dict:
+        figures = status_figures(ledger)
+        runs = figures["runs"]
+        figures["activity"] = ledger.run_activity(runs[-1]["run_id"]) if runs else IDLE
+        figures["errors"] = ledger.recent_errors(RECENT_ERRORS)
+        figures["budget"] = kept_budget(ledger, default_budget_usd)
+        return figures
+
+    figures = read_ledger(book, queries)
+    now = time.time()
+    report = status_from(book, figures)
+    run = figures["runs"][-1] if figures.get("runs") else None
+    activity = figures.get("activity", IDLE)
+    running = report["state"] == "running"
+    elapsed = _elapsed(run, running, now)
+
+    projected: float | None = report["total_cost_usd"]
+    working = []  # the page stages at work in this run, in order
+    for name, s in report["stages"].items():
+        s["done_this_run"] = in_run = activity["pages_done"].get(name, 0)
+        left = s["total"] - s["done"]
+        s["cost_per_page_usd"] = s["cost_usd"] / s["done"] if s["done"] else None
+        per_page = name not in BOOK_STAGES
+        s["pages_per_minute"] = in_run * 60 / elapsed if per_page and elapsed else None
+        s["eta_seconds"] = (0.0 if left <= 0 else
+                            left * 60 / s["pages_per_minute"] if running and s["pages_per_minute"] else None)
+        if per_page and in_run:
+            working.append(s)
+        if left > 0 and (name in LLM_STAGES or s["calls"]) and projected is not None:
+            projected = None if s["cost_per_page_usd"] is None else projected + s["cost_per_page_usd"] * left
+
+    etas = [s["eta_seconds"] for s in working]
+    budget = figures.get("budget", default_budget_usd)
+    report.update(
+        at=now,
+        run=None if run is None else {k: run[k] for k in ("run_id", "status", "started_at", "ended_at")},
+        run_cost_usd=run["cost_usd"] if run else 0.0,
+        # pages per minute leaving the last stage at work: how fast the book gets done
+        pages_per_minute=working[-1]["pages_per_minute"] if working else None,
+        eta_seconds=(0.0 if report["state"] == "done" else
+                     max(etas) if running and etas and None not in etas else None),
+        cost_per_page_usd=sum(s["cost_per_page_usd"] or 0.0 for s in report["stages"].values()),
+        projected_total_usd=projected,
+        budget_usd=budget,
+        budget_left_usd=None if budget is None else budget - report["total_cost_usd"],
+        calls_in_flight=activity["calls_in_flight"] if running else 0,
+        retries=activity["retries"],
+        recent_errors=figures.get("errors", []),
+    )
+    return report
+
+
+def _elapsed(run: dict | None, running: bool, now: float) -> float | None:
+    """Seconds of this run so far (its duration once ended); None when unknown."""
+    if run is None:
+        return None
+    if running:
+        return max(now - run["started_at"], 1e-3)
+    if run["ended_at"] is None:  # crashed: its writer died without saying when
+        return None
+    return max(run["ended_at"] - run["started_at"], 1e-3)
+
+
+def library_snapshot(library: Library, books: list[dict]) -> dict:
+    """Several books' snapshots together, with the totals (the shape of `ar.py library --json`)."""
+    return {
+        "books_dir": str(library.root),
+        "books": books,
+        "total_cost_usd": sum(b["total_cost_usd"] for b in books),
+        "run_cost_usd": sum(b["run_cost_usd"] for b in books),
+        "total_pages": sum(b["pages"] for b in books),
+        "calls_in_flight": sum(b["calls_in_flight"] for b in books),
+    }
+
+
+def monitor_report(library: Library, book_ids: list[str], default_budget_usd: float | None = None) -> dict:
+    """One BOOK: its snapshot (like `ar.py status BOOK`); several, or none (the whole
+    library): the library form (like `ar.py status`)."""
+    books = [library.existing(b) for b in book_ids] if book_ids else library.books()
+    snapshots = [book_snapshot(b, default_budget_usd) for b in books]
+    if len(book_ids) == 1:
+        return snapshots[0]
+    return library_snapshot(library, snapshots)
