@@ -37,6 +37,16 @@ def usd_amount(text: str) -> float:
     return value
 
 
+def _refresh_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be seconds between 0.05 and 3600, not {text!r}")
+    return value
+
+
 def _common(json_flag: bool = True) -> argparse.ArgumentParser:
     p = _Parser(add_help=False)
     # SUPPRESS: given after the command it counts, absent it leaves the one before the command
@@ -93,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
 
     sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+
+    p = sub.add_parser("monitor", parents=[_common()],
+                       help="a live view of books being processed: progress, rate, ETA, cost (also tools/monitor.py)")
+    p.add_argument("books", nargs="*", metavar="BOOK", help="the books to watch (default: the whole library)")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit (--json implies it)")
+    p.add_argument("--interval", type=_refresh_interval, default=0.5, metavar="SECONDS",
+                   help="seconds between refreshes of the live view (default 0.5)")
 
     p = sub.add_parser("pricing", parents=[_common()], help="the prices ar uses (provider's model list, cached 24 h)")
     p.add_argument("model", nargs="?", help="a model id, e.g. google/gemini-2.5-flash")
@@ -270,6 +287,17 @@ def cmd_library(args, settings: Settings, library: Library) -> int:
     return 0
 
 
+def cmd_monitor(args, settings: Settings, library: Library) -> int:
+    from pipeline.monitor import monitor_report
+    from tools import monitor
+
+    if args.once or args.json:
+        _emit(args, monitor_report(library, args.books, settings.budget_usd),
+              lambda r: monitor.print_once(r, detail_all=bool(args.books)))
+        return 0
+    return monitor.watch(library, args.books, settings.budget_usd, args.interval)
+
+
 def cmd_pricing(args, settings: Settings, library: Library) -> int:
     from infra.pricing import PricingCache, PricingError
 
@@ -290,7 +318,7 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
 
 
 COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,
-            "clean": cmd_clean, "library": cmd_library, "pricing": cmd_pricing}
+            "clean": cmd_clean, "library": cmd_library, "monitor": cmd_monitor, "pricing": cmd_pricing}
 
 
 def main(argv: list[str] | None = None) -> int:
