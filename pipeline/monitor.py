@@ -60,7 +60,7 @@ def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
         if left > 0 and (name in LLM_STAGES or s["calls"]) and projected is not None:
             projected = None if s["cost_per_page_usd"] is None else projected + s["cost_per_page_usd"] * left
 
-    etas = [s["eta_seconds"] for s in working]
+    etas = [s["eta_seconds"] for s in working]  # known: a stage at work has a rate
     budget = figures.get("budget", default_budget_usd)
     report.update(
         at=now,
@@ -69,7 +69,7 @@ def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
         # pages per minute leaving the last stage at work: how fast the book gets done
         pages_per_minute=working[-1]["pages_per_minute"] if working else None,
         eta_seconds=(0.0 if report["state"] == "done" else
-                     max(etas) if running and etas and None not in etas else None),
+                     max(etas) if running and etas else None),
         cost_per_page_usd=sum(s["cost_per_page_usd"] or 0.0 for s in report["stages"].values()),
         projected_total_usd=projected,
         budget_usd=budget,
