@@ -27,21 +27,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ar: error: {message} (see {self.prog} --help)\n")
 
 
-def usd_amount(text: str) -> float:
+def _number(text: str) -> float:
+    """A float, or NaN (which fails every range check) for what is not a number."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = float("nan")
+        return float("nan")
+
+
+def usd_amount(text: str) -> float:
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive amount of USD, not {text!r}")
     return value
 
 
 def _refresh_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = _number(text)
     if not 0.05 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"must be seconds between 0.05 and 3600, not {text!r}")
     return value

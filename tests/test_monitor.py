@@ -225,13 +225,15 @@ def test_monitor_json_has_the_status_figures_and_the_library_form(books_dir):
     assert both["total_cost_usd"] == pytest.approx(0.04) and both["calls_in_flight"] == 1
 
 
-def test_unknown_or_invalid_book_is_a_one_line_error(books_dir):
+def test_unknown_or_invalid_book_or_interval_is_a_one_line_error(books_dir):
     make_book(books_dir, "there", 1)
     r = run_monitor("there", "nosuch", "--once", books_dir=books_dir)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "no book 'nosuch'" in r.stderr
     r = run_monitor("../etc", books_dir=books_dir)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid book id" in r.stderr
+    r = run_monitor("there", "--interval", "0", books_dir=books_dir)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--interval" in r.stderr
 
 
 # ---- the live view in a real terminal -----------------------------------------------------
