@@ -225,6 +225,20 @@ def test_monitor_json_has_the_status_figures_and_the_library_form(books_dir):
     assert both["total_cost_usd"] == pytest.approx(0.04) and both["calls_in_flight"] == 1
 
 
+def test_once_shows_the_library_running_books_in_full_the_others_in_a_line(books_dir):
+    book, ledger = half_done_book(books_dir)
+    ledger.close()
+    make_book(books_dir, "fresh", 2)
+    r = run_monitor("--once", books_dir=books_dir)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("2 books  this run $0.0400  all runs $0.0400  in ")
+    assert any(re.match(r"╭─ half\s+running\s+10 pages", line) for line in lines)
+    assert any(re.match(r"│ correct .* 4/10 ", line) for line in lines)
+    assert any(re.match(r"fresh\s+new\s+2\s+\$0\.0000", line) for line in lines)
+    assert not any("╭─ fresh" in line for line in lines)
+
+
 def test_unknown_or_invalid_book_or_interval_is_a_one_line_error(books_dir):
     make_book(books_dir, "there", 1)
     r = run_monitor("there", "nosuch", "--once", books_dir=books_dir)

@@ -127,8 +127,9 @@ def view(report: dict, stale: dict[str, str] | None = None, detail_all: bool = F
     if "books" not in report:
         return book_view(report, stale.get(report["book"]))
     n = len(report["books"])
-    header = _line(f"{n} book{'s' if n != 1 else ''} in {report['books_dir']}",
-                   f"this run {_usd(report['run_cost_usd'])}", f"all runs {_usd(report['total_cost_usd'])}")
+    # the figures first: a long books_dir is what an 80-column line cuts
+    header = _line(f"{n} book{'s' if n != 1 else ''}", f"this run {_usd(report['run_cost_usd'])}",
+                   f"all runs {_usd(report['total_cost_usd'])}", f"in {report['books_dir']}")
     detailed = [b for b in report["books"] if detail_all or b["state"] == "running"]
     rest = [b for b in report["books"] if b not in detailed]
     parts: list[RenderableType] = [header, *(book_view(b, stale.get(b["book"])) for b in detailed)]
