@@ -209,9 +209,10 @@ def _images(messages: list[dict]) -> int:
 
 
 def answer_for(messages: list[dict], response_format: dict | None, malformed: bool) -> str:
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    text = _message_text(last_user)
-    found = re.search(r"<ocr_text>\n?(.*?)\n?</ocr_text>", text, re.S)
+    # The latest user message with a page in it: a re-ask after an invalid answer ("That answer
+    # is not valid...") comes after it, and a model answers it about the same page.
+    texts = (_message_text(m) for m in reversed(messages) if m.get("role") == "user")
+    found = next(filter(None, (re.search(r"<ocr_text>\n?(.*?)\n?</ocr_text>", t, re.S) for t in texts)), None)
     corrected, changes, words = correct_text(found.group(1)) if found else (
         "This is the local OpenRouter-compatible server.", [], 0)
     confidence = round(max(0.0, 1.0 - 3 * len(changes) / words), 3) if words else 1.0
