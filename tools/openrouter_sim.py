@@ -244,6 +244,7 @@ class Options:
     credits: float | None = None
     api_key: str | None = None
     generation_delay_ms: float = 300
+    state: str | None = None
 
 
 @dataclass
@@ -272,6 +273,30 @@ class Simulator:
         self.total_usage = 0.0
         self.requests: dict[str, int] = {}
         self.seen_prompts: set[tuple[str, str]] = set()
+        self._journal = self._replay(options.state) if options.state else None
+
+    def _replay(self, path: str):
+        """A restarted server keeps what it billed, like the real service after an outage.
+
+        Every generation is appended to the journal when it starts and when it is charged;
+        one still running when the server died is closed as cancelled: never billed."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    gen = Generation(**json.loads(line))
+                    self.generations[gen.id] = gen
+        except FileNotFoundError:
+            pass
+        for gen in self.generations.values():
+            if gen.ended is None:
+                gen.status, gen.finish_reason, gen.ended = "cancelled", "cancelled", time.monotonic()
+            self.total_usage += gen.cost
+        return open(path, "a", encoding="utf-8")
+
+    def _record(self, gen: Generation) -> None:
+        if self._journal is not None:
+            self._journal.write(json.dumps(gen.__dict__) + "\n")
+            self._journal.flush()  # in the kernel's hands: survives the server's SIGKILL
 
     def count(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
@@ -285,6 +310,7 @@ class Simulator:
                         gen.images) if status != "cancelled" else 0.0
         gen.status, gen.finish_reason, gen.ended = status, reason, time.monotonic()
         self.total_usage += gen.cost
+        self._record(gen)
 
     def usage(self, gen: Generation) -> dict:
         return {"prompt_tokens": gen.prompt, "completion_tokens": gen.completion,
@@ -324,6 +350,7 @@ class Simulator:
         gen = Generation(id=f"gen-{secrets.token_hex(12)}", model=model["id"], prompt=prompt,
                          cached=cached, cache_write=cache_write, images=_images(messages))
         self.generations[gen.id] = gen
+        self._record(gen)
         return gen
 
     # -- endpoints --
@@ -505,6 +532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
     p.add_argument("--generation-delay-ms", type=float, default=300,
                    help="/generation answers 404 this long after a generation ends")
+    p.add_argument("--state", metavar="FILE",
+                   help="journal of generations and billing, kept across restarts of the server")
     args = p.parse_args(argv)
     if not _loopback(args.host):
         p.exit(2, f"openrouter_sim: error: --host {args.host} is not a loopback address; "
