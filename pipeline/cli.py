@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -294,6 +295,16 @@ COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "s
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM is Ctrl-C until a run sets its own handlers: a stop, not a death by signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("ar: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_console(args.verbose)
@@ -306,9 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     except ArError as e:
         print(f"ar: error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("ar: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except sqlite3.Error as e:
         print(f"ar: error: checkpoint: {redact(str(e))}", file=sys.stderr)
         return 1
