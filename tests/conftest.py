@@ -40,6 +40,16 @@ def start_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
                             cwd=ROOT, stdout=stdout, stderr=stderr)
 
 
+def one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """One line says what went wrong, with one of `needles`: `ar: error: ...` on stderr, or for a
+    run that stopped, its outcome `failed: ...` in the summary; no traceback, no second error."""
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ar: error: ")]
+    errors += [line for line in r.stdout.splitlines() if line.startswith("failed: ")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert any(n in errors[0] for n in needles), errors[0]
+    return errors[0]
+
+
 def llm_env(server, tmp_path: Path, **extra: str) -> dict:
     """Settings that point ar at a local server `server` (tests/simserver.py), with its key."""
     return {"OPENROUTER_BASE_URL": server.url, "OPENROUTER_API_KEY": server.key,

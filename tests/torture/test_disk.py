@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.conftest import REAL_SCANS, llm_env, run_ar
+from tests.conftest import REAL_SCANS, llm_env, one_error_line, run_ar
 from tests.torture.harness import KEY, PAGES, STAGES, check_book_is_whole, query
 
 
@@ -28,15 +28,6 @@ def fill(folder, leave_bytes: int) -> None:
     st = os.statvfs(folder)
     with open(os.path.join(folder, "filler"), "wb") as f:
         f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_bytes))
-
-
-def one_error_line(r, *needles: str) -> None:
-    """One line says what went wrong: `ar: error: ...` on stderr, or, for a run that stopped,
-    its outcome `failed: ...` in the summary; no traceback, no other error."""
-    errors = [line for line in r.stderr.splitlines() if line.startswith("ar: error: ")]
-    errors += [line for line in r.stdout.splitlines() if line.startswith("failed: ")]
-    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
-    assert any(n in errors[0] for n in needles), errors[0]
 
 
 def pages_done_have_outputs(book) -> None:
