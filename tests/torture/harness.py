@@ -18,8 +18,8 @@ from pathlib import Path
 from tests.conftest import start_ar
 
 LONG = os.environ.get("AR_TORTURE") == "long"
-PAGES = 200 if LONG else 100
-KILLS = 60 if LONG else 20  # at least this many SIGKILLs before the book may be done
+PAGES = 300 if LONG else 100
+KILLS = 50 if LONG else 20  # at least this many SIGKILLs before the book may be done (~1 for 3 pages)
 KEY = "sk-or-v1-torture-RECOGNISABLE-5f3a9c0d7e"
 # every fault at once; Retry-After 0 so that 429s cost no idle time
 FAULTS = ("--latency-ms", "150", "--jitter-ms", "350", "--retry-after", "0", "--fail-429", "0.1",
@@ -32,7 +32,9 @@ SUMMARIES: list[str] = []  # printed at the end of the pytest session (conftest.
 
 def seed() -> int:
     """AR_TORTURE_SEED replays a run's draws (the kill times; the machine's timing still varies)."""
-    return int(os.environ.get("AR_TORTURE_SEED") or random.SystemRandom().randrange(1_000_000))
+    draws = int(os.environ.get("AR_TORTURE_SEED") or random.SystemRandom().randrange(1_000_000))
+    print(f"AR_TORTURE_SEED={draws}")  # shown with a failure's captured output
+    return draws
 
 
 def query(book_dir: Path, sql: str, *params) -> list[tuple]:
@@ -43,8 +45,10 @@ def query(book_dir: Path, sql: str, *params) -> list[tuple]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # created, not yet initialised by the first writer
-        return []
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):  # created, not yet initialised by the first writer
+            return []
+        raise
     finally:
         conn.close()
 
