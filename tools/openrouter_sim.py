@@ -266,6 +266,8 @@ class Generation:
 
 
 class Simulator:
+    _journal = None  # the --state file, appended to once replayed
+
     def __init__(self, options: Options):
         self.o = options
         self.rng = random.Random(options.seed)
@@ -273,9 +275,8 @@ class Simulator:
         self.total_usage = 0.0
         self.requests: dict[str, int] = {}
         self.seen_prompts: set[tuple[str, str]] = set()
-        self._journal = self._replay(options.state) if options.state else None
 
-    def _replay(self, path: str):
+    def replay(self, path: str) -> None:
         """A restarted server keeps what it billed, like the real service after an outage.
 
         Every generation is appended to the journal when it starts and when it is charged;
@@ -291,7 +292,7 @@ class Simulator:
             if gen.ended is None:
                 gen.status, gen.finish_reason, gen.ended = "cancelled", "cancelled", time.monotonic()
             self.total_usage += gen.cost
-        return open(path, "a", encoding="utf-8")
+        self._journal = open(path, "a", encoding="utf-8")
 
     def _record(self, gen: Generation) -> None:
         if self._journal is not None:
@@ -547,6 +548,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     options = Options(**{k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__})
     simulator = Simulator(options)
+    if options.state:
+        simulator.replay(options.state)
     runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
