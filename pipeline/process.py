@@ -130,3 +130,5 @@ async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outco
             await ctx.llm.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        # removing it left SIGTERM's default (death): it is Ctrl-C again while the run is closed
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
