@@ -4,13 +4,19 @@ import signal
 import sys
 from pathlib import Path
 
-signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop, even while starting (pipeline/cli.py)
+# Ctrl-C and SIGTERM wait until ar's modules are imported: one that lands inside an import can
+# surface as another error (a RuntimeError from a class being built). Then SIGTERM is a Ctrl-C.
+STOPS = {signal.SIGINT, signal.SIGTERM}
+signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pipeline.cli import main  # noqa: E402
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 try:
-    from pipeline.cli import main  # noqa: E402
-except KeyboardInterrupt:  # Ctrl-C while ar is still starting: nothing begun, nothing lost
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # one that came meanwhile is raised here
+except KeyboardInterrupt:
     print("ar: interrupted", file=sys.stderr)
     sys.exit(130)
 

@@ -299,9 +299,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return _main(argv)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not interrupted(e):
+            raise
         print("ar: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def interrupted(error: BaseException | None) -> bool:
+    """Ctrl-C or SIGTERM, also one that came inside an import, which Python may wrap in a
+    RuntimeError (from a class being built) with the KeyboardInterrupt as its cause."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__
+    return False
 
 
 def _main(argv: list[str] | None) -> int:
