@@ -142,7 +142,7 @@ def test_resume_after_sigkill_redoes_exactly_the_pages_not_done(books_dir):
 
 def test_a_second_writer_is_refused_while_the_first_runs(books_dir):
     book_dir = make_book(books_dir, "b", 40)
-    first = start_driver(book_dir, 0.05)
+    first = start_driver(book_dir, 0.2)  # a run of some 4 s: long enough for two more ar processes
     try:
         wait_for(lambda: done_count(book_dir) >= 1)
         second = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir)
