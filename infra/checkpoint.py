@@ -397,6 +397,10 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _unreadable(path: Path, error: Exception) -> LedgerError:
+    if isinstance(error, sqlite3.OperationalError):  # the file may be fine: its folder, disk or a lock is not
+        return LedgerError(f"checkpoint {path} cannot be opened ({error}): check that its folder is "
+                           "writable (readers too need to write beside it), its disk not full, "
+                           "and that no other program holds it")
     return LedgerError(
         f"checkpoint {path} cannot be read ({error}); it was left untouched: "
         "restore it from a backup, or move it aside to start the book's ledger anew"

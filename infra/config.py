@@ -1,6 +1,7 @@
 """Configuration: environment variables, then a `.env` file in the current directory."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -38,8 +39,30 @@ class Settings(BaseSettings):
         return v.rstrip("/")
 
 
+def check_env_file(path: Path = Path(".env")) -> None:
+    """A .env that does not parse is an error, not a warning and a setting silently missing
+    (an unterminated quote would drop the key). The line is not shown: it may hold the key."""
+    if not path.is_file():
+        return
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"bad configuration {path.resolve()}: not UTF-8 text (byte {e.start})") from None
+    offset = 0
+    for binding in parse_stream(io.StringIO(text)):
+        raw = binding.original.string
+        if binding.error:
+            line = text.count("\n", 0, offset) + len(raw) - len(raw.lstrip("\n")) + 1
+            raise UsageError(f"bad configuration {path.resolve()}: line {line} does not parse "
+                             "(expected NAME=value)")
+        offset += len(raw)
+
+
 def load_settings(**overrides) -> Settings:
     """Settings from the environment and .env; a bad value is a one-line usage error."""
+    check_env_file()
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:

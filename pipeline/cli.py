@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -324,6 +325,28 @@ COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "s
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM is Ctrl-C until a run sets its own handlers: a stop, not a death by signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except BaseException as e:
+        if not interrupted(e):
+            raise
+        print("ar: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def interrupted(error: BaseException | None) -> bool:
+    """Ctrl-C or SIGTERM, also one that came inside an import, which Python may wrap in a
+    RuntimeError (from a class being built) with the KeyboardInterrupt as its cause."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__
+    return False
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_console(args.verbose)
@@ -336,9 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     except ArError as e:
         print(f"ar: error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("ar: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except sqlite3.Error as e:
         print(f"ar: error: checkpoint: {redact(str(e))}", file=sys.stderr)
         return 1

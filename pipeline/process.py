@@ -90,6 +90,10 @@ def process_book(
         except ArError as e:
             outcome = Outcome(status="failed", exit_code=e.exit_code, message=str(e))
             raise
+        except KeyboardInterrupt:  # before the run's signal handlers were set, or after
+            outcome = Outcome(status="interrupted", exit_code=EXIT_INTERRUPTED,
+                              message="interrupted: run the same command again to resume")
+            raise
         except BaseException as e:
             outcome = Outcome(status="failed", exit_code=1, message=f"{type(e).__name__}: {e}")
             raise
@@ -131,3 +135,5 @@ async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outco
             await ctx.llm.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        # removing it left SIGTERM's default (death): it is Ctrl-C again while the run is closed
+        signal.signal(signal.SIGTERM, signal.default_int_handler)

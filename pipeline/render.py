@@ -8,7 +8,7 @@ from rich.table import Table
 
 from infra.books import Book
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # a message or path stays on one line
 
 
 def _usd(x: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,6 +98,12 @@ class Stage:
 
     async def run_page(self, page: int) -> bool:
         """Do one page; True when it is done (output durable, then ledger updated)."""
+        try:
+            return await self._run_page(page)
+        except sqlite3.Error as e:  # the ledger cannot be written (disk full): nothing can be recorded
+            raise StopRun(f"cannot write {self.ctx.ledger.path}: {e}") from None
+
+    async def _run_page(self, page: int) -> bool:
         try:
             result = await self.process_page(page)
         except PageFailed as e:

@@ -18,15 +18,42 @@ def make_book(books_dir: Path, book_id: str, pages: int) -> Path:
     return books_dir / book_id
 
 
-def run_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
-           timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real `ar.py` in a process of its own."""
+def _ar_env(books_dir: Path | None, env: dict | None) -> dict:
     full_env = dict(os.environ)
     if books_dir is not None:
         full_env["AR_BOOKS_DIR"] = str(books_dir)
     full_env.update(env or {})
+    return full_env
+
+
+def run_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
+           timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `ar.py` in a process of its own."""
     return subprocess.run([sys.executable, str(ROOT / "ar.py"), *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=cwd or ROOT)
+                          text=True, env=_ar_env(books_dir, env), timeout=timeout, cwd=cwd or ROOT)
+
+
+def start_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
+             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start the real `ar.py` and return at once: for tests that signal or kill it."""
+    return subprocess.Popen([sys.executable, str(ROOT / "ar.py"), *args], env=_ar_env(books_dir, env),
+                            cwd=ROOT, stdout=stdout, stderr=stderr)
+
+
+def one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """One line says what went wrong, with one of `needles`: `ar: error: ...` on stderr, or for a
+    run that stopped, its outcome `failed: ...` in the summary; no traceback, no second error."""
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ar: error: ")]
+    errors += [line for line in r.stdout.splitlines() if line.startswith("failed: ")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert any(n in errors[0] for n in needles), errors[0]
+    return errors[0]
+
+
+def llm_env(server, tmp_path: Path, **extra: str) -> dict:
+    """Settings that point ar at a local server `server` (tests/simserver.py), with its key."""
+    return {"OPENROUTER_BASE_URL": server.url, "OPENROUTER_API_KEY": server.key,
+            "AR_CACHE_DIR": str(tmp_path / "cache"), **extra}
 
 
 @pytest.fixture

@@ -12,14 +12,23 @@ from tests.conftest import ROOT
 
 class Sim:
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.openrouter_sim", "--port", "0", *args],
+        self.args = args
+        self.key = args[args.index("--api-key") + 1] if "--api-key" in args else "sk-or-any"
+        self._start("0")
+
+    def _start(self, port: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tools.openrouter_sim", "--port", port, *self.args],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening on "):
             self.proc.kill()
             raise RuntimeError(f"the local server did not start: {line!r} {self.proc.stderr.read()}")
         self.url = line.removeprefix("listening on ")
-        self.key = args[args.index("--api-key") + 1] if "--api-key" in args else "sk-or-any"
+
+    def restart(self) -> None:
+        """A new life on the same port (after `kill`); with --state it keeps its bill."""
+        self.stop()
+        self._start(self.url.rsplit(":", 1)[1].split("/")[0])
 
     def _get(self, path: str) -> dict:
         r = httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.key}"}, timeout=10)

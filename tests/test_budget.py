@@ -5,14 +5,9 @@ import shutil
 import pytest
 
 from infra.checkpoint import Ledger
-from tests.conftest import ROOT, run_ar
+from tests.conftest import ROOT, llm_env, run_ar
 
 KEY = "sk-or-v1-budget-test-0123456789"
-
-
-def env_for(server, tmp_path, **extra) -> dict:
-    return {"OPENROUTER_BASE_URL": server.url, "OPENROUTER_API_KEY": KEY,
-            "AR_CACHE_DIR": str(tmp_path / "cache"), **extra}
 
 
 def ledger_rows(book_dir, sql):
@@ -37,7 +32,7 @@ def most_calls_in_flight(book_dir) -> int:
 def test_a_budget_stops_the_run_and_is_never_exceeded_with_32_calls_in_flight(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY, "--latency-ms", "300", "--jitter-ms", "200", "--seed", "2")
     book = ocr_book(books_dir)
-    env = env_for(server, tmp_path)
+    env = llm_env(server, tmp_path)
     budget = 0.02  # about two thirds of the book
     r = run_ar("process", "book", "--workers", "32", "--budget", str(budget), "--force", "--json",
                books_dir=books_dir, env=env)
@@ -69,7 +64,7 @@ def test_a_budget_stops_the_run_and_is_never_exceeded_with_32_calls_in_flight(si
 def test_process_refuses_a_budget_below_the_low_estimate(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY)
     ocr_book(books_dir)
-    r = run_ar("process", "book", "--budget", "0.001", books_dir=books_dir, env=env_for(server, tmp_path))
+    r = run_ar("process", "book", "--budget", "0.001", books_dir=books_dir, env=llm_env(server, tmp_path))
     assert r.returncode == 3
     assert r.stderr.startswith("ar: error: even the low estimate") and "--force" in r.stderr
     assert server.credits() == 0
@@ -90,7 +85,7 @@ def test_the_estimate_of_the_sample_book_holds_its_real_cost(sim, books_dir, tmp
     shutil.copy(ROOT / "books" / "sample" / "truth" / "book.md", sample / "truth")
     make(sample)
     server = sim("--api-key", KEY)
-    env = env_for(server, tmp_path)
+    env = llm_env(server, tmp_path)
     assert run_ar("add", str(sample / "source"), "--id", "sample", books_dir=books_dir).returncode == 0
     assert run_ar("process", "sample", "--stages", "ocr", books_dir=books_dir).returncode == 0
     before = run_ar("estimate", "sample", "--json", books_dir=books_dir, env=env)
@@ -111,7 +106,7 @@ def test_the_estimate_of_the_sample_book_holds_its_real_cost(sim, books_dir, tmp
 def test_reconcile_finds_a_difference_planted_in_the_ledger(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY)
     book = ocr_book(books_dir)
-    env = env_for(server, tmp_path)
+    env = llm_env(server, tmp_path)
     assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
     clean = run_ar("cost", "book", "--reconcile", "--json", books_dir=books_dir, env=env)
     assert clean.returncode == 0, clean.stderr
@@ -131,7 +126,7 @@ def test_the_cost_report_adds_up_failed_attempts_included(sim, books_dir, tmp_pa
     server = sim("--api-key", KEY, "--seed", "4", "--retry-after", "0", "--fail-500", "0.2",
                  "--fail-midstream", "0.15", "--fail-malformed", "0.1")
     ocr_book(books_dir)
-    env = env_for(server, tmp_path, AR_MAX_RETRIES="20")
+    env = llm_env(server, tmp_path, AR_MAX_RETRIES="20")
     assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
     assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
     assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
@@ -153,7 +148,7 @@ def test_the_cost_report_adds_up_failed_attempts_included(sim, books_dir, tmp_pa
 def test_a_price_change_and_a_costly_run_are_warnings(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY)
     book = ocr_book(books_dir)
-    env = env_for(server, tmp_path)
+    env = llm_env(server, tmp_path)
     assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
     led = Ledger.open_writer(book / "checkpoint.db")
     key = "price:google/gemini-2.5-flash"

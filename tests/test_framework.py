@@ -142,7 +142,7 @@ def test_resume_after_sigkill_redoes_exactly_the_pages_not_done(books_dir):
 
 def test_a_second_writer_is_refused_while_the_first_runs(books_dir):
     book_dir = make_book(books_dir, "b", 40)
-    first = start_driver(book_dir, 0.05)
+    first = start_driver(book_dir, 0.2)  # a run of some 4 s: long enough for two more ar processes
     try:
         wait_for(lambda: done_count(book_dir) >= 1)
         second = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir)
@@ -225,3 +225,15 @@ def pending(book_dir):
         return len(led.pending_calls())
     finally:
         led.close()
+
+
+def test_sigterm_is_a_stop_again_once_the_run_lets_go_of_it(books_dir):
+    """The run's own handlers are removed before the run is closed in the ledger; asyncio then
+    leaves SIGTERM's default (death), so it must be set back to Ctrl-C's (cli.main sets it)."""
+    book_dir = make_book(books_dir, "b", 3)
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        run_in_process(Book(book_dir))
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

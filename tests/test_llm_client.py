@@ -275,3 +275,20 @@ def test_calls_cut_by_a_sigkill_are_resolved_by_the_next_run(sim, tmp_path):
     assert server.credits() > 0
     assert abs(led.total_cost() - server.credits()) <= 1e-9
     led.close()
+
+
+def test_an_answer_after_an_invalid_one_is_about_the_same_page(sim, ledger, tmp_path):
+    """The re-ask ("That answer is not valid...") follows the page: the answer to it must be the
+    page's correction, so a malformed-answer fault cannot change a book's text."""
+    server = sim("--api-key", KEY, "--fail-malformed", "0.5", "--seed", "11")
+
+    async def go():
+        client = client_for(server, tmp_path, max_invalid_answers=5)
+        try:
+            return [await correct(client, ledger, page=p) for p in range(1, 7)]
+        finally:
+            await client.aclose()
+
+    results = run(go)
+    assert len(calls(ledger)) > 6  # some answers were invalid and asked again
+    assert all("The quick brown fox jumps over the lazy dog." in r.response.text for r in results)

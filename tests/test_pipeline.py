@@ -1,24 +1,16 @@
 """The whole pipeline, as a user runs it: real `ar.py` processes, real Tesseract on real
 scans, real HTTP to the local OpenRouter-compatible server."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from infra.checkpoint import Ledger
-from tests.conftest import REAL_SCANS, ROOT, run_ar
+from tests.conftest import REAL_SCANS, llm_env, run_ar, start_ar
 
 KEY = "sk-or-v1-e2e-RECOGNISABLE-0123456789"
-
-
-def llm_env(server, tmp_path) -> dict:
-    return {"OPENROUTER_BASE_URL": server.url, "OPENROUTER_API_KEY": KEY,
-            "AR_CACHE_DIR": str(tmp_path / "cache")}
 
 
 def add(books_dir, path, book_id):
@@ -82,9 +74,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_book_as_one_run(sim, books_d
     env = llm_env(server, tmp_path)
     assert run_ar("process", "once", books_dir=books_dir, env=env).returncode == 0
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "ar.py"), "process", "killed", "--workers", "2"],
-                            env={**os.environ, "AR_BOOKS_DIR": str(books_dir), **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_ar("process", "killed", "--workers", "2", books_dir=books_dir, env=env)
     db = books_dir / "killed" / "checkpoint.db"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # kill once correction is under way, calls in flight
@@ -135,9 +125,7 @@ def alive(pid: int) -> bool:
 
 def test_ocr_workers_die_with_a_sigkilled_ar(books_dir):
     add(books_dir, REAL_SCANS / "multipage.pdf", "book")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "ar.py"), "process", "book", "--stages", "ocr"],
-                            env={**os.environ, "AR_BOOKS_DIR": str(books_dir)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_ar("process", "book", "--stages", "ocr", books_dir=books_dir)
     deadline = time.monotonic() + 60
     while len(workers := children_of(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -209,9 +209,10 @@ def _images(messages: list[dict]) -> int:
 
 
 def answer_for(messages: list[dict], response_format: dict | None, malformed: bool) -> str:
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    text = _message_text(last_user)
-    found = re.search(r"<ocr_text>\n?(.*?)\n?</ocr_text>", text, re.S)
+    # The latest user message with a page in it: a re-ask after an invalid answer ("That answer
+    # is not valid...") comes after it, and a model answers it about the same page.
+    texts = (_message_text(m) for m in reversed(messages) if m.get("role") == "user")
+    found = next(filter(None, (re.search(r"<ocr_text>\n?(.*?)\n?</ocr_text>", t, re.S) for t in texts)), None)
     corrected, changes, words = correct_text(found.group(1)) if found else (
         "This is the local OpenRouter-compatible server.", [], 0)
     confidence = round(max(0.0, 1.0 - 3 * len(changes) / words), 3) if words else 1.0
@@ -243,6 +244,7 @@ class Options:
     credits: float | None = None
     api_key: str | None = None
     generation_delay_ms: float = 300
+    state: str | None = None
 
 
 @dataclass
@@ -264,6 +266,8 @@ class Generation:
 
 
 class Simulator:
+    _journal = None  # the --state file, appended to once replayed
+
     def __init__(self, options: Options):
         self.o = options
         self.rng = random.Random(options.seed)
@@ -272,6 +276,29 @@ class Simulator:
         self.requests: dict[str, int] = {}
         self.seen_prompts: set[tuple[str, str]] = set()
         self.connections: set[tuple] = set()  # client (host, port) pairs: one per TCP connection
+
+    def replay(self, path: str) -> None:
+        """A restarted server keeps what it billed, like the real service after an outage.
+
+        Every generation is appended to the journal when it starts and when it is charged;
+        one still running when the server died is closed as cancelled: never billed."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    gen = Generation(**json.loads(line))
+                    self.generations[gen.id] = gen
+        except FileNotFoundError:
+            pass
+        for gen in self.generations.values():
+            if gen.ended is None:
+                gen.status, gen.finish_reason, gen.ended = "cancelled", "cancelled", time.monotonic()
+            self.total_usage += gen.cost
+        self._journal = open(path, "a", encoding="utf-8")
+
+    def _record(self, gen: Generation) -> None:
+        if self._journal is not None:
+            self._journal.write(json.dumps(gen.__dict__) + "\n")
+            self._journal.flush()  # in the kernel's hands: survives the server's SIGKILL
 
     def count(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
@@ -285,6 +312,7 @@ class Simulator:
                         gen.images) if status != "cancelled" else 0.0
         gen.status, gen.finish_reason, gen.ended = status, reason, time.monotonic()
         self.total_usage += gen.cost
+        self._record(gen)
 
     def usage(self, gen: Generation) -> dict:
         return {"prompt_tokens": gen.prompt, "completion_tokens": gen.completion,
@@ -324,6 +352,7 @@ class Simulator:
         gen = Generation(id=f"gen-{secrets.token_hex(12)}", model=model["id"], prompt=prompt,
                          cached=cached, cache_write=cache_write, images=_images(messages))
         self.generations[gen.id] = gen
+        self._record(gen)
         return gen
 
     # -- endpoints --
@@ -507,6 +536,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
     p.add_argument("--generation-delay-ms", type=float, default=300,
                    help="/generation answers 404 this long after a generation ends")
+    p.add_argument("--state", metavar="FILE",
+                   help="journal of generations and billing, kept across restarts of the server")
     args = p.parse_args(argv)
     if not _loopback(args.host):
         p.exit(2, f"openrouter_sim: error: --host {args.host} is not a loopback address; "
@@ -520,6 +551,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     options = Options(**{k: v for k, v in vars(args).items() if k in Options.__dataclass_fields__})
     simulator = Simulator(options)
+    if options.state:
+        simulator.replay(options.state)
     runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
