@@ -133,6 +133,8 @@ def half_done_book(books_dir: Path) -> tuple[Book, Ledger]:
     ledger.end_run(first, "done")
     ledger.set_meta("budget_usd", "1.0")
     run = ledger.start_run(os.getpid(), "ar.py process half")
+    # begun a minute ago: a rate over a realistic time, not the microseconds this test takes
+    ledger._db.execute("UPDATE runs SET started_at = started_at - 60 WHERE run_id = ?", (run,))
     call(ledger, run, "correct", 1, 0.0, error="HTTP 429: slow down")
     call(ledger, run, "correct", 1, 0.01, attempt=2)
     for p in range(1, 5):
