@@ -333,10 +333,13 @@ class Simulator:
             return False
         return self.o.api_key is None or auth[7:] == self.o.api_key
 
-    async def pause(self) -> None:
+    async def pause(self, arrived: float) -> None:
+        """Until the latency has passed since the request arrived: a provider's latency is the
+        time to its first token, its own work on the request included."""
         delay = self.o.latency_ms + (self.rng.uniform(0, self.o.jitter_ms) if self.o.jitter_ms else 0)
-        if delay > 0:
-            await asyncio.sleep(delay / 1000)
+        left = delay / 1000 - (time.monotonic() - arrived)
+        if left > 0:
+            await asyncio.sleep(left)
 
     def new_generation(self, model: dict, messages: list[dict]) -> Generation:
         prompt = sum(tokens(_message_text(m)) for m in messages)
@@ -393,6 +396,7 @@ class Simulator:
                                   "connections": len(self.connections)})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         self.connections.add(request.transport.get_extra_info("peername") if request.transport else None)
         if not self.authorized(request):
             self.count("401")
@@ -438,8 +442,8 @@ class Simulator:
             content, reasoning, finish = "", 0, "error"
         self.count("midstream" if midstream else "ok")
         if body.get("stream"):
-            return await self.stream(request, gen, content, reasoning, finish)
-        await self.pause()
+            return await self.stream(request, gen, content, reasoning, finish, arrived)
+        await self.pause(arrived)
         self.charge(gen, tokens(content) + reasoning, reasoning, "error" if midstream else "complete", finish)
         answer = {"id": gen.id, "object": "chat.completion", "created": int(gen.created), "model": gen.model,
                   "provider": "Local", "choices": [{"index": 0, "finish_reason": finish,
@@ -449,7 +453,7 @@ class Simulator:
             answer["error"] = {"code": 502, "message": "Provider returned error during generation"}
         return web.json_response(answer)
 
-    async def stream(self, request, gen: Generation, content: str, reasoning: int, finish: str):
+    async def stream(self, request, gen: Generation, content: str, reasoning: int, finish: str, arrived: float):
         gen.streamed = True
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         base = {"id": gen.id, "object": "chat.completion.chunk", "created": int(gen.created),
@@ -463,7 +467,7 @@ class Simulator:
             await response.prepare(request)
             await response.write(event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                      "finish_reason": None}]}))
-            await self.pause()
+            await self.pause(arrived)
             if finish == "error":
                 self.charge(gen, 0, 0, "error", "error")
                 await self._write(request, response, event({
