@@ -136,3 +136,32 @@ def test_ocr_workers_die_with_a_sigkilled_ar(books_dir):
     while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(w) for w in workers)
+
+
+def test_running_out_of_credits_stops_the_run_cleanly_and_the_next_run_goes_on(sim, books_dir, tmp_path, ocr_book):
+    """HTTP 402 mid-run: no more calls are sent, the calls in flight are recorded, the run is
+    closed as failed with a one-line reason, and a run with credits again finishes the book."""
+    ocr_book(books_dir)
+    poor = sim("--credits", "0.005", "--latency-ms", "50")  # the whole book costs about $0.02
+    r = run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=llm_env(poor, tmp_path))
+    assert r.returncode == 1, r.stderr
+    assert "out of credits" in r.stdout and "add credits, then run again" in r.stdout
+    ledger = Ledger.open_reader(books_dir / "book" / "checkpoint.db")
+    try:
+        assert ledger.runs()[-1]["status"] == "failed"
+        assert ledger.pending_calls() == []
+        assert abs(ledger.total_cost() - poor.credits()) <= 1e-9
+        done = ledger.done_pages("correct")
+    finally:
+        ledger.close()
+    assert 0 < len(done) < 120
+    assert {int(p.stem[5:]) for p in (books_dir / "book" / "corrected").glob("page_*.json")} == done
+    rich = sim()
+    again = run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=llm_env(rich, tmp_path))
+    assert again.returncode == 0, again.stderr
+    ledger = Ledger.open_reader(books_dir / "book" / "checkpoint.db")
+    try:
+        assert len(ledger.done_pages("correct")) == 120
+        assert abs(ledger.total_cost() - poor.credits() - rich.credits()) <= 1e-9
+    finally:
+        ledger.close()
