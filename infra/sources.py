@@ -63,6 +63,8 @@ def _from_pdf(pdf_path: Path, out: Path) -> int:
         reason = str(e).lower()
         if "password" in reason:
             raise SourceError(f"{pdf_path}: the PDF is encrypted (password-protected); decrypt it first") from None
+        if "(pdfium: success)" in reason:  # PDFium refuses a document without pages, and says no more
+            raise SourceError(f"{pdf_path}: not a readable PDF (no pages found in it)") from None
         raise SourceError(f"{pdf_path}: not a readable PDF ({e})") from None
     try:
         if len(pdf) == 0:
