@@ -11,6 +11,7 @@ the last commits, never corrupt the file.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -364,6 +365,11 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     # isolation_level=None: autocommit, every statement is its own transaction unless a
     # snapshot() groups them; so each record is durable the moment its call returns.
     uri = f"file:{path}?mode=ro" if read_only else f"file:{path}?mode=rwc"
+    if read_only and not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
+        # A folder no one can write to (a read-only mount, an archive) holds no writer, and the
+        # ledger was closed cleanly (no -wal): read the file as it is, without the -shm file a
+        # WAL reader would otherwise have to create beside it.
+        uri += "&immutable=1"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
