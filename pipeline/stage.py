@@ -111,8 +111,7 @@ class Stage:
             self.stats["pages_failed"] += 1
             return False
         try:
-            # in a thread: the fsyncs wait for the disk, and the calls in flight must not wait for them
-            await asyncio.to_thread(atomic_write_json, self.output_path(page), result)
+            atomic_write_json(self.output_path(page), result)
         except OSError as e:  # disk full, read-only: no page can be saved, stop cleanly
             raise StopRun(f"cannot write {self.output_path(page)}: {e.strerror or e}") from None
         self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id)
