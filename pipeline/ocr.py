@@ -2,7 +2,9 @@
 
 One `tesseract` process per page, one page per core at a time, each with OMP_THREAD_LIMIT=1:
 Tesseract's own threads help one page but cost throughput when every core is busy
-(bench/ocr_throughput.py measures it against the bare command).
+(bench/ocr_throughput.py measures it against the bare command). The processes are started
+straight from the event loop and their TSV parsed here (under a millisecond a page): no pool
+of Python workers to start, whose imports would cost more than the parsing they would save.
 """
 from __future__ import annotations
 
@@ -10,35 +12,57 @@ import asyncio
 import ctypes
 import csv
 import io
-import multiprocessing
 import os
 import signal
 import subprocess
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from pipeline.stage import PageFailed, Stage
 
 TESSERACT_ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+TIMEOUT_S = 600
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+try:  # resolved here, not in the child: between fork and exec nothing may be loaded
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
 
 
 class OcrError(Exception):
     pass
 
 
-def run_tesseract(image: Path, lang: str = "eng") -> str:
+def _detach(ar_pid: int) -> None:
+    """In the tesseract child, before exec. Its own process group: a Ctrl-C meant for ar lets
+    the pages in flight finish. Yet killed when ar dies, however it dies (SIGKILL too)."""
+    os.setpgrp()
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != ar_pid:  # ar died before the line above took effect
+        os._exit(1)
+
+
+async def run_tesseract(image: Path, lang: str = "eng") -> str:
     """The page's TSV from the `tesseract` command (text and confidences of every word)."""
     try:
-        done = subprocess.run(["tesseract", str(image), "stdout", "-l", lang, "tsv"],
-                              capture_output=True, env=TESSERACT_ENV, timeout=600)
+        proc = await asyncio.create_subprocess_exec(
+            "tesseract", str(image), "stdout", "-l", lang, "tsv", stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=TESSERACT_ENV, preexec_fn=partial(_detach, os.getpid()))
     except FileNotFoundError:
         raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)") from None
-    except subprocess.TimeoutExpired:
-        raise OcrError(f"{image}: tesseract took over 10 minutes") from None
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        raise OcrError(f"{image}: tesseract failed: {reason[-1] if reason else 'exit ' + str(done.returncode)}")
-    return done.stdout.decode("utf-8", errors="replace")
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+        proc.kill()
+        await proc.wait()
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        raise OcrError(f"{image}: tesseract took over {TIMEOUT_S // 60} minutes") from None
+    if proc.returncode != 0:
+        reason = err.decode(errors="replace").strip().splitlines()
+        raise OcrError(f"{image}: tesseract failed: {reason[-1] if reason else 'exit ' + str(proc.returncode)}")
+    return out.decode("utf-8", errors="replace")
 
 
 def _bbox(row: dict) -> list[int]:
@@ -93,52 +117,24 @@ def parse_tsv(tsv: str) -> dict:
     }
 
 
-def ocr_page(image: Path, lang: str = "eng") -> dict:
+async def ocr_page(image: Path, lang: str = "eng") -> dict:
     if not image.is_file():
         raise OcrError(f"{image}: no such page image")
-    return parse_tsv(run_tesseract(image, lang))
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _detach_worker(parent_pid: int) -> None:
-    """OCR workers leave the terminal's process group: a Ctrl-C meant for `ar` must let
-    the pages in flight finish, not kill their tesseract. But they die with `ar`: a pool
-    worker holds both ends of its own task pipe, so it would never see a SIGKILLed parent go."""
-    os.setpgrp()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the worker outlives a SIGKILLed ar
-        pass
-    if os.getppid() != parent_pid:  # ar died before prctl took effect
-        os._exit(1)
+    return parse_tsv(await run_tesseract(image, lang))
 
 
 class OcrStage(Stage):
-    """Tesseract on each page, one process per core (pages handed to a process pool)."""
+    """Tesseract on each page, one process per core at a time."""
 
     name = "ocr"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.processes = max(1, min(ctx.workers, os.cpu_count() or 1))
-        # spawn: the workers are ar's own children (so they die with it) and share no state with it
-        self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_detach_worker, initargs=(os.getpid(),))
-
     @property
     def concurrency(self) -> int:
-        return self.processes
+        return max(1, min(self.ctx.workers, os.cpu_count() or 1))
 
     async def process_page(self, page: int) -> dict:
-        image = self.ctx.book.source_image(page)
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.pool, ocr_page, image)
+            result = await ocr_page(self.ctx.book.source_image(page))
         except OcrError as e:
             raise PageFailed(str(e)) from None
         return {"page": page, **result}
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)

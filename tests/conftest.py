@@ -34,10 +34,10 @@ def run_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
 
 
 def start_ar(*args: str, books_dir: Path | None = None, env: dict | None = None,
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen) -> subprocess.Popen:
     """Start the real `ar.py` and return at once: for tests that signal or kill it."""
     return subprocess.Popen([sys.executable, str(ROOT / "ar.py"), *args], env=_ar_env(books_dir, env),
-                            cwd=ROOT, stdout=stdout, stderr=stderr)
+                            cwd=ROOT, stdout=stdout, stderr=stderr, **popen)
 
 
 def one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:

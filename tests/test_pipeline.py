@@ -1,6 +1,7 @@
 """The whole pipeline, as a user runs it: real `ar.py` processes, real Tesseract on real
 scans, real HTTP to the local OpenRouter-compatible server."""
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -136,6 +137,26 @@ def test_ocr_workers_die_with_a_sigkilled_ar(books_dir):
     while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(w) for w in workers)
+
+
+def test_ctrl_c_in_a_terminal_lets_the_ocr_pages_in_flight_finish(books_dir):
+    """A terminal's Ctrl-C goes to its whole process group: tesseract is not in it, so the
+    pages being read are finished and saved, and the run stops after them."""
+    add(books_dir, REAL_SCANS / "multipage.pdf", "book")
+    proc = start_ar("process", "book", "--stages", "ocr", books_dir=books_dir, process_group=0)
+    deadline = time.monotonic() + 60
+    while len(readers := children_of(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(readers) >= 2  # one tesseract per core at work
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    ledger = Ledger.open_reader(books_dir / "book" / "checkpoint.db")
+    try:
+        done, failed = ledger.done_pages("ocr"), ledger.failed_pages("ocr")
+    finally:
+        ledger.close()
+    assert failed == {} and len(done) >= len(readers)  # the pages in flight were finished, not lost
+    assert {int(p.stem[5:]) for p in (books_dir / "book" / "ocr").glob("page_*.json")} == done
 
 
 def test_running_out_of_credits_stops_the_run_cleanly_and_the_next_run_goes_on(sim, books_dir, tmp_path, ocr_book):
