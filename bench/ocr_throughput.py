@@ -11,7 +11,7 @@ The reference is the best of three ways to run the same command (`tesseract IMG 
   - one process at a time, with tesseract's own threads.
 (The two threaded ones run on one and two passes over the distinct pages, to save time.)
 ar: process_book with [("ocr", OcrStage)] on a fresh temp copy of the book, wall clock of
-the whole call (ledger, process pool start, TSV parsing, output files included).
+the whole call (ledger, tesseract processes, TSV parsing, output files included).
 ar and the one-thread bare configuration (the best on few cores) run RUNS times each,
 alternating, and their best run counts: the figures are only as steady as the machine
 (its load average is printed). Goal: ar >= 0.95 of the best reference, on each page set.

@@ -120,17 +120,13 @@ async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outco
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    built: list[Stage] = []
     try:
         if before_run is not None:
             await before_run(ctx)
-        built = [factory(ctx) for _, factory in stages]
-        pipeline = Pipeline(ctx, built, order, on_progress)
+        pipeline = Pipeline(ctx, [factory(ctx) for _, factory in stages], order, on_progress)
         pages = list(range(1, ctx.book.page_count() + 1))
         return await pipeline.run(pages)
     finally:
-        for stage in built:
-            stage.close()
         if ctx.llm is not None:
             await ctx.llm.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):

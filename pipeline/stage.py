@@ -126,6 +126,3 @@ class Stage:
         """A book stage's one unit of work (ledger page 0) is done."""
         self.ctx.ledger.mark_done(self.name, 0, self.ctx.run_id)
         self.stats["pages_done"] = 1
-
-    def close(self) -> None:
-        """Release what the stage holds (process pools, connections)."""
