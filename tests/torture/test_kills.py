@@ -11,6 +11,19 @@ from tests.torture.harness import (FAULTS, KEY, KILLS, PAGES, RUN_ENV, SUMMARIES
                                    summary)
 
 
+def whole_and_paid(title: str, draws: int, torture: Torture, book, server, reference_md) -> dict:
+    """The book is whole and the ledger equals the server's bill; the summary is printed and
+    kept for the end of the session. Returns the billing figures."""
+    check_book_is_whole(book, PAGES, reference_md)
+    billed = server.credits()
+    bill = billing(book, server.generations()["data"])
+    text = summary(title, draws, torture, PAGES, bill, billed)
+    SUMMARIES.append(text)
+    print(text)
+    assert abs(bill["recorded_usd"] - billed) <= 1e-9
+    return bill
+
+
 def test_sigkill_at_random_moments_loses_nothing(sim, books_dir, tmp_path, torture_book):
     draws = seed()
     server = sim("--api-key", KEY, "--seed", str(draws), *FAULTS)
@@ -19,14 +32,8 @@ def test_sigkill_at_random_moments_loses_nothing(sim, books_dir, tmp_path, tortu
                       delays=(0.3, 2.0))
     torture.run()
 
-    check_book_is_whole(book, PAGES, torture_book.reference_md)
-    billed = server.credits()
-    bill = billing(book, server.generations()["data"])
-    text = summary("SIGKILL torture", draws, torture, PAGES, bill, billed)
-    SUMMARIES.append(text)
-    print(text)
+    bill = whole_and_paid("SIGKILL torture", draws, torture, book, server, torture_book.reference_md)
     assert len(torture.stops) >= KILLS
-    assert abs(bill["recorded_usd"] - billed) <= 1e-9
     assert bill["wasted_calls"] <= sum(s.in_flight for s in torture.stops)
     assert_no_key_anywhere(KEY, books_dir, torture.outputs)
 
@@ -40,14 +47,8 @@ def test_sigterm_and_sigint_stop_gracefully_and_waste_nothing(sim, books_dir, tm
                       random.Random(draws), delays=(0.2, 2.5), workers=2)
     torture.run()
 
-    check_book_is_whole(book, PAGES, torture_book.reference_md)
-    billed = server.credits()
-    bill = billing(book, server.generations()["data"])
-    text = summary("SIGTERM/SIGINT torture", draws, torture, PAGES, bill, billed)
-    SUMMARIES.append(text)
-    print(text)
+    bill = whole_and_paid("SIGTERM/SIGINT torture", draws, torture, book, server, torture_book.reference_md)
     assert len(torture.stops) >= 8
-    assert abs(bill["recorded_usd"] - billed) <= 1e-9
     assert bill["wasted_calls"] == 0  # every call in flight at a stop finished and was used
 
 
