@@ -12,12 +12,13 @@ import logging
 import os
 import shlex
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 
 from infra.books import Book
-from infra.checkpoint import Ledger
+from infra.checkpoint import Ledger, LedgerError
 from infra.errors import EXIT_INTERRUPTED, ArError
 from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
@@ -77,7 +78,11 @@ def process_book(
     with WriterLock(book.lock_path, book.id), (progress or nullcontext()):
         on_progress = progress.update if progress is not None else None
         ledger = Ledger.open_writer(book.ledger_path)
-        run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
+        try:
+            run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
+        except sqlite3.Error as e:  # a full disk: not even the run's first record fits
+            ledger.close()
+            raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
         handler = open_run_log(book.logs_dir, run_id)
         log_event(log, "run started", run_id=run_id, book=book.id, stages=[n for n, _ in stages])
         outcome = Outcome(status="failed", exit_code=1)
@@ -98,7 +103,11 @@ def process_book(
             outcome = Outcome(status="failed", exit_code=1, message=f"{type(e).__name__}: {e}")
             raise
         finally:
-            ledger.end_run(run_id, outcome.status, outcome.message or None)
+            try:
+                ledger.end_run(run_id, outcome.status, outcome.message or None)
+            except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
+                log.warning("cannot close run %d in %s (%s): the next run marks it crashed",
+                            run_id, book.ledger_path, e)
             log_event(log, "run ended", run_id=run_id, status=outcome.status,
                       message=outcome.message, total_cost_usd=ledger.total_cost())
             write_cost_report(book)

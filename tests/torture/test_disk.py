@@ -50,7 +50,8 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_nothing(sim, tmp_path, 
         fill(small, free_kb * 1024)
         r = run_ar("process", "book", "--workers", "4", books_dir=books, env=env)
         assert r.returncode == 1
-        one_error_line(r, "disk is full", "No space left on device")
+        line = one_error_line(r, "disk is full", "No space left on device")
+        assert f"cannot write {books / 'book'}" in line  # says where
         pages_done_have_outputs(book)
 
         os.unlink(small / "filler")  # space again: the next run finishes the book
