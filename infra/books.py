@@ -12,6 +12,8 @@ _BOOK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 PAGE_GLOB = "page_*.png"
 # Stage outputs live in folders named for what they hold (DESIGN.md, book layout).
 STAGE_DIRS = {"correct": "corrected", "fix": "fixed"}
+# What the book stage (merge) makes, instead of a folder of pages
+BOOK_FILES = {"merge": ("book.md", "structured/metadata.json")}
 
 
 def validate_book_id(book_id: str) -> str:
@@ -60,12 +62,23 @@ class Book:
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
-    @property
-    def structured_dir(self) -> Path:
-        return self.root / "structured"
-
     def stage_dir(self, stage: str) -> Path:
         return self.root / STAGE_DIRS.get(stage, stage)
+
+    @property
+    def text_path(self) -> Path:
+        return self.root / BOOK_FILES["merge"][0]
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.root / BOOK_FILES["merge"][1]
+
+    def stage_outputs(self, stage: str) -> list[Path]:
+        """The files a stage has made: a page stage's folder of pages, or the book's files."""
+        if stage in BOOK_FILES:
+            return [f for f in (self.root / name for name in BOOK_FILES[stage]) if f.exists()]
+        folder = self.stage_dir(stage)
+        return list(folder.iterdir()) if folder.is_dir() else []
 
     def source_pages(self) -> list[Path]:
         return sorted(self.source_dir.glob(PAGE_GLOB))

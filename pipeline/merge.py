@@ -100,7 +100,7 @@ class MergeStage(Stage):
         book = self.ctx.book
         texts = [self.read_output("fix", p)["text"] for p in range(1, book.page_count() + 1)]
         markdown = book_markdown(texts)
-        atomic_write_bytes(book.root / "book.md", markdown.encode())
+        atomic_write_bytes(book.text_path, markdown.encode())
         status = status_report(book)
         metadata = {
             "book": book.id,
@@ -112,5 +112,5 @@ class MergeStage(Stage):
                               "total": s["total"], "cost_usd": s["cost_usd"]}
                        for name, s in status["stages"].items()},
         }
-        book.structured_dir.mkdir(exist_ok=True)
-        atomic_write_json(book.structured_dir / "metadata.json", metadata)
+        book.metadata_path.parent.mkdir(exist_ok=True)
+        atomic_write_json(book.metadata_path, metadata)

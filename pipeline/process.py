@@ -42,11 +42,9 @@ def clean_stage(book: Book, ledger: Ledger, stage: str, order: list[str]) -> int
     (they were made from it); every recorded cost stays. Returns the files removed."""
     removed = 0
     for name in order[order.index(stage):]:
-        out_dir = book.stage_dir(name)
-        if out_dir.is_dir():
-            for f in out_dir.iterdir():
-                f.unlink()
-                removed += 1
+        for f in book.stage_outputs(name):
+            f.unlink()
+            removed += 1
         ledger.clear_stage(name)
     return removed
 

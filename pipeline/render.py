@@ -72,8 +72,8 @@ def process_summary(r: dict, book: Book) -> None:
         else:
             console.print(f"book {r['book']!r}: the stages asked for are done; "
                           f"`ar.py process {r['book']}` runs the rest.")
-        if (book.root / "book.md").exists():
-            console.print(f"  text:        {book.root / 'book.md'}")
+        if book.text_path.exists():
+            console.print(f"  text:        {book.text_path}")
             console.print(f"  cost report: {book.root / 'cost_report.json'}")
     else:
         console.print(f"{outcome['status']}: {outcome['message']}")

@@ -186,3 +186,22 @@ def test_running_out_of_credits_stops_the_run_cleanly_and_the_next_run_goes_on(s
         assert abs(ledger.total_cost() - poor.credits() - rich.credits()) <= 1e-9
     finally:
         ledger.close()
+
+
+def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost(sim, books_dir, tmp_path):
+    server = sim()
+    add(books_dir, REAL_SCANS / "c02-22.pdf", "book")
+    env = llm_env(server, tmp_path)
+    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
+    book = books_dir / "book"
+    made = [book / "corrected" / "page_0001.json", book / "fixed" / "page_0001.json", book / "book.md",
+            book / "structured" / "metadata.json"]
+    assert all(f.exists() for f in made)
+    r = run_ar("clean", "book", "correct", "--json", books_dir=books_dir)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["files_removed"] == 4 and report["total_cost_usd"] == pytest.approx(server.credits())
+    assert not any(f.exists() for f in made) and (book / "ocr" / "page_0001.json").exists()
+    status = json.loads(run_ar("status", "book", "--json", books_dir=books_dir).stdout)
+    assert {s: status["stages"][s]["done"] for s in ("ocr", "correct", "fix", "merge")} == \
+        {"ocr": 1, "correct": 0, "fix": 0, "merge": 0}
