@@ -95,7 +95,7 @@ def process_book(
             raise
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
             outcome = Outcome(status="interrupted", exit_code=EXIT_INTERRUPTED,
-                              message="interrupted: run the same command again to resume")
+                              message="run the same command again to resume")
             raise
         except BaseException as e:
             outcome = Outcome(status="failed", exit_code=1, message=f"{type(e).__name__}: {e}")

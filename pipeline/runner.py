@@ -80,7 +80,7 @@ class Pipeline:
             self._stop(stop)
         if self.outcome.status == "done" and self.ctx.stopping.is_set():
             self.outcome.status, self.outcome.exit_code = "interrupted", 130
-            self.outcome.message = "interrupted: run the same command again to resume"
+            self.outcome.message = "run the same command again to resume"
         elif self.outcome.status == "done" and self.outcome.failed:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.failed.items())
             self.outcome.status, self.outcome.exit_code = "failed", 1
