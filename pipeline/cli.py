@@ -208,6 +208,9 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,
                            "pages_processed": outcome.pages_processed})
+    if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
+        left = _estimate(book, settings)
+        report["budget_to_finish_usd"] = left["spent_usd"] + left["high_usd"]
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
 

@@ -81,8 +81,8 @@ def process_summary(r: dict, book: Book) -> None:
         undone = ", ".join(f"{name} {s['total'] - s['done']}" for name, s in r["stages"].items()
                            if s["total"] > s["done"])
         console.print(f"  left undone: {undone} (pages)")
-        console.print(f"  to continue: ar.py process {r['book']} --budget USD, with more than "
-                      f"{_usd(r['total_cost_usd'])}")
+        console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
+                      "(spent so far, plus the high estimate of the rest)")
     console.print(f"  total cost:  {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
 
 

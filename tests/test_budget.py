@@ -53,8 +53,10 @@ def test_a_budget_stops_the_run_and_is_never_exceeded_with_32_calls_in_flight(si
     assert again.returncode == 3 and "budget" in again.stderr + again.stdout
     assert server.credits() == pytest.approx(spent, abs=1e-12)
 
-    # raising it finishes the book, and the ledger still equals the bill
-    done = run_ar("process", "book", "--workers", "32", "--budget", "1", books_dir=books_dir, env=env)
+    # raising it to what the stop said would finish the book does, and the ledger still equals the bill
+    to_finish = report["budget_to_finish_usd"]
+    assert spent < to_finish < 1
+    done = run_ar("process", "book", "--workers", "32", "--budget", str(to_finish), books_dir=books_dir, env=env)
     assert done.returncode == 0, done.stderr
     cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
     assert abs(cost["total_cost_usd"] - server.credits()) <= 1e-9
