@@ -85,11 +85,9 @@ def process_book(
         log_event(log, "run started", run_id=run_id, book=book.id, stages=[n for n, _ in stages])
         outcome = Outcome(status="failed", exit_code=1)
         try:
-            if fresh:
-                clean_stage(book, ledger, stages[0][0], order)
             ctx = RunContext(book=book, ledger=ledger, run_id=run_id, workers=workers,
                              options=options or {})
-            outcome = run_loop(_run(ctx, stages, order, on_progress, before_run))
+            outcome = run_loop(_run(ctx, stages, order, on_progress, before_run, fresh))
         except ArError as e:
             outcome = Outcome(status="failed", exit_code=e.exit_code, message=str(e))
             raise
@@ -114,7 +112,7 @@ def process_book(
     return outcome
 
 
-async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outcome:
+async def _run(ctx: RunContext, stages, order, on_progress, before_run, fresh: bool) -> Outcome:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -130,6 +128,8 @@ async def _run(ctx: RunContext, stages, order, on_progress, before_run) -> Outco
     try:
         if before_run is not None:
             await before_run(ctx)
+        if fresh:  # only once the run can go on (key, prices, pending calls settled): nothing lost for naught
+            clean_stage(ctx.book, ctx.ledger, stages[0][0], order)
         pipeline = Pipeline(ctx, [factory(ctx) for _, factory in stages], order, on_progress)
         pages = list(range(1, ctx.book.page_count() + 1))
         return await pipeline.run(pages)

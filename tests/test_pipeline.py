@@ -205,3 +205,23 @@ def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost
     status = json.loads(run_ar("status", "book", "--json", books_dir=books_dir).stdout)
     assert {s: status["stages"][s]["done"] for s in ("ocr", "correct", "fix", "merge")} == \
         {"ocr": 1, "correct": 0, "fix": 0, "merge": 0}
+
+
+def test_fresh_redoes_the_stages_but_only_once_the_run_can_go_on(sim, books_dir, tmp_path):
+    server = sim()
+    add(books_dir, REAL_SCANS / "c02-22.pdf", "book")
+    env = llm_env(server, tmp_path)
+    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
+    book = books_dir / "book"
+    corrected = (book / "corrected" / "page_0001.json").read_bytes()
+    paid = server.credits()
+    no_key = {**env, "OPENROUTER_API_KEY": ""}
+    r = run_ar("process", "book", "--stages", "correct", "--fresh", books_dir=books_dir, env=no_key)
+    assert r.returncode == 1 and "no API key" in r.stderr
+    assert (book / "corrected" / "page_0001.json").read_bytes() == corrected and (book / "book.md").exists()
+    r = run_ar("process", "book", "--stages", "correct", "--fresh", "--json", books_dir=books_dir, env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert {s: report["stages"][s]["done"] for s in ("ocr", "correct", "fix", "merge")} == \
+        {"ocr": 1, "correct": 1, "fix": 0, "merge": 0}
+    assert server.credits() > paid and report["total_cost_usd"] == pytest.approx(server.credits(), abs=1e-9)
