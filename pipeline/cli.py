@@ -148,7 +148,7 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
         _remove_tree(book.root)
         raise
     _emit(args, {"book": book.id, "pages": pages, "path": str(book.root)},
-          lambda r: print(f"added {r['book']}: {r['pages']} pages in {r['path']}"))
+          lambda r: print(f"added {r['book']}: {render.pages(r['pages'])} in {r['path']}"))
     return 0
 
 

@@ -9,6 +9,12 @@ from rich.table import Table
 from infra.books import Book
 
 console = Console(highlight=False, soft_wrap=True)  # a message or path stays on one line
+if not console.is_terminal:  # piped or logged: tables as wide as they need, not cut at 80 columns
+    console.width = 160
+
+
+def pages(n: int) -> str:
+    return f"{n} page" if n == 1 else f"{n} pages"
 
 
 def _usd(x: float) -> str:
@@ -20,7 +26,7 @@ def _when(ts: float | None) -> str:
 
 
 def status(r: dict) -> None:
-    console.print(f"[bold]{r['book']}[/]: {r['pages']} pages, {r['state']}, "
+    console.print(f"[bold]{r['book']}[/]: {pages(r['pages'])}, {r['state']}, "
                   f"total cost {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
     t = Table("stage", "done", "total", "failed", "calls", "cost")
     for name, s in r["stages"].items():
@@ -50,7 +56,7 @@ def _breakdown(title: str, rows: dict) -> Table:
 
 def cost(r: dict) -> None:
     console.print(f"[bold]{r['book']}[/]: total {_usd(r['total_cost_usd'])} "
-                  f"({r['pages']} pages, {_usd(r.get('cost_per_page_usd', 0.0))} per page); "
+                  f"({pages(r['pages'])}, {_usd(r.get('cost_per_page_usd', 0.0))} per page); "
                   f"provider-reported {_usd(r['provider_cost_usd'])}, computed {_usd(r['computed_cost_usd'])}")
     console.print(_breakdown("stage", r["stages"]))
     console.print(_breakdown("model", r["models"]))
