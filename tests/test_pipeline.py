@@ -188,12 +188,17 @@ def test_running_out_of_credits_stops_the_run_cleanly_and_the_next_run_goes_on(s
         ledger.close()
 
 
-def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost(sim, books_dir, tmp_path):
-    server = sim()
+def processed_scan(server, books_dir, tmp_path) -> tuple[dict, Path]:
+    """c02-22.pdf added as `book` and processed through every stage: (its env, its folder)."""
     add(books_dir, REAL_SCANS / "c02-22.pdf", "book")
     env = llm_env(server, tmp_path)
     assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
-    book = books_dir / "book"
+    return env, books_dir / "book"
+
+
+def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost(sim, books_dir, tmp_path):
+    server = sim()
+    _, book = processed_scan(server, books_dir, tmp_path)
     made = [book / "corrected" / "page_0001.json", book / "fixed" / "page_0001.json", book / "book.md",
             book / "structured" / "metadata.json"]
     assert all(f.exists() for f in made)
@@ -209,10 +214,7 @@ def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost
 
 def test_fresh_redoes_the_stages_but_only_once_the_run_can_go_on(sim, books_dir, tmp_path):
     server = sim()
-    add(books_dir, REAL_SCANS / "c02-22.pdf", "book")
-    env = llm_env(server, tmp_path)
-    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
-    book = books_dir / "book"
+    env, book = processed_scan(server, books_dir, tmp_path)
     corrected = (book / "corrected" / "page_0001.json").read_bytes()
     paid = server.credits()
     no_key = {**env, "OPENROUTER_API_KEY": ""}
