@@ -12,8 +12,11 @@ _BOOK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 PAGE_GLOB = "page_*.png"
 # Stage outputs live in folders named for what they hold (DESIGN.md, book layout).
 STAGE_DIRS = {"correct": "corrected", "fix": "fixed"}
-# What the book stage (merge) makes, instead of a folder of pages
-BOOK_FILES = {"merge": ("book.md", "structured/metadata.json")}
+BOOK_TEXT = "book.md"
+METADATA = "structured/metadata.json"
+# What a book stage (done once for the whole book, as ledger page 0) makes, instead of a folder of pages
+BOOK_FILES = {"merge": (BOOK_TEXT, METADATA)}
+BOOK_STAGES = frozenset(BOOK_FILES)
 
 
 def validate_book_id(book_id: str) -> str:
@@ -67,11 +70,11 @@ class Book:
 
     @property
     def text_path(self) -> Path:
-        return self.root / BOOK_FILES["merge"][0]
+        return self.root / BOOK_TEXT
 
     @property
     def metadata_path(self) -> Path:
-        return self.root / BOOK_FILES["merge"][1]
+        return self.root / METADATA
 
     def stage_outputs(self, stage: str) -> list[Path]:
         """The files a stage has made: a page stage's folder of pages, or the book's files."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 
-from infra.books import Book, Library
+from infra.books import BOOK_STAGES, Book, Library
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
-from pipeline.reports import BOOK_STAGES, read_ledger, status_figures, status_from
+from pipeline.reports import read_ledger, status_figures, status_from
 from pipeline.stages import LLM_STAGES
 
 RECENT_ERRORS = 5

@@ -24,7 +24,7 @@ from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
 from pipeline.reports import cost_report
-from pipeline.runner import Outcome, Pipeline
+from pipeline.runner import RESUME, Outcome, Pipeline
 from pipeline.stage import RunContext, Stage
 
 try:  # libuv's event loop: a tenth to a third less CPU per LLM call than asyncio's own (bench/throughput.py)
@@ -93,7 +93,7 @@ def process_book(
             raise
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
             outcome = Outcome(status="interrupted", exit_code=EXIT_INTERRUPTED,
-                              message="run the same command again to resume")
+                              message=RESUME)
             raise
         except BaseException as e:
             outcome = Outcome(status="failed", exit_code=1, message=f"{type(e).__name__}: {e}")

@@ -4,11 +4,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from infra.books import Book, Library
+from infra.books import BOOK_STAGES, Book, Library
 from infra.checkpoint import Ledger
 from pipeline.stages import STAGE_NAMES as STAGE_ORDER
-
-BOOK_STAGES = {"merge"}  # done once for the whole book (its one unit is ledger page 0)
 
 
 def _alive(pid: int | None) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pipeline.stage import RunContext, Stage, StopRun
 
+RESUME = "run the same command again to resume"
 _CLOSED = math.inf  # sorts after every page: a worker that sees it knows the queue is drained
 
 
@@ -80,7 +81,7 @@ class Pipeline:
             self._stop(stop)
         if self.outcome.status == "done" and self.ctx.stopping.is_set():
             self.outcome.status, self.outcome.exit_code = "interrupted", 130
-            self.outcome.message = "run the same command again to resume"
+            self.outcome.message = RESUME
         elif self.outcome.status == "done" and self.outcome.failed:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.failed.items())
             self.outcome.status, self.outcome.exit_code = "failed", 1
