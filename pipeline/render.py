@@ -10,7 +10,7 @@ from infra.books import Book
 
 console = Console(highlight=False, soft_wrap=True)  # a message or path stays on one line
 if not console.is_terminal:  # piped or logged: tables as wide as they need, not cut at 80 columns
-    console.width = 160
+    console.width = 240
 
 
 def pages(n: int) -> str:

@@ -24,6 +24,8 @@ def test_a_pdf_becomes_pages_at_300_dpi(books_dir):
     assert [p.name for p in pages] == [f"page_{n:04d}.png" for n in range(1, 7)]
     with Image.open(pages[0]) as image:
         assert round(image.info["dpi"][0]) == 300
+    one = run_ar("add", str(REAL_SCANS / "c02-22.pdf"), books_dir=books_dir)
+    assert one.returncode == 0 and one.stdout.startswith("added c02-22: 1 page in "), one.stdout
 
 
 def test_a_folder_of_images_keeps_their_natural_order(books_dir, tmp_path):

@@ -213,6 +213,11 @@ def test_cli_pricing_shows_the_models_prices(sim, tmp_path):
     assert set(prices) == {m["id"] for m in MODELS}
     assert prices["qwen/qwen2.5-vl-72b-instruct"]["discount"] == 0.25
 
+    # read through a pipe, the table is whole: no model id or column cut at 80 columns
+    table = run_ar("pricing", "--list", env=env, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert all(m["id"] in table.stdout for m in MODELS) and "discount" in table.stdout
+
 
 def test_cli_pricing_errors(sim, tmp_path):
     server = sim()
