@@ -7,6 +7,7 @@ from pathlib import Path
 from infra.books import Book, page_file
 from infra.checkpoint import Ledger
 from infra.storage import atomic_write_json
+from pipeline.registry import STAGES
 from tests.conftest import ROOT, make_book
 
 TRUTH = ROOT / "books" / "sample" / "truth"
@@ -24,7 +25,7 @@ def page_text(page: int) -> str:
 def ocr_done_book(books_dir: Path, book_id: str, pages: int) -> Book:
     """A book of `pages` placeholder scans whose OCR is done: outputs and ledger both."""
     book = Book(make_book(books_dir, book_id, pages))
-    out = book.stage_dir("ocr")
+    out = STAGES["ocr"].folder(book)
     out.mkdir()
     ledger = Ledger.open_writer(book.ledger_path)
     run_id = ledger.start_run(0, "bench: ocr done")

@@ -27,7 +27,7 @@ from infra.checkpoint import Ledger
 from pipeline.runner import Pipeline
 from pipeline.stage import RunContext
 from tests.conftest import make_book
-from tests.fakestages import EchoStage, ShoutStage
+from tests.fakestages import ECHO_STAGES
 
 MARKS = 3000
 
@@ -105,15 +105,16 @@ def plan_resume(tmp: Path, pages: int = 10_000, done: int = 9_000) -> float:
     for _ in range(5):
         t = [time.perf_counter()]
         ledger = Ledger.open_writer(book.ledger_path)
-        ctx = RunContext(book=book, ledger=ledger, run_id=ledger.start_run(1, "bench"), workers=8)
+        ctx = RunContext(book=book, ledger=ledger, run_id=ledger.start_run(1, "bench"), registry=ECHO_STAGES,
+                         workers=8)
         t.append(time.perf_counter())
-        stages = [EchoStage(ctx), ShoutStage(ctx)]
+        stages = [spec.load()(ctx, spec) for spec in ECHO_STAGES]
         t.append(time.perf_counter())
         page_list = list(range(1, book.page_count() + 1))
         t.append(time.perf_counter())
-        pipeline = Pipeline(ctx, stages, ["echo", "shout"])
+        pipeline = Pipeline(ctx, stages, page_list)
         t.append(time.perf_counter())
-        plan = pipeline.plan(page_list)
+        plan = pipeline.plan()
         t.append(time.perf_counter())
         ledger.end_run(ctx.run_id, "interrupted")
         ledger.close()
@@ -134,10 +135,10 @@ import resource, sys, time
 from pathlib import Path
 from infra.books import Book
 from pipeline.process import process_book
-from tests.fakestages import EchoStage
+from tests.fakestages import ECHO_STAGES
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-out = process_book(Book(Path(sys.argv[1])), [("echo", EchoStage)], ["echo"], workers=8)
+out = process_book(Book(Path(sys.argv[1])), ECHO_STAGES.select(["echo"]), workers=8, registry=ECHO_STAGES)
 print(out.status, out.pages_processed, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
       time.perf_counter() - t)
 """

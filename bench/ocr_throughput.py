@@ -29,13 +29,12 @@ from pathlib import Path
 
 from infra.books import Book, page_file
 from infra.sources import import_source
-from pipeline.ocr import OcrStage
 from pipeline.process import process_book
+from pipeline.registry import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "books" / "sample" / "source"
 MULTIPAGE = ROOT.parent / "shared" / "real-scans" / "multipage.pdf"
-ORDER = ["ocr", "correct", "fix", "merge"]
 CORES = os.cpu_count() or 1
 TARGET_PAGES = 20
 RUNS = 3  # of ar and of the best bare configuration, alternating; the best run counts
@@ -75,7 +74,7 @@ def ar(books: Path, name: str, images: list[Path]) -> float:
     """Seconds for ar's OCR stage on a fresh copy of the book."""
     book = make_book(books, name, images)  # `images` is already the repeated set
     start = time.perf_counter()
-    outcome = process_book(book, [("ocr", OcrStage)], ORDER, workers=CORES)
+    outcome = process_book(book, STAGES.select(["ocr"]), workers=CORES)
     seconds = time.perf_counter() - start
     if outcome.status != "done" or outcome.pages_processed != len(images):
         raise RuntimeError(f"ar: {outcome.status} {outcome.message} ({outcome.pages_processed} pages)")

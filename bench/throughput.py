@@ -34,7 +34,7 @@ import httpx
 from bench.books import ocr_done_book, page_text
 from infra.transport import SlotTransport
 from pipeline.correct import SYSTEM, ocr_message
-from pipeline.llm_stage import CorrectedPage
+from pipeline.correct import CorrectedPage
 from tests.conftest import ROOT
 from tests.simserver import Sim
 

@@ -10,13 +10,8 @@ from infra.errors import ArError, UsageError
 # A book id is a name: letters, digits, '.', '_' and '-', not starting with '.' or '-'.
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 PAGE_GLOB = "page_*.png"
-# Stage outputs live in folders named for what they hold (DESIGN.md, book layout).
-STAGE_DIRS = {"correct": "corrected", "fix": "fixed"}
 BOOK_TEXT = "book.md"
 METADATA = "structured/metadata.json"
-# What a book stage (done once for the whole book, as ledger page 0) makes, instead of a folder of pages
-BOOK_FILES = {"merge": (BOOK_TEXT, METADATA)}
-BOOK_STAGES = frozenset(BOOK_FILES)
 
 
 def validate_book_id(book_id: str) -> str:
@@ -41,7 +36,8 @@ def page_file(page: int, suffix: str) -> str:
 
 @dataclass(frozen=True)
 class Book:
-    """The files of one book: books/<id>/ as laid out in DESIGN.md."""
+    """The files of one book: books/<id>/ as laid out in docs/architecture.md. Where each
+    stage's outputs go is the stage's declaration's business (pipeline/registry.py)."""
 
     root: Path
 
@@ -65,9 +61,6 @@ class Book:
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / STAGE_DIRS.get(stage, stage)
-
     @property
     def text_path(self) -> Path:
         return self.root / BOOK_TEXT
@@ -75,13 +68,6 @@ class Book:
     @property
     def metadata_path(self) -> Path:
         return self.root / METADATA
-
-    def stage_outputs(self, stage: str) -> list[Path]:
-        """The files a stage has made: a page stage's folder of pages, or the book's files."""
-        if stage in BOOK_FILES:
-            return [f for f in (self.root / name for name in BOOK_FILES[stage]) if f.exists()]
-        folder = self.stage_dir(stage)
-        return list(folder.iterdir()) if folder.is_dir() else []
 
     def source_pages(self) -> list[Path]:
         return sorted(self.source_dir.glob(PAGE_GLOB))

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from infra.errors import EXIT_BUDGET, ArError
-
-
-class BudgetReached(ArError):
-    exit_code = EXIT_BUDGET
+from infra.errors import BudgetReached
 
 
 class Budget:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from infra.errors import ArError
+from infra.errors import LedgerError
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +73,9 @@ MIGRATIONS: list[str] = [
 ]
 
 # What a call cost: the provider's figure when it gave one (that is the bill), else ours.
+# The one definition: every total, and the cost finish_call returns, is this expression.
 CALL_COST = "COALESCE(provider_cost_usd, computed_cost_usd, 0)"
+T = TypeVar("T")
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed", "budget", "crashed")
 CALL_FINAL_STATUSES = ("ok", "failed", "lost", "recovered")
@@ -86,10 +89,6 @@ class PendingCall:
     page: int | None
     model: str
     generation_id: str | None
-
-
-class LedgerError(ArError):
-    pass
 
 
 class Ledger:
@@ -129,6 +128,21 @@ class Ledger:
             conn.close()
             return None
         return cls(conn, path)
+
+    @classmethod
+    def read(cls, path: Path, queries: Callable[[Ledger], T], absent: T) -> T:
+        """What `queries(ledger)` returns, read from one consistent state of the ledger at
+        `path`, opened read-only and closed again: no read transaction outlives the call (a
+        reader holding one would keep the writer's WAL from being checkpointed). `absent`
+        when the book has no ledger yet."""
+        ledger = cls.open_reader(path)
+        if ledger is None:
+            return absent
+        try:
+            with ledger.snapshot():
+                return queries(ledger)
+        finally:
+            ledger.close()
 
     def close(self) -> None:
         self._db.close()
@@ -235,7 +249,7 @@ class Ledger:
     # ---- calls: what the LLM client reports, attempt by attempt ---------------------
 
     def begin_call(self, run_id: int, stage: str, page: int | None, model: str, attempt: int) -> int:
-        """Record a call as pending before it is sent (DESIGN.md, invariant 1)."""
+        """Record a call as pending before it is sent (docs/architecture.md, invariant 1)."""
         cur = self._db.execute(
             "INSERT INTO calls (run_id, stage, page, model, attempt, status, started_at)"
             " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
@@ -263,14 +277,15 @@ class Ledger:
         `usage` has the token counts (infra.pricing.Usage)."""
         assert status in CALL_FINAL_STATUSES, status
         tokens = _token_columns(usage)
-        self._db.execute(
+        # fetchall: the statement runs to its end, so its autocommit happens now
+        [(cost,)] = self._db.execute(
             "UPDATE calls SET status = ?, prompt_tokens = ?, completion_tokens = ?,"
             " cached_tokens = ?, cache_write_tokens = ?, reasoning_tokens = ?, images = ?,"
             " computed_cost_usd = ?, provider_cost_usd = ?, error = ?,"
-            " generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ?",
+            f" generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ? RETURNING {CALL_COST}",
             (status, *tokens, computed_cost, provider_cost, error, generation_id, time.time(), call_id),
-        )
-        return provider_cost if provider_cost is not None else (computed_cost or 0.0)
+        ).fetchall()
+        return cost
 
     def pending_calls(self) -> list[PendingCall]:
         rows = self._db.execute(

@@ -1,7 +1,7 @@
 """LLMClient: one chat call to OpenRouter (or any OpenAI-compatible endpoint) = (response, usage, cost).
 
 Every attempt goes through a CallRecorder, in the order that keeps the ledger equal to the
-bill (DESIGN.md, invariants 1 and 2): recorded as pending before it is sent; its generation
+bill (docs/architecture.md, invariants 1 and 2): recorded as pending before it is sent; its generation
 id recorded the moment the first streamed chunk brings it; its cost the moment its usage
 arrives, before anything else is done with the answer. Failed attempts are billed too, so
 they are recorded too. The client computes costs; it does not accumulate them.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import itertools
 import json
 import logging
 import random
@@ -24,17 +25,16 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from infra.budget import Budget
-from infra.errors import ArError
+from infra.config import Settings
+from infra.errors import FatalLLMError, InvalidAnswer, LLMError, RetryableError
 from infra.logs import log_event, register_secret
-from infra.pricing import CostCalculator, PricingCache, Usage
+from infra.pricing import CostCalculator, PricingCache, Usage, same_cost
 from infra.transport import SlotTransport
 
 log = logging.getLogger("ar.llm")
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
-# Provider cost and our own may differ by float rounding; more than this is worth a log line.
-COST_TOLERANCE = 1e-9
 # No tokenizer splits text finer than a byte, and no provider counts an image as more than
 # this many prompt tokens: bounds for the worst case a budget reserves.
 IMAGE_TOKENS_BOUND = 2000
@@ -49,26 +49,6 @@ class CallRecorder(Protocol):
                provider: float | None, error: str | None, generation_id: str | None) -> float: ...
     def unresolved(self, handle: int) -> None:
         """The attempt's cost will not be known in this run (it stays pending for the next)."""
-
-
-# ---- errors: what went wrong, said plainly; the key never in them -----------------------
-
-class LLMError(ArError):
-    """A call failed for good (after any retries); the page cannot be done now."""
-
-
-class RetryableError(LLMError):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class FatalLLMError(LLMError):
-    """Nothing else will work either in this run: bad key (401/403) or out of credits (402)."""
-
-
-class InvalidAnswer(LLMError):
-    """The model's answer did not validate against the schema, after the allowed retries."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +134,12 @@ class LLMClient:
             transport=SlotTransport(concurrency),
         )
 
+    @classmethod
+    def from_settings(cls, settings: Settings, concurrency: int) -> LLMClient:
+        return cls(settings.base_url, settings.api_key, PricingCache(settings.base_url),
+                   timeout=settings.timeout_s, max_retries=settings.max_retries,
+                   concurrency=concurrency, requests_per_minute=settings.requests_per_minute)
+
     def __repr__(self) -> str:
         return f"LLMClient({self.base_url!r})"
 
@@ -183,9 +169,8 @@ class LLMClient:
         if schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": schema.__name__, "strict": True, "schema": _json_schema(schema)}}
-        spent = 0.0
-        attempt = 0
-        for invalid in range(self.max_invalid_answers + 1):
+        spent, attempt, invalid = 0.0, 0, 0
+        while True:
             text, usage, cost, attempt = await self._with_retries(body, recorder, attempt)
             spent += cost
             if schema is None:
@@ -195,29 +180,27 @@ class LLMClient:
             except ValidationError as e:
                 problem = _first_error(e)
                 log_event(log, "invalid answer", logging.WARNING, model=model, error=problem)
-                if invalid == self.max_invalid_answers:
+                invalid += 1
+                if invalid > self.max_invalid_answers:
                     raise InvalidAnswer(f"{model}: answer did not match the schema "
-                                        f"after {invalid + 1} tries: {problem}") from None
+                                        f"after {invalid} tries: {problem}") from None
                 body["messages"] = list(messages) + [
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": f"That answer is not valid: {problem}. "
                                                 "Answer again with only the JSON object the schema asks for."},
                 ]
-        raise AssertionError("unreachable")
 
-    async def _with_retries(self, body, recorder, attempt):
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            reraise=True,
-        )
-        async for try_ in retrying:
-            with try_:
-                attempt += 1
-                text, usage, cost = await self._attempt(body, recorder, attempt)
-                return text, usage, cost, attempt
-        raise AssertionError("unreachable")
+    async def _with_retries(self, body, recorder, attempt: int):
+        """One answer, retrying what is worth retrying; attempts are numbered on from `attempt`."""
+        numbers = itertools.count(attempt + 1)
+
+        async def once():
+            number = next(numbers)
+            return (*await self._attempt(body, recorder, number), number)
+
+        retrying = AsyncRetrying(retry=retry_if_exception_type(RetryableError),
+                                 stop=stop_after_attempt(self.max_retries + 1), wait=self._wait, reraise=True)
+        return await retrying(once)
 
     def _wait(self, state) -> float:
         """Retry-After when the provider gives one, else exponential backoff with full jitter."""
@@ -291,7 +274,7 @@ class LLMClient:
         status = "failed" if error else "ok"
         message = f"error during generation: {error.get('message')}" if error else None
         recorded = recorder.finish(handle, status, usage, computed, provider, message, generation_id)
-        if provider is not None and abs(provider - computed) > COST_TOLERANCE + 1e-6 * abs(provider):
+        if provider is not None and not same_cost(provider, computed):
             log_event(log, "provider cost differs from computed cost", logging.WARNING, model=model,
                       generation_id=generation_id, provider_cost=provider, computed_cost=computed)
         if error:  # HTTP 200 with an error body: billed, failed, worth another try

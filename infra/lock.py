@@ -13,11 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from infra.errors import ArError
-
-
-class BookLocked(ArError):
-    pass
+from infra.errors import BookLocked
 
 
 class WriterLock:

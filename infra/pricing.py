@@ -16,25 +16,20 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from infra.errors import ArError
+from infra.errors import PricingError, PricingUnavailable, UnknownModel
 from infra.storage import atomic_write_json
 
 log = logging.getLogger("ar.pricing")
 
 TTL_SECONDS = 24 * 3600
 RETRY_SECONDS = 300  # after a failed refresh, the stale prices serve this long before trying again
+# Two figures of one call's cost (the provider's and ours, or the ledger's and the provider's
+# record) may differ by float rounding; more than this is a real difference.
+COST_TOLERANCE_USD = 1e-9
 
 
-class PricingError(ArError):
-    pass
-
-
-class PricingUnavailable(PricingError):
-    pass
-
-
-class UnknownModel(PricingError):
-    pass
+def same_cost(a: float, b: float) -> bool:
+    return abs(a - b) <= COST_TOLERANCE_USD + 1e-6 * max(abs(a), abs(b))
 
 
 def _usd(value) -> float | None:
@@ -56,6 +51,11 @@ class ModelPrice(BaseModel):
     input_cache_write: float | None = None
     internal_reasoning: float | None = None
     discount: float = 0.0
+
+    @property
+    def cache_read_rate(self) -> float:
+        """A cached prompt token: at the cache read price, or the prompt price if none."""
+        return self.prompt if self.input_cache_read is None else self.input_cache_read
 
     @classmethod
     def from_openrouter(cls, pricing: dict) -> ModelPrice:
@@ -199,12 +199,11 @@ class CostCalculator:
 
     def cost(self, model: str, usage: Usage) -> float:
         p = self.pricing.get(model)
-        cache_read = p.prompt if p.input_cache_read is None else p.input_cache_read
         cache_write = p.prompt if p.input_cache_write is None else p.input_cache_write
         reasoning = p.internal_reasoning if p.internal_reasoning else p.completion
         plain_prompt = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
         plain_completion = usage.completion_tokens - usage.reasoning_tokens
-        total = (plain_prompt * p.prompt + usage.cached_tokens * cache_read
+        total = (plain_prompt * p.prompt + usage.cached_tokens * p.cache_read_rate
                  + usage.cache_write_tokens * cache_write + plain_completion * p.completion
                  + usage.reasoning_tokens * reasoning + usage.images * p.image
                  + usage.web_searches * p.web_search + p.request)

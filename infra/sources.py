@@ -13,17 +13,13 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from infra.books import page_file
-from infra.errors import ArError
+from infra.errors import SourceError
 
 DPI = 300
 MAX_PIXELS = 200_000_000  # a page larger than this is not a scan but a mistake (or a bomb)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class SourceError(ArError):
-    pass
 
 
 def _natural(path: Path) -> list:

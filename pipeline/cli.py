@@ -12,10 +12,11 @@ from pathlib import Path
 from infra.books import Library, book_id_from_path, validate_book_id
 from infra.checkpoint import Ledger
 from infra.config import Settings, load_settings
-from infra.errors import EXIT_INTERRUPTED, ArError, UsageError
+from infra.errors import ArError, BudgetReached, UsageError, exit_code
 from infra.lock import WriterLock
 from infra.logs import redact, setup_console
 from pipeline import render
+from pipeline.registry import STAGES
 from pipeline.reports import cost_report, library_report, status_report
 
 log = logging.getLogger("ar")
@@ -76,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", parents=[_common()], help="run (or resume) a book's pipeline")
     p.add_argument("book")
-    p.add_argument("--stages", help="comma-separated subset of ocr,correct,fix,merge (default: all)")
-    p.add_argument("--workers", type=int, help="calls or pages in flight per stage (default 32, $AR_WORKERS)")
+    p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES.names)} (default: all)")
+    p.add_argument("--workers", type=int, help="pages in flight per stage, and LLM calls in flight "
+                   "for all stages together; OCR takes at most one page per core (default 32, $AR_WORKERS)")
     p.add_argument("--fresh", action="store_true", help="discard the outputs of the selected stages and those after them first (costs are kept)")
     p.add_argument("--model", help="model of the correct stage (default google/gemini-2.5-flash, $AR_CORRECT_MODEL)")
     p.add_argument("--fix-model", help="model of the fix stage (default anthropic/claude-sonnet-4.5, $AR_FIX_MODEL)")
@@ -129,7 +131,8 @@ def _emit(args, report: dict, human) -> None:
 
 
 def cmd_add(args, settings: Settings, library: Library) -> int:
-    from infra.sources import SourceError, import_source
+    from infra.errors import SourceError
+    from infra.sources import import_source
 
     src = args.path
     if not src.exists():
@@ -163,15 +166,16 @@ def _with_models(settings: Settings, args) -> Settings:
     return settings.model_copy(update={k: v for k, v in chosen.items() if v})
 
 
+def _models(settings: Settings) -> dict[str, str]:
+    """Each LLM stage's model, from the setting its declaration names."""
+    return {spec.name: getattr(settings, spec.model) for spec in STAGES if spec.uses_llm}
+
+
 def _estimate(book, settings: Settings) -> dict:
-    from infra.pricing import PricingCache, PricingError
+    from infra.pricing import PricingCache
     from pipeline.estimate import estimate
 
-    try:
-        return estimate(book, PricingCache(settings.base_url),
-                        {"correct": settings.correct_model, "fix": settings.fix_model}, settings.budget_usd)
-    except PricingError as e:
-        raise ArError(str(e)) from None
+    return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd)
 
 
 def cmd_estimate(args, settings: Settings, library: Library) -> int:
@@ -180,31 +184,30 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
-    from pipeline.progress import StageProgress
+    from pipeline.llm_stage import prepare_llm
     from pipeline.process import process_book
-    from pipeline.stages import LLM_STAGES, STAGE_NAMES, build_stages, check_stage_names, llm_setup
+    from pipeline.progress import StageProgress
 
+    selected = STAGES.select(s.strip() for s in (args.stages or "").split(","))
     book = library.existing(args.book)
-    selected = check_stage_names(STAGE_NAMES if not args.stages else
-                                 [s.strip() for s in args.stages.split(",") if s.strip()])
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
-    if args.dry_run or (LLM_STAGES & set(selected) and not args.force and _has_budget(args, book, settings)):
-        _check_estimate(args, book, settings, selected)
+    uses_llm = any(spec.uses_llm for spec in selected)
+    if args.dry_run or (uses_llm and not args.force and _has_budget(args, book, settings)):
+        _check_estimate(args, book, settings, [spec.name for spec in selected])
         if args.dry_run:
             return 0
-    stages = build_stages(selected, settings, vision=args.vision)
 
     before = status_report(book)["stages"]
-    totals = {s: before[s]["total"] for s in selected}
-    progress = StageProgress(totals, {s: before[s]["done"] for s in selected},
-                             {s: before[s]["cost_usd"] for s in selected})
-    outcome = process_book(book, stages, STAGE_NAMES, workers, fresh=args.fresh,
-                           options={"warn_run_usd": settings.warn_run_usd},
-                           progress=progress, before_run=llm_setup(settings, selected, args.budget))
+    names = [spec.name for spec in selected]
+    progress = StageProgress({s: before[s]["total"] for s in names}, {s: before[s]["done"] for s in names},
+                             {s: before[s]["cost_usd"] for s in names})
+    outcome = process_book(book, selected, workers, models=_models(settings), fresh=args.fresh,
+                           options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision},
+                           progress=progress, before_run=prepare_llm(settings, selected, args.budget))
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,
                            "pages_processed": outcome.pages_processed})
@@ -220,18 +223,13 @@ def _has_budget(args, book, settings: Settings) -> bool:
 
     if args.budget is not None:
         return True
-    ledger = Ledger.open_reader(book.ledger_path)
-    try:
-        return kept_budget(ledger, settings.budget_usd) is not None
-    finally:
-        if ledger:
-            ledger.close()
+    kept = Ledger.read(book.ledger_path, lambda ledger: kept_budget(ledger, settings.budget_usd),
+                       settings.budget_usd)
+    return kept is not None
 
 
 def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
     """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here."""
-    from infra.budget import BudgetReached
-
     report = _estimate(book, settings)
     report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
     report["low_usd"] = sum(e["low_usd"] for e in report["stages"].values())
@@ -271,14 +269,13 @@ def cmd_cost(args, settings: Settings, library: Library) -> int:
 
 def cmd_clean(args, settings: Settings, library: Library) -> int:
     from pipeline.process import clean_stage
-    from pipeline.stages import STAGE_NAMES, check_stage_names
 
     book = library.existing(args.book)
-    check_stage_names([args.stage])
+    (stage,) = STAGES.select([args.stage])
     with WriterLock(book.lock_path, book.id):
         ledger = Ledger.open_writer(book.ledger_path)
         try:
-            removed = clean_stage(book, ledger, args.stage, STAGE_NAMES)
+            removed = clean_stage(book, ledger, stage.name)
             kept = ledger.total_cost()
         finally:
             ledger.close()
@@ -294,29 +291,26 @@ def cmd_library(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_monitor(args, settings: Settings, library: Library) -> int:
+    from pipeline import live
     from pipeline.monitor import monitor_report
-    from tools import monitor
 
     if args.once or args.json:
         _emit(args, monitor_report(library, args.books, settings.budget_usd),
-              lambda r: monitor.print_once(r, detail_all=bool(args.books)))
+              lambda r: live.print_once(r, detail_all=bool(args.books)))
         return 0
-    return monitor.watch(library, args.books, settings.budget_usd, args.interval)
+    return live.watch(library, args.books, settings.budget_usd, args.interval)
 
 
 def cmd_pricing(args, settings: Settings, library: Library) -> int:
-    from infra.pricing import PricingCache, PricingError
+    from infra.pricing import PricingCache
 
     if not (args.model or args.list or args.refresh):
         raise UsageError("pricing: give a MODEL, --list or --refresh")
     cache = PricingCache(settings.base_url)
-    try:
-        if args.refresh:
-            cache.refresh()
-        models = cache.models()
-        chosen = {args.model: cache.get(args.model)} if args.model else (models if args.list else {})
-    except PricingError as e:
-        raise ArError(str(e)) from None
+    if args.refresh:
+        cache.refresh()
+    models = cache.models()
+    chosen = {args.model: cache.get(args.model)} if args.model else (models if args.list else {})
     report = {"base_url": settings.base_url, "age_seconds": cache.age_seconds(), "models_known": len(models),
               "models": {m: price.model_dump() for m, price in chosen.items()}}
     _emit(args, report, render.pricing)
@@ -336,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         if not interrupted(e):
             raise
         print("ar: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code("interrupted")
 
 
 def interrupted(error: BaseException | None) -> bool:
@@ -359,13 +353,15 @@ def _main(argv: list[str] | None) -> int:
         if getattr(args, "book", None) is not None:
             validate_book_id(args.book)
         return COMMANDS[args.command](args, settings, library)
-    except ArError as e:
-        print(f"ar: error: {redact(str(e))}", file=sys.stderr)
-        return e.exit_code
-    except sqlite3.Error as e:
-        print(f"ar: error: checkpoint: {redact(str(e))}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        print(f"ar: error:{where}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except (ArError, sqlite3.Error, OSError) as e:
+        print(f"ar: error: {redact(_one_line(e))}", file=sys.stderr)
+        return getattr(e, "exit_code", ArError.exit_code)
+
+
+def _one_line(error: Exception) -> str:
+    """What went wrong and where: an expected error's message, a disk's or a database's."""
+    if isinstance(error, sqlite3.Error):
+        return f"checkpoint: {error}"
+    if isinstance(error, OSError):
+        return f"{error.filename}: {error.strerror or error}" if error.filename else str(error.strerror or error)
+    return str(error)

@@ -1,16 +1,14 @@
 """fix: a second, stronger model, only on the pages correct flagged or could not validate."""
 from __future__ import annotations
 
-from infra.llm_client import InvalidAnswer, image_part
-from pipeline.correct import ocr_message
-from pipeline.llm_stage import LLMStage, max_tokens_for
+from infra.errors import InvalidAnswer
+from pipeline.correct import CorrectedPage
+from pipeline.llm_stage import BookState, LLMStage, PagesToCall, max_tokens_for, ocr_message
+from pipeline.registry import StageSpec
 
-SYSTEM = """You are the second, careful pass over the OCR text of one scanned book page.
-A first pass was unsure of its correction. Produce the best faithful transcription: fix
-recognition errors only, keep every line (running headers and page numbers included) and
-the paragraph breaks, join words hyphenated across lines of the page. Answer with the JSON
-object the schema asks for: corrected text, confidence (0..1), the list of changes
-("old -> new"), and unsure=true if parts still cannot be read."""
+
+class FixedPage(CorrectedPage):
+    """The answer fix must give: the same fields as a first pass's."""
 
 
 def needs_fix(corrected: dict) -> bool:
@@ -18,26 +16,36 @@ def needs_fix(corrected: dict) -> bool:
 
 
 class FixStage(LLMStage):
-    name = "fix"
-
-    def __init__(self, ctx, model: str, vision: bool = False):
-        super().__init__(ctx, model)
-        self.vision = vision
+    system = """You are the second, careful pass over the OCR text of one scanned book page.
+A first pass was unsure of its correction. Produce the best faithful transcription: fix
+recognition errors only, keep every line (running headers and page numbers included) and
+the paragraph breaks, join words hyphenated across lines of the page. Answer with the JSON
+object the schema asks for: corrected text, confidence (0..1), the list of changes
+("old -> new"), and unsure=true if parts still cannot be read."""
+    answer = FixedPage
+    text_copies = 2  # the OCR text and the first pass
 
     async def process_page(self, page: int) -> dict:
-        corrected = self.read_output("correct", page)
+        ocr, corrected = self.inputs(page)
         if not needs_fix(corrected):
             return {**corrected, "fixed": False}
-        ocr_text = self.read_output("ocr", page)["text"]
         first = "" if corrected.get("invalid_answer") else (
             f"\nThe first pass proposed:\n<first_pass>\n{corrected['text']}\n</first_pass>")
-        user: list[dict] = [{"type": "text", "text": ocr_message(ocr_text) + first}]
-        if self.vision:
-            user.append(image_part(self.ctx.book.source_image(page)))
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
         try:
-            result = await self.ask(page, messages, max_tokens_for(ocr_text))
+            result = await self.ask(page, ocr_message(ocr["text"]) + first, max_tokens_for(ocr["text"]))
         except InvalidAnswer as e:  # keep the first pass; say so
             return {**corrected, "fixed": False, "fix_error": str(e)}
         return {"page": page, "model": self.model, **result.response.model_dump(),
                 "fixed": True, "cost_usd": result.cost}
+
+    @classmethod
+    def pages_to_call(cls, spec: StageSpec, book: BookState) -> list[PagesToCall]:
+        """The pages the first pass flagged, and of those it has still to do, between half
+        and twice the share it flagged so far (none to all when nothing is known yet)."""
+        first_pass = spec.reads[1]
+        answers = {p: book.read(first_pass, p) for p in book.done[first_pass]}
+        flagged = {p for p, a in answers.items() if a is not None and needs_fix(a)}
+        share = len(flagged) / len(answers) if answers else None
+        guess = (0.0, 1.0) if share is None else (share / 2, min(1.0, 2 * share + 0.1))
+        return [PagesToCall(sorted(flagged - book.done[spec.name])),
+                PagesToCall([p for p in book.pages if p not in book.done[first_pass]], guess)]

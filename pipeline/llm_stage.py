@@ -1,32 +1,56 @@
-"""What the LLM stages (correct, fix) share: the page's call recorder and error policy."""
+"""What the LLM stages (correct, fix) share: their messages, the page's call recorder,
+their estimate, and the run's first step when one of them is selected (prepare_llm).
+
+An LLM stage declares its instructions (`system`), its answer's schema (`answer`) and how
+many times a page's text goes in its prompt (`text_copies`); the client's errors need no
+translation here: infra/errors.py's tree says which fail the page and which stop the run.
+"""
 from __future__ import annotations
 
 import bisect
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from infra.budget import BudgetReached
+from infra.budget import Budget, book_budget
 from infra.checkpoint import Ledger
-from infra.errors import EXIT_BUDGET
-from infra.llm_client import FatalLLMError, InvalidAnswer, LLMError, Result
-from infra.pricing import Usage
+from infra.config import Settings
+from infra.llm_client import LLMClient, Result, image_part
 from infra.logs import log_event
-from pipeline.stage import PageFailed, Stage, StopRun
+from infra.pricing import Usage
+from pipeline.registry import StageSpec
+from pipeline.stage import RunContext, Stage
 
 log = logging.getLogger("ar.stage")
 EXPENSIVE_PAGE_FACTOR = 5
 MEDIAN_AFTER_PAGES = 5
 
 
-class CorrectedPage(BaseModel):
-    """The answer both LLM stages must give, validated before it is used."""
+def ocr_message(ocr_text: str) -> str:
+    return f"OCR text of the page:\n<ocr_text>\n{ocr_text}\n</ocr_text>"
 
-    text: str = Field(description="the page's corrected text, line structure kept")
-    confidence: float = Field(ge=0, le=1, description="how sure the correction is right, 0..1")
-    changes: list[str] = Field(description="what was changed, e.g. 'tbe -> the'")
-    unsure: bool = Field(description="true when parts of the page could not be read with confidence")
+
+@dataclass(frozen=True)
+class BookState:
+    """What an estimate knows of a book: its pages, each stage's done pages, and a way to
+    read a done page's output (None if it cannot be read)."""
+
+    pages: list[int]
+    done: dict[str, set[int]]
+    read: Callable[[str, int], dict | None]
+
+
+@dataclass(frozen=True)
+class PagesToCall:
+    """Pages an LLM stage has still to do, and the low and high share of them that will
+    really need a call."""
+
+    pages: list[int]
+    share: tuple[float, float] = (1.0, 1.0)
 
 
 class LedgerRecorder:
@@ -54,14 +78,22 @@ class LedgerRecorder:
 
 
 class LLMStage(Stage):
-    model: str
+    system: ClassVar[str]
+    answer: ClassVar[type[BaseModel]]
+    text_copies: ClassVar[int] = 1
 
-    def __init__(self, ctx, model: str):
-        super().__init__(ctx)
-        self.model = model
+    def __init__(self, ctx: RunContext, spec: StageSpec):
+        super().__init__(ctx, spec)
+        self.model = ctx.models[self.name]
+        self.vision = bool(ctx.options.get("vision"))
         self._page_costs: list[float] = []  # sorted, for the median
-        price = ctx.llm.pricing.get(model)  # an unpriced model stops the run before any call
+        price = ctx.llm.pricing.get(self.model)  # an unpriced model stops the run before any call
         self._note_price_change(price)
+
+    @classmethod
+    def pages_to_call(cls, spec: StageSpec, book: BookState) -> list[PagesToCall]:
+        """For the estimate: the pages not done yet, each needing a call."""
+        return [PagesToCall([p for p in book.pages if p not in book.done[spec.name]])]
 
     def _note_price_change(self, price) -> None:
         """Warn when the model's prices are not those of the book's last run with it."""
@@ -85,25 +117,47 @@ class LLMStage(Stage):
     def recorder(self, page: int) -> LedgerRecorder:
         return LedgerRecorder(self.ctx.ledger, self.ctx.run_id, self.name, page, self.add_cost)
 
-    async def ask(self, page: int, messages: list[dict], max_tokens: int) -> Result:
-        """One validated answer for this page; errors become the page's or the run's fate.
+    def messages(self, page: int, text: str) -> list[dict]:
+        """The stage's instructions, then the page's text (and its image, with --vision)."""
+        user: list[dict] = [{"type": "text", "text": text}]
+        if self.vision:
+            user.append(image_part(self.ctx.book.source_image(page)))
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
-        InvalidAnswer is left to the stage: an answer that never validated flags the page."""
-        try:
-            result = await self.ctx.llm.call(self.model, messages, self.recorder(page),
-                                             schema=CorrectedPage, max_tokens=max_tokens)
-            self._note_page_cost(page, result.cost)
-            return result
-        except InvalidAnswer:
-            raise
-        except BudgetReached as e:
-            raise StopRun(str(e), status="budget", exit_code=EXIT_BUDGET) from None
-        except FatalLLMError as e:
-            raise StopRun(str(e)) from None
-        except LLMError as e:
-            raise PageFailed(str(e)) from None
+    async def ask(self, page: int, text: str, max_tokens: int) -> Result:
+        """One answer for this page, validated against the stage's schema."""
+        result = await self.ctx.llm.call(self.model, self.messages(page, text), self.recorder(page),
+                                         schema=self.answer, max_tokens=max_tokens)
+        self._note_page_cost(page, result.cost)
+        return result
 
 
 def max_tokens_for(text: str) -> int:
     """Room for the corrected text and the JSON around it; a page's text is ~4 chars a token."""
     return min(16384, 512 + len(text) // 2)
+
+
+def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float | None = None):
+    """The run's first step: an LLM client if a stage needs one, the calls an earlier run
+    left pending resolved through the provider before anything new is sent, then the
+    book's budget (`budget_usd` given now, else kept in the ledger, else configured)."""
+
+    async def before_run(ctx: RunContext) -> None:
+        limit = book_budget(ctx.ledger, budget_usd, settings.budget_usd)
+        pending = ctx.ledger.pending_calls()
+        needs_llm = any(spec.uses_llm for spec in selected)
+        if not needs_llm and not pending:
+            return
+        if not needs_llm and settings.api_key is None:
+            log.warning("%d calls of an earlier run are still pending: they will be resolved "
+                        "by a run with an API key", len(pending))
+            return
+        ctx.llm = LLMClient.from_settings(settings, ctx.workers)
+        if pending:
+            counts = await ctx.llm.resolve_pending(
+                pending, lambda call: LedgerRecorder(ctx.ledger, call.run_id, call.stage, call.page))
+            log_event(log, "resolved calls left pending by an earlier run", **counts)
+        if limit is not None:
+            ctx.llm.budget = Budget(limit, ctx.ledger.total_cost())
+
+    return before_run

@@ -93,12 +93,11 @@ def title_of(markdown: str, fallback: str) -> str:
 
 
 class MergeStage(Stage):
-    name = "merge"
-    per_page = False
+    """Reads the one page stage its declaration names: the pages' final text."""
 
     async def run_book(self) -> None:
         book = self.ctx.book
-        texts = [self.read_output("fix", p)["text"] for p in range(1, book.page_count() + 1)]
+        texts = [final["text"] for p in range(1, book.page_count() + 1) for final in self.inputs(p)]
         markdown = book_markdown(texts)
         atomic_write_bytes(book.text_path, markdown.encode())
         status = status_report(book)
@@ -112,5 +111,4 @@ class MergeStage(Stage):
                               "total": s["total"], "cost_usd": s["cost_usd"]}
                        for name, s in status["stages"].items()},
         }
-        book.metadata_path.parent.mkdir(exist_ok=True)
         atomic_write_json(book.metadata_path, metadata)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import time
 
-from infra.books import BOOK_STAGES, Book, Library
+from infra.books import Book, Library
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
-from pipeline.reports import read_ledger, status_figures, status_from
-from pipeline.stages import LLM_STAGES
+from pipeline.registry import STAGES
+from pipeline.reports import status_figures, status_from
 
 RECENT_ERRORS = 5
 IDLE = {"pages_done": {}, "calls_in_flight": 0, "retries": 0}
@@ -37,7 +37,7 @@ def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
         figures["budget"] = kept_budget(ledger, default_budget_usd)
         return figures
 
-    figures = read_ledger(book, queries)
+    figures = Ledger.read(book.ledger_path, queries, {})
     now = time.time()
     report = status_from(book, figures)
     run = figures["runs"][-1] if figures.get("runs") else None
@@ -51,13 +51,14 @@ def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
         s["done_this_run"] = in_run = activity["pages_done"].get(name, 0)
         left = s["total"] - s["done"]
         s["cost_per_page_usd"] = s["cost_usd"] / s["done"] if s["done"] else None
-        per_page = name not in BOOK_STAGES
+        spec = STAGES[name] if name in STAGES else None
+        per_page = spec is None or spec.per_page
         s["pages_per_minute"] = in_run * 60 / elapsed if per_page and elapsed else None
         s["eta_seconds"] = (0.0 if left <= 0 else
                             left * 60 / s["pages_per_minute"] if running and s["pages_per_minute"] else None)
         if per_page and in_run:
             working.append(s)
-        if left > 0 and (name in LLM_STAGES or s["calls"]) and projected is not None:
+        if left > 0 and ((spec and spec.uses_llm) or s["calls"]) and projected is not None:
             projected = None if s["cost_per_page_usd"] is None else projected + s["cost_per_page_usd"] * left
 
     etas = [s["eta_seconds"] for s in working]  # known: a stage at work has a rate

@@ -18,7 +18,8 @@ import subprocess
 from functools import partial
 from pathlib import Path
 
-from pipeline.stage import PageFailed, Stage
+from infra.errors import OcrError
+from pipeline.stage import Stage
 
 TESSERACT_ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
 TIMEOUT_S = 600
@@ -27,10 +28,6 @@ try:  # resolved here, not in the child: between fork and exec nothing may be lo
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
     _prctl = None
-
-
-class OcrError(Exception):
-    pass
 
 
 def _detach(ar_pid: int) -> None:
@@ -126,15 +123,9 @@ async def ocr_page(image: Path, lang: str = "eng") -> dict:
 class OcrStage(Stage):
     """Tesseract on each page, one process per core at a time."""
 
-    name = "ocr"
-
     @property
     def concurrency(self) -> int:
         return max(1, min(self.ctx.workers, os.cpu_count() or 1))
 
     async def process_page(self, page: int) -> dict:
-        try:
-            result = await ocr_page(self.ctx.book.source_image(page))
-        except OcrError as e:
-            raise PageFailed(str(e)) from None
-        return {"page": page, **result}
+        return {"page": page, **await ocr_page(self.ctx.book.source_image(page))}

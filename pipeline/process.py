@@ -14,18 +14,18 @@ import shlex
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable
 from contextlib import nullcontext
 
 from infra.books import Book
-from infra.checkpoint import Ledger, LedgerError
-from infra.errors import EXIT_INTERRUPTED, ArError
+from infra.checkpoint import Ledger
+from infra.errors import ArError, LedgerError, exit_code
 from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
+from pipeline.registry import STAGES, Registry, StageSpec
 from pipeline.reports import cost_report
 from pipeline.runner import RESUME, Outcome, Pipeline
-from pipeline.stage import RunContext, Stage
+from pipeline.stage import RunContext
 
 try:  # libuv's event loop: a tenth to a third less CPU per LLM call than asyncio's own (bench/throughput.py)
     from uvloop import run as run_loop
@@ -34,18 +34,16 @@ except ImportError:  # no uvloop on Windows
 
 log = logging.getLogger("ar.process")
 
-StageFactory = Callable[[RunContext], Stage]
 
-
-def clean_stage(book: Book, ledger: Ledger, stage: str, order: list[str]) -> int:
-    """Remove the outputs and page status of `stage` and of every stage after it in `order`
-    (they were made from it); every recorded cost stays. Returns the files removed."""
+def clean_stage(book: Book, ledger: Ledger, stage: str, registry: Registry = STAGES) -> int:
+    """Remove the outputs and page status of `stage` and of every stage made from it;
+    every recorded cost stays. Returns the files removed."""
     removed = 0
-    for name in order[order.index(stage):]:
-        for f in book.stage_outputs(name):
+    for spec in registry.downstream(stage):
+        for f in spec.outputs(book):
             f.unlink()
             removed += 1
-        ledger.clear_stage(name)
+        ledger.clear_stage(spec.name)
     return removed
 
 
@@ -59,15 +57,17 @@ def write_cost_report(book: Book) -> None:
 
 def process_book(
     book: Book,
-    stages: list[tuple[str, StageFactory]],
-    order: list[str],
+    stages: list[StageSpec],
     workers: int,
+    registry: Registry = STAGES,
     options: dict | None = None,
+    models: dict[str, str] | None = None,
     fresh: bool = False,
     progress=None,
     before_run=None,
 ) -> Outcome:
-    """Run the selected `stages` (name, factory) of `order` on `book`; returns the outcome.
+    """Run the selected `stages` of `registry` on `book`; returns the outcome. `models`:
+    the model of each LLM stage.
 
     `progress` (a context manager with `update(stage)`) is shown once the lock is ours, so a
     refused second writer prints nothing but its error.
@@ -82,21 +82,20 @@ def process_book(
             ledger.close()
             raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
         handler = open_run_log(book.logs_dir, run_id)
-        log_event(log, "run started", run_id=run_id, book=book.id, stages=[n for n, _ in stages])
-        outcome = Outcome(status="failed", exit_code=1)
+        log_event(log, "run started", run_id=run_id, book=book.id, stages=[s.name for s in stages])
+        outcome = Outcome(status="failed")
         try:
-            ctx = RunContext(book=book, ledger=ledger, run_id=run_id, workers=workers,
-                             options=options or {})
-            outcome = run_loop(_run(ctx, stages, order, on_progress, before_run, fresh))
+            ctx = RunContext(book=book, ledger=ledger, run_id=run_id, registry=registry, workers=workers,
+                             options=options or {}, models=models or {})
+            outcome = run_loop(_run(ctx, stages, on_progress, before_run, fresh))
         except ArError as e:
-            outcome = Outcome(status="failed", exit_code=e.exit_code, message=str(e))
+            outcome = Outcome(status=getattr(e, "status", "failed"), message=str(e))
             raise
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
-            outcome = Outcome(status="interrupted", exit_code=EXIT_INTERRUPTED,
-                              message=RESUME)
+            outcome = Outcome(status="interrupted", message=RESUME)
             raise
         except BaseException as e:
-            outcome = Outcome(status="failed", exit_code=1, message=f"{type(e).__name__}: {e}")
+            outcome = Outcome(status="failed", message=f"{type(e).__name__}: {e}")
             raise
         finally:
             try:
@@ -112,13 +111,13 @@ def process_book(
     return outcome
 
 
-async def _run(ctx: RunContext, stages, order, on_progress, before_run, fresh: bool) -> Outcome:
+async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         if ctx.stopping.is_set():  # the second one: leave now, the ledger is consistent
             ctx.ledger.end_run(ctx.run_id, "interrupted", "stopped at once by a second signal")
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(exit_code("interrupted"))
         ctx.stopping.set()
         print(f"\nar: {signal.Signals(signum).name}: finishing the pages in flight "
               "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
@@ -129,10 +128,11 @@ async def _run(ctx: RunContext, stages, order, on_progress, before_run, fresh: b
         if before_run is not None:
             await before_run(ctx)
         if fresh:  # only once the run can go on (key, prices, pending calls settled): nothing lost for naught
-            clean_stage(ctx.book, ctx.ledger, stages[0][0], order)
-        pipeline = Pipeline(ctx, [factory(ctx) for _, factory in stages], order, on_progress)
+            for spec in stages:
+                clean_stage(ctx.book, ctx.ledger, spec.name, ctx.registry)
         pages = list(range(1, ctx.book.page_count() + 1))
-        return await pipeline.run(pages)
+        pipeline = Pipeline(ctx, [spec.load()(ctx, spec) for spec in stages], pages, on_progress)
+        return await pipeline.run()
     finally:
         if ctx.llm is not None:
             await ctx.llm.aclose()

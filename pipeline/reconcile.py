@@ -6,26 +6,19 @@ import asyncio
 from infra.books import Book
 from infra.checkpoint import Ledger
 from infra.config import Settings
-from pipeline.stages import make_llm_client
-
-TOLERANCE_USD = 1e-9
+from infra.llm_client import LLMClient
+from infra.pricing import same_cost
 
 
 def reconcile(book: Book, settings: Settings) -> dict:
     """Every recorded generation whose cost the provider states otherwise, or does not know."""
-    ledger = Ledger.open_reader(book.ledger_path)
-    calls = []
-    if ledger is not None:
-        try:
-            calls = ledger.calls_with_generation()
-        finally:
-            ledger.close()
+    calls = Ledger.read(book.ledger_path, Ledger.calls_with_generation, [])
     billed = asyncio.run(_provider_costs(settings, [c["generation_id"] for c in calls]))
     differences, unknown = [], []
     for call, provider in zip(calls, billed):
         if provider is None:
             unknown.append(call)
-        elif abs(provider - call["cost_usd"]) > TOLERANCE_USD:
+        elif not same_cost(provider, call["cost_usd"]):
             differences.append({**call, "provider_cost_usd": provider,
                                 "difference_usd": provider - call["cost_usd"]})
     return {"book": book.id, "generations": len(calls),
@@ -35,7 +28,7 @@ def reconcile(book: Book, settings: Settings) -> dict:
 
 
 async def _provider_costs(settings: Settings, generation_ids: list[str]) -> list[float | None]:
-    client = make_llm_client(settings, workers=16)
+    client = LLMClient.from_settings(settings, concurrency=16)
     client.resolve_timeout = 5.0  # a generation the provider still does not know is reported as such
     try:
         stats = await asyncio.gather(*(client.generation_stats(g) for g in generation_ids))

@@ -17,7 +17,7 @@ def pages(n: int) -> str:
     return f"{n} page" if n == 1 else f"{n} pages"
 
 
-def _usd(x: float) -> str:
+def usd(x: float) -> str:
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 
@@ -27,20 +27,20 @@ def _when(ts: float | None) -> str:
 
 def status(r: dict) -> None:
     console.print(f"[bold]{r['book']}[/]: {pages(r['pages'])}, {r['state']}, "
-                  f"total cost {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+                  f"total cost {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
     t = Table("stage", "done", "total", "failed", "calls", "cost")
     for name, s in r["stages"].items():
         t.add_row(name, str(s["done"]), str(s["total"]), str(s["failed"] or ""),
-                  str(s["calls"]), _usd(s["cost_usd"]))
+                  str(s["calls"]), usd(s["cost_usd"]))
     console.print(t)
 
 
 def library(r: dict) -> None:
     t = Table("book", "pages", "state", "cost", title=f"library {r['books_dir']}")
     for b in r["books"]:
-        t.add_row(b["book"], str(b["pages"]), b["state"], _usd(b["total_cost_usd"]))
+        t.add_row(b["book"], str(b["pages"]), b["state"], usd(b["total_cost_usd"]))
     t.add_section()
-    t.add_row("total", str(r["total_pages"]), f"{len(r['books'])} books", _usd(r["total_cost_usd"]))
+    t.add_row("total", str(r["total_pages"]), f"{len(r['books'])} books", usd(r["total_cost_usd"]))
     console.print(t)
 
 
@@ -48,22 +48,22 @@ def _breakdown(title: str, rows: dict) -> Table:
     t = Table(title, "calls", "failed", "failed $", "prompt", "cached", "completion",
               "reasoning", "cost", title_justify="left")
     for key, m in rows.items():
-        t.add_row(key, str(m["calls"]), str(m["failed_calls"]), _usd(m["failed_cost_usd"]),
+        t.add_row(key, str(m["calls"]), str(m["failed_calls"]), usd(m["failed_cost_usd"]),
                   f"{m['prompt_tokens']:,}", f"{m['cached_tokens']:,}", f"{m['completion_tokens']:,}",
-                  f"{m['reasoning_tokens']:,}", _usd(m["cost_usd"]))
+                  f"{m['reasoning_tokens']:,}", usd(m["cost_usd"]))
     return t
 
 
 def cost(r: dict) -> None:
-    console.print(f"[bold]{r['book']}[/]: total {_usd(r['total_cost_usd'])} "
-                  f"({pages(r['pages'])}, {_usd(r.get('cost_per_page_usd', 0.0))} per page); "
-                  f"provider-reported {_usd(r['provider_cost_usd'])}, computed {_usd(r['computed_cost_usd'])}")
+    console.print(f"[bold]{r['book']}[/]: total {usd(r['total_cost_usd'])} "
+                  f"({pages(r['pages'])}, {usd(r.get('cost_per_page_usd', 0.0))} per page); "
+                  f"provider-reported {usd(r['provider_cost_usd'])}, computed {usd(r['computed_cost_usd'])}")
     console.print(_breakdown("stage", r["stages"]))
     console.print(_breakdown("model", r["models"]))
     t = Table("run", "started", "ended", "status", "calls", "cost", title_justify="left")
     for run in r["runs"]:
         t.add_row(str(run["run_id"]), _when(run["started_at"]), _when(run["ended_at"]),
-                  run["status"], str(run["calls"]), _usd(run["cost_usd"]))
+                  run["status"], str(run["calls"]), usd(run["cost_usd"]))
     console.print(t)
 
 
@@ -89,7 +89,7 @@ def process_summary(r: dict, book: Book) -> None:
         console.print(f"  left undone: {undone} (pages)")
         console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
                       "(spent so far, plus the high estimate of the rest)")
-    console.print(f"  total cost:  {_usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+    console.print(f"  total cost:  {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
 
 
 def pricing(r: dict) -> None:
@@ -110,17 +110,17 @@ def estimate(r: dict) -> None:
     t = Table("stage", "model", "pages", "low", "high", "from", title_justify="left",
               title=f"{r['book']}: what the rest will cost")
     for name, e in r["stages"].items():
-        t.add_row(name, e["model"], str(e["pages"]), _usd(e["low_usd"]), _usd(e["high_usd"]), e["method"])
+        t.add_row(name, e["model"], str(e["pages"]), usd(e["low_usd"]), usd(e["high_usd"]), e["method"])
     t.add_section()
-    t.add_row("total", "", "", _usd(r["low_usd"]), _usd(r["high_usd"]), "")
+    t.add_row("total", "", "", usd(r["low_usd"]), usd(r["high_usd"]), "")
     console.print(t)
-    budget = "no budget" if r["budget_usd"] is None else f"budget {_usd(r['budget_usd'])}"
-    console.print(f"spent so far {_usd(r['spent_usd'])}; {budget}")
+    budget = "no budget" if r["budget_usd"] is None else f"budget {usd(r['budget_usd'])}"
+    console.print(f"spent so far {usd(r['spent_usd'])}; {budget}")
 
 
 def reconciliation(r: dict) -> None:
-    console.print(f"[bold]{r['book']}[/]: {r['generations']} generations; ledger {_usd(r['ledger_usd'])}, "
-                  f"provider {_usd(r['provider_usd'])}")
+    console.print(f"[bold]{r['book']}[/]: {r['generations']} generations; ledger {usd(r['ledger_usd'])}, "
+                  f"provider {usd(r['provider_usd'])}")
     if not r["differences"] and not r["unknown"]:
         console.print("every recorded cost equals the provider's")
         return

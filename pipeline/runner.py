@@ -1,9 +1,11 @@
-"""Runs a book's stages as one pipeline: a page moves to the next stage as soon as it is ready.
+"""Runs a book's stages as one pipeline: a page moves on to a stage as soon as that stage's
+declared inputs (pipeline/registry.py) have it, and a stage waits for nothing else.
 
-Each page stage has a queue and its own bounded pool of workers. Resume is planning: a
-page is queued for the first selected stage where the ledger does not have it done, and
-only when the stage before that one has it done. Correcting page 1 never waits for the OCR
-of page 300. A book stage (merge) runs once every page stage has finished.
+Each page stage has a queue and its own bounded pool of workers; correcting page 1 never
+waits for the OCR of page 300. A book stage (merge, or one that needs every page, such as
+finding running headers) runs once the stages it reads have finished, and may stand between
+page stages: the pages of the stages that read it start when it is done. Resume is planning:
+a page is queued for each selected stage that does not have it done and whose inputs have it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
-from pipeline.stage import RunContext, Stage, StopRun
+from infra.errors import StopRun, exit_code
+from pipeline.registry import BOOK_PAGE, StageSpec
+from pipeline.stage import RunContext, Stage
 
 RESUME = "run the same command again to resume"
 _CLOSED = math.inf  # sorts after every page: a worker that sees it knows the queue is drained
@@ -19,103 +23,127 @@ _CLOSED = math.inf  # sorts after every page: a worker that sees it knows the qu
 
 @dataclass
 class Outcome:
-    status: str = "done"  # done | failed | interrupted | budget
+    status: str = "done"  # a key of infra.errors.RUN_EXIT
     message: str = ""
-    exit_code: int = 0
     pages_processed: int = 0
     failed: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.status)
+
 
 class Pipeline:
-    def __init__(self, ctx: RunContext, stages: list[Stage], order: list[str], on_progress=None):
-        """`stages`: the selected stages, in order; `order`: every stage name, in order."""
+    def __init__(self, ctx: RunContext, stages: list[Stage], pages: list[int], on_progress=None):
+        """`stages`: the selected stages, in the registry's order; the others' outputs are read
+        as the ledger has them."""
         self.ctx = ctx
-        self.stages = stages
-        self.order = order
-        self.page_stages = [s for s in stages if s.per_page]
-        self.book_stages = [s for s in stages if not s.per_page]
-        self.queues = {s.name: asyncio.PriorityQueue() for s in self.page_stages}
-        self.done = {s.name: ctx.ledger.done_pages(s.name) for s in self.page_stages}
+        self.pages = pages
+        self.stages = {s.name: s for s in stages}
+        ledger = ctx.ledger
+        self.done = {spec.name: ledger.done_pages(spec.name) for spec in ctx.registry}
+        self.queues = {s.name: asyncio.PriorityQueue() for s in stages if s.per_page}
+        self.queued: dict[str, set[int]] = {name: set() for name in self.queues}
+        self.finished = {s.name: asyncio.Event() for s in stages}
         self.on_progress = on_progress or (lambda stage: None)
         self.outcome = Outcome()
+        self._forget_stale_book_stages()
 
-    def _prerequisite(self, stage: str) -> str | None:
-        i = self.order.index(stage)
-        return self.order[i - 1] if i > 0 else None
+    def _spec(self, name: str) -> StageSpec:
+        return self.ctx.registry[name]
+
+    def _forget_stale_book_stages(self) -> None:
+        """A selected book stage is redone when a stage it reads, directly or not, has work
+        left: until then, the stages that read it must not take its old output."""
+        busy: set[str] = set()
+        for spec in self.ctx.registry:
+            if spec.name not in self.stages:
+                continue
+            if busy & set(spec.reads) or len(self.done[spec.name]) < spec.total(len(self.pages)):
+                busy.add(spec.name)
+                if not spec.per_page:
+                    self.done[spec.name] = set()
+
+    def _has(self, stage: str, page: int) -> bool:
+        return (page if self._spec(stage).per_page else BOOK_PAGE) in self.done[stage]
 
     def _ready(self, stage: str, page: int) -> bool:
-        before = self._prerequisite(stage)
-        if before is None:
-            return True
-        if before in self.done:
-            return page in self.done[before]
-        return self.ctx.ledger.page_status(before, page) == "done"
+        return all(self._has(r, page) for r in self._spec(stage).reads)
 
-    def plan(self, pages: list[int]) -> dict[str, list[int]]:
-        """Which pages each stage starts with: exactly the pages not done, where ready."""
-        plan: dict[str, list[int]] = {s.name: [] for s in self.page_stages}
-        for page in pages:
-            for stage in self.page_stages:
-                if page in self.done[stage.name]:
-                    continue
-                if self._ready(stage.name, page):
-                    plan[stage.name].append(page)
-                break
-        return plan
+    def _offer(self, stage: str, page: int) -> None:
+        """Queue `page` for `stage` if it is not done there, not queued, and its inputs have it."""
+        if page in self.done[stage] or page in self.queued[stage] or not self._ready(stage, page):
+            return
+        self.queued[stage].add(page)
+        self.queues[stage].put_nowait(page)
 
-    async def run(self, pages: list[int]) -> Outcome:
-        for name, todo in self.plan(pages).items():
-            for page in todo:
-                self.queues[name].put_nowait(page)
-        if self.page_stages:
-            self.queues[self.page_stages[0].name].put_nowait(_CLOSED)
-        try:
-            await asyncio.gather(*(self._run_stage(i) for i in range(len(self.page_stages))))
-            if self._finished_pages(pages) and not self.ctx.stopping.is_set():
-                for stage in self.book_stages:
-                    if self.outcome.pages_processed or not self._book_stage_done(stage):
-                        await stage.run_book()
-                        stage.mark_book_done()
-                        self.on_progress(stage)
-        except StopRun as stop:
-            self._stop(stop)
+    def _offer_downstream(self, stage: str, pages: list[int]) -> None:
+        for name in self.queues:
+            if stage in self._spec(name).reads:
+                for page in pages:
+                    self._offer(name, page)
+
+    def plan(self) -> dict[str, list[int]]:
+        """Which pages each page stage starts with: exactly the pages not done, where ready."""
+        for name in self.queues:
+            for page in self.pages:
+                self._offer(name, page)
+        return {name: sorted(q) for name, q in self.queued.items()}
+
+    async def run(self) -> Outcome:
+        self.plan()
+        await asyncio.gather(*(self._run_stage(s) for s in self.stages.values()))
         if self.outcome.status == "done" and self.ctx.stopping.is_set():
-            self.outcome.status, self.outcome.exit_code = "interrupted", 130
-            self.outcome.message = RESUME
+            self.outcome.status, self.outcome.message = "interrupted", RESUME
         elif self.outcome.status == "done" and self.outcome.failed:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.failed.items())
-            self.outcome.status, self.outcome.exit_code = "failed", 1
+            self.outcome.status = "failed"
             self.outcome.message = f"pages failed ({summary}): see `ar.py status`; run again to retry them"
         return self.outcome
 
-    def _book_stage_done(self, stage: Stage) -> bool:
-        return self.ctx.ledger.page_status(stage.name, 0) == "done"
-
-    def _finished_pages(self, pages: list[int]) -> bool:
-        last = self.page_stages[-1].name if self.page_stages else None
-        if last is None:
-            before = self._prerequisite(self.book_stages[0].name) if self.book_stages else None
-            return before is None or all(self.ctx.ledger.page_status(before, p) == "done" for p in pages)
-        return len(self.done[last]) == len(pages)
-
     def _stop(self, stop: StopRun) -> None:
         if self.outcome.status in ("done", "failed"):
-            self.outcome.status, self.outcome.exit_code, self.outcome.message = (
-                stop.status, stop.exit_code, str(stop))
+            self.outcome.status, self.outcome.message = stop.status, str(stop)
         self.ctx.stopping.set()
 
-    async def _run_stage(self, index: int) -> None:
-        stage = self.page_stages[index]
-        try:
-            await asyncio.gather(*(self._worker(index) for _ in range(stage.concurrency)))
-        finally:
-            if index + 1 < len(self.page_stages):
-                self.queues[self.page_stages[index + 1].name].put_nowait(_CLOSED)
+    async def _after_inputs(self, stage: Stage) -> None:
+        """Until every selected stage that `stage` reads has finished."""
+        for name in stage.spec.reads:
+            if name in self.finished:
+                await self.finished[name].wait()
 
-    async def _worker(self, index: int) -> None:
-        stage = self.page_stages[index]
+    async def _run_stage(self, stage: Stage) -> None:
+        try:
+            if stage.per_page:
+                await asyncio.gather(self._close_when_inputs_finish(stage),
+                                     *(self._worker(stage) for _ in range(stage.concurrency)))
+            else:
+                await self._run_book_stage(stage)
+        finally:
+            self.finished[stage.name].set()
+
+    async def _close_when_inputs_finish(self, stage: Stage) -> None:
+        await self._after_inputs(stage)
+        self.queues[stage.name].put_nowait(_CLOSED)  # no page can come any more
+
+    async def _run_book_stage(self, stage: Stage) -> None:
+        await self._after_inputs(stage)
+        if self.ctx.stopping.is_set() or BOOK_PAGE in self.done[stage.name]:
+            return
+        if not all(self._has(r, p) for r in stage.spec.reads for p in self.pages):
+            return  # some page did not make it through: the book cannot be put together yet
+        try:
+            await stage.run_book()
+        except StopRun as stop:
+            self._stop(stop)
+            return
+        stage.mark_book_done()
+        self.done[stage.name].add(BOOK_PAGE)
+        self.on_progress(stage)
+        self._offer_downstream(stage.name, self.pages)
+
+    async def _worker(self, stage: Stage) -> None:
         queue = self.queues[stage.name]
-        following = self.page_stages[index + 1] if index + 1 < len(self.page_stages) else None
         while True:
             page = await queue.get()
             if page == _CLOSED or self.ctx.stopping.is_set():
@@ -123,7 +151,7 @@ class Pipeline:
                 return
             try:
                 ok = await stage.run_page(page)
-            except StopRun as stop:
+            except StopRun as stop:  # the other workers finish their pages in flight, then stop
                 self._stop(stop)
                 queue.put_nowait(_CLOSED)
                 return
@@ -133,6 +161,4 @@ class Pipeline:
                 continue
             self.outcome.pages_processed += 1
             self.done[stage.name].add(page)
-            if following is not None and page not in self.done[following.name] \
-                    and self._ready(following.name, page):
-                self.queues[following.name].put_nowait(page)
+            self._offer_downstream(stage.name, [page])

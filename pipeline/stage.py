@@ -1,40 +1,28 @@
-"""The Stage base: one step of the book (ocr, correct, fix, merge), page by page.
+"""The Stage base: one step of the book (ocr, correct, fix, merge), declared in
+pipeline/registry.py.
 
-A stage does the work of one page in `process_page`; this base does the rest the same way
-for every stage: it loads what earlier runs spent (never resets it), writes each output
-atomically and only then marks the page done in the ledger, and records failures.
+A page stage does the work of one page in `process_page`; this base does the rest the same
+way for every stage: it loads what earlier runs spent (never resets it), writes each output
+atomically and only then marks the page done in the ledger, and records failures. A book
+stage does its work once, in `run_book`. A stage reads the outputs of the stages its
+declaration names, through `inputs`, never through a stage's name.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from infra.books import Book, page_file
+from infra.books import Book
 from infra.checkpoint import Ledger
-from infra.errors import EXIT_ERROR
+from infra.errors import PageFailed, StopRun
 from infra.logs import log_event
 from infra.storage import atomic_write_json, remove_temp_files
-
+from pipeline.registry import BOOK_PAGE, Registry, StageSpec
 
 log = logging.getLogger("ar.stage")
-
-
-class PageFailed(Exception):
-    """This page could not be done in this run; the others go on."""
-
-
-class StopRun(Exception):
-    """Nothing more can be done in this run (out of credits, bad key, budget reached)."""
-
-    def __init__(self, message: str, status: str = "failed", exit_code: int = EXIT_ERROR):
-        super().__init__(message)
-        self.status = status
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -44,49 +32,46 @@ class RunContext:
     book: Book
     ledger: Ledger
     run_id: int
+    registry: Registry
     workers: int = 8
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # vision, warn_run_usd, and a test stage's own
+    models: dict[str, str] = field(default_factory=dict)  # LLM stage -> the model it calls
     llm: Any = None  # the run's LLMClient, shared by the LLM stages
     run_cost_usd: float = 0.0  # every stage's spending in this run
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Stage:
-    name: ClassVar[str]
-    # Page stages work page by page; a book stage (merge) works once on the whole book.
-    per_page: ClassVar[bool] = True
-
-    def __init__(self, ctx: RunContext):
+    def __init__(self, ctx: RunContext, spec: StageSpec):
         self.ctx = ctx
-        self.out_dir = ctx.book.stage_dir(self.name)
-        if self.per_page:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            remove_temp_files(self.out_dir)
+        self.spec = spec
+        self.name = spec.name
+        # Page stages work page by page; a book stage (merge) works once on the whole book.
+        self.per_page = spec.per_page
+        folders = [spec.folder(ctx.book)] if self.per_page else [(ctx.book.root / f).parent for f in spec.writes]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(folder)
         ledger = ctx.ledger
         # What earlier runs spent stays in the totals: loaded here, only ever added to.
         self.stats: dict[str, float | int] = {
             "total_cost_usd": ledger.stage_cost(self.name),
-            "run_cost_usd": 0.0,
             "pages_done": len(ledger.done_pages(self.name)),
             "pages_failed": 0,
-            "calls": 0,
         }
 
     @property
     def concurrency(self) -> int:
         return self.ctx.workers
 
-    def output_path(self, page: int) -> Path:
-        return self.out_dir / page_file(page, ".json")
-
-    def read_output(self, stage: str, page: int) -> dict:
-        return json.loads((self.ctx.book.stage_dir(stage) / page_file(page, ".json")).read_bytes())
+    def inputs(self, page: int) -> list[dict]:
+        """The page's outputs of the page stages this stage reads, in the declared order."""
+        reads = (self.ctx.registry[name] for name in self.spec.reads)
+        return [spec.read_page(self.ctx.book, page) for spec in reads if spec.per_page]
 
     def add_cost(self, cost: float) -> None:
         """Every billable call's cost comes through here (the ledger already holds it)."""
         self.stats["total_cost_usd"] += cost
-        self.stats["run_cost_usd"] += cost
-        self.stats["calls"] += 1
         before, self.ctx.run_cost_usd = self.ctx.run_cost_usd, self.ctx.run_cost_usd + cost
         warn_at = self.ctx.options.get("warn_run_usd")
         if warn_at is not None and before <= warn_at < self.ctx.run_cost_usd:
@@ -110,10 +95,11 @@ class Stage:
             self.ctx.ledger.mark_failed(self.name, page, self.ctx.run_id, str(e))
             self.stats["pages_failed"] += 1
             return False
+        path = self.spec.page_path(self.ctx.book, page)
         try:
-            atomic_write_json(self.output_path(page), result)
+            atomic_write_json(path, result)
         except OSError as e:  # disk full, read-only: no page can be saved, stop cleanly
-            raise StopRun(f"cannot write {self.output_path(page)}: {e.strerror or e}") from None
+            raise StopRun(f"cannot write {path}: {e.strerror or e}") from None
         self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id)
         self.stats["pages_done"] += 1
         return True
@@ -123,6 +109,6 @@ class Stage:
         raise NotImplementedError
 
     def mark_book_done(self) -> None:
-        """A book stage's one unit of work (ledger page 0) is done."""
-        self.ctx.ledger.mark_done(self.name, 0, self.ctx.run_id)
+        """A book stage's one unit of work (ledger page BOOK_PAGE) is done."""
+        self.ctx.ledger.mark_done(self.name, BOOK_PAGE, self.ctx.run_id)
         self.stats["pages_done"] = 1

@@ -4,9 +4,12 @@ Each page "costs" one billable call of PAGE_COST(page) USD, recorded in the ledg
 way the LLM client records real calls; `delay` in the run options slows each page down.
 """
 import asyncio
+import json
 import os
 
-from pipeline.stage import PageFailed, Stage
+from infra.errors import PageFailed
+from pipeline.registry import Registry, StageSpec
+from pipeline.stage import Stage
 
 
 def page_cost(page: int) -> float:
@@ -14,8 +17,6 @@ def page_cost(page: int) -> float:
 
 
 class EchoStage(Stage):
-    name = "echo"
-
     async def process_page(self, page: int) -> dict:
         ledger, ctx = self.ctx.ledger, self.ctx
         call = ledger.begin_call(ctx.run_id, self.name, page, "test/echo", 1)
@@ -31,9 +32,31 @@ class EchoStage(Stage):
 class ShoutStage(EchoStage):
     """A second stage after echo, to see pages flow from one stage to the next."""
 
-    name = "shout"
-
     async def process_page(self, page: int) -> dict:
-        upstream = self.read_output("echo", page)
+        (upstream,) = self.inputs(page)
         await asyncio.sleep(self.ctx.options.get("delay", 0))
         return {"page": page, "echo_pid": upstream["pid"]}
+
+
+class TallyStage(Stage):
+    """A book stage between two page stages: it needs every echo page."""
+
+    async def run_book(self) -> None:
+        pages = range(1, self.ctx.book.page_count() + 1)
+        tally = sum(echo["page"] for p in pages for echo in self.inputs(p))
+        (self.ctx.book.root / "tally.json").write_text(json.dumps({"tally": tally}))
+
+
+class StampStage(Stage):
+    """A page stage after the book stage tally: each page carries the book's tally."""
+
+    async def process_page(self, page: int) -> dict:
+        (echo,) = self.inputs(page)
+        tally = json.loads((self.ctx.book.root / "tally.json").read_text())["tally"]
+        return {"page": echo["page"], "tally": tally}
+
+
+ECHO_STAGES = Registry([
+    StageSpec("echo", EchoStage),
+    StageSpec("shout", ShoutStage, reads=("echo",)),
+])

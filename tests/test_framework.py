@@ -13,14 +13,14 @@ from infra.checkpoint import Ledger
 from pipeline.process import clean_stage, process_book
 from pipeline.reports import cost_report, status_report
 from tests.conftest import ROOT, make_book, run_ar
-from tests.fakestages import EchoStage, ShoutStage, page_cost
+from pipeline.registry import Registry, StageSpec
+from tests.fakestages import ECHO_STAGES, EchoStage, page_cost
 
-STAGES = [("echo", EchoStage), ("shout", ShoutStage)]
-ORDER = ["echo", "shout"]
+ORDER = ECHO_STAGES.names
 
 
-def run_in_process(book, **options):
-    return process_book(book, STAGES, ORDER, workers=4, options=options)
+def run_in_process(book, registry=ECHO_STAGES, **options):
+    return process_book(book, list(registry), workers=4, registry=registry, options=options)
 
 
 def start_driver(book_dir, delay):
@@ -58,8 +58,9 @@ def test_all_pages_flow_through_both_stages(books_dir):
     for p in range(1, 13):
         out = json.loads((book.root / "shout" / f"page_{p:04d}.json").read_text())
         assert out == {"page": p, "echo_pid": os.getpid()}
-    status = status_report(book)
+    status = status_report(book, ECHO_STAGES)
     assert status["stages"]["echo"]["done"] == 12 and status["stages"]["shout"]["done"] == 12
+    assert status["state"] == "done"
     assert status["total_cost_usd"] == pytest.approx(sum(page_cost(p) for p in range(1, 13)))
 
 
@@ -86,16 +87,16 @@ def test_costs_of_every_run_are_kept_and_added_to_even_after_clean(books_dir):
     seen = {}
 
     class Watching(EchoStage):
-        def __init__(self, ctx):
-            super().__init__(ctx)
+        def __init__(self, ctx, spec):
+            super().__init__(ctx, spec)
             seen["loaded"] = self.stats["total_cost_usd"]
 
-    process_book(book, [("echo", Watching), ("shout", ShoutStage)], ORDER, workers=4)
+    run_in_process(book, Registry([StageSpec("echo", Watching), ECHO_STAGES["shout"]]))
     assert seen["loaded"] == pytest.approx(spent_1)
     assert status_report(book)["total_cost_usd"] == pytest.approx(all_pages)
     # clean removes outputs and page status, never the costs
     led = Ledger.open_writer(book.ledger_path)
-    clean_stage(book, led, "echo", ORDER)
+    clean_stage(book, led, "echo", ECHO_STAGES)
     led.close()
     assert not list((book.root / "echo").glob("*.json"))
     assert not list((book.root / "shout").glob("*.json"))  # made from echo: cleaned with it

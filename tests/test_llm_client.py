@@ -10,9 +10,11 @@ import pytest
 from pydantic import SecretStr
 
 from infra.checkpoint import Ledger
-from infra.llm_client import FatalLLMError, InvalidAnswer, LLMClient, RetryableError
+from infra.errors import FatalLLMError, InvalidAnswer, RetryableError
+from infra.llm_client import LLMClient
 from infra.pricing import PricingCache
-from pipeline.llm_stage import CorrectedPage, LedgerRecorder
+from pipeline.correct import CorrectedPage
+from pipeline.llm_stage import LedgerRecorder
 from tests.conftest import ROOT
 
 KEY = "sk-or-test-0123456789abcdef"

@@ -21,7 +21,7 @@ from infra.books import Book, Library
 from infra.checkpoint import CALL_COST, Ledger
 from pipeline.monitor import book_snapshot
 from tests.conftest import ROOT, make_book, run_ar
-from tools.monitor import Watcher
+from pipeline.live import Watcher
 
 MONITOR = str(ROOT / "tools" / "monitor.py")
 KEY = "sk-or-v1-monitor-test-0123456789"

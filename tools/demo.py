@@ -6,7 +6,6 @@ cost and how good they are, and stops the server. A second run finds the book do
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -32,15 +31,18 @@ def start_server() -> tuple[subprocess.Popen, str]:
 def quality_report() -> None:
     """The character error rate of the whole book's text, merged the same way from the
     pages as each stage left them, against the true text."""
+    from infra.books import Book
     from pipeline.merge import book_markdown
+    from pipeline.registry import STAGES
     from pipeline.quality import book_cer
 
+    book = Book(BOOK)
     truth = (BOOK / "truth" / "book.md").read_text()
-    pages = sorted((BOOK / "source").glob("page_*.png"))
     rates = []
-    for stage, folder in (("ocr", "ocr"), ("correct", "corrected"), ("fix", "fixed")):
-        texts = [json.loads((BOOK / folder / f"{p.stem}.json").read_text())["text"] for p in pages]
-        rates.append(f"after {stage} {book_cer(book_markdown(texts), truth):.2%}")
+    for spec in STAGES:
+        if spec.per_page:
+            texts = [spec.read_page(book, p)["text"] for p in range(1, book.page_count() + 1)]
+            rates.append(f"after {spec.name} {book_cer(book_markdown(texts), truth):.2%}")
     print("character error rate of the book's text against the true text: " + ", ".join(rates))
 
 

@@ -13,7 +13,8 @@ from pydantic import SecretStr
 from infra.checkpoint import Ledger
 from infra.llm_client import LLMClient
 from infra.pricing import PricingCache
-from pipeline.llm_stage import CorrectedPage, LedgerRecorder
+from pipeline.correct import CorrectedPage
+from pipeline.llm_stage import LedgerRecorder
 
 
 async def main(ledger_path: Path, base_url: str, n: int) -> None:

@@ -5,14 +5,13 @@ from pathlib import Path
 from infra.books import Book
 from infra.errors import ArError
 from pipeline.process import process_book
-from tests.fakestages import EchoStage, ShoutStage
+from tests.fakestages import ECHO_STAGES
 
 if __name__ == "__main__":
     book = Book(Path(sys.argv[1]))
     delay = float(sys.argv[2])
     try:
-        outcome = process_book(book, [("echo", EchoStage), ("shout", ShoutStage)], ["echo", "shout"],
-                               workers=4, options={"delay": delay})
+        outcome = process_book(book, list(ECHO_STAGES), workers=4, registry=ECHO_STAGES, options={"delay": delay})
     except ArError as e:
         print(f"ar: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.books import Book
+from infra.checkpoint import Ledger
+from pipeline.registry import STAGES as REGISTRY
 from tests.conftest import start_ar
 
 LONG = os.environ.get("AR_TORTURE") == "long"
@@ -26,7 +29,7 @@ FAULTS = ("--latency-ms", "150", "--jitter-ms", "350", "--retry-after", "0", "--
           "--fail-500", "0.05", "--fail-timeout", "0.02", "--fail-malformed", "0.05", "--fail-midstream", "0.05")
 # a timed-out attempt is retried after 2 s; 20 retries make a page that fails them all unlikely
 RUN_ENV = {"AR_TIMEOUT": "2", "AR_MAX_RETRIES": "20"}
-STAGES = ("ocr", "correct", "fix")
+STAGES = [spec.name for spec in REGISTRY if spec.per_page]
 SUMMARIES: list[str] = []  # printed at the end of the pytest session (conftest.py)
 
 
@@ -158,7 +161,7 @@ def check_book_is_whole(book_dir: Path, pages: int, reference_md: bytes, failed_
         done = sorted(p for s, p, status, attempts in rows
                       if s == stage and status == "done" and (attempts == 1 or failed_first))
         assert done == list(range(1, pages + 1)), f"{stage}: pages not done exactly once"
-        files = sorted(book_dir.joinpath({"correct": "corrected", "fix": "fixed"}.get(stage, stage)).iterdir())
+        files = sorted(REGISTRY[stage].folder(Book(book_dir)).iterdir())
         assert [f.name for f in files] == [f"page_{p:04d}.json" for p in range(1, pages + 1)]
         for f in files:
             assert json.loads(f.read_bytes())["page"] == int(f.stem[5:]) or stage == "ocr"
@@ -192,8 +195,7 @@ def billing(book_dir: Path, generations: list[dict]) -> dict:
         elif run_id > finished_in[(stage, page)]:
             late.append(g)
     assert not late, f"billed again after its page was done: {late}"
-    (ledger_total,) = query(book_dir, "SELECT COALESCE(SUM(COALESCE(provider_cost_usd, computed_cost_usd, 0)), 0)"
-                                      " FROM calls")[0]
+    ledger_total = Ledger.read(Book(book_dir).ledger_path, Ledger.total_cost, 0.0)
     return {"billed_calls": len(billed), "billed_usd": sum(g["cost"] for g in billed),
             "recorded_usd": ledger_total, "wasted_calls": len(wasted),
             "wasted_usd": sum(g["cost"] for g in wasted),

@@ -7,6 +7,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from infra.books import Book
+from infra.checkpoint import Ledger
+from pipeline.registry import STAGES as REGISTRY
 from tests.conftest import REAL_SCANS, llm_env, one_error_line, run_ar
 from tests.torture.harness import KEY, PAGES, STAGES, check_book_is_whole, query
 
@@ -32,9 +35,9 @@ def fill(folder, leave_bytes: int) -> None:
 
 def pages_done_have_outputs(book) -> None:
     for stage in STAGES:
-        folder = book / {"correct": "corrected", "fix": "fixed"}.get(stage, stage)
+        spec = REGISTRY[stage]
         for (page,) in query(book, "SELECT page FROM pages WHERE stage = ? AND status = 'done'", stage):
-            json.loads((folder / f"page_{page:04d}.json").read_bytes())
+            spec.read_page(Book(book), page)
 
 
 # 40 KB: not even the run's first record fits; 400 KB: a few pages, then the disk is full
@@ -58,7 +61,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_nothing(sim, tmp_path, 
         r = run_ar("process", "book", books_dir=books, env=env)
         assert r.returncode == 0, r.stderr
         check_book_is_whole(book, PAGES, torture_book.reference_md)
-        (recorded,) = query(book, "SELECT SUM(COALESCE(provider_cost_usd, computed_cost_usd, 0)) FROM calls")[0]
+        recorded = Ledger.read(Book(book).ledger_path, Ledger.total_cost, None)
         assert abs(recorded - server.credits()) <= 1e-9
 
 

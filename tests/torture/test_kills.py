@@ -1,5 +1,5 @@
 """Kill the real `ar.py process` at random moments, many times, and check that nothing is lost:
-no page, no cent, no file (DESIGN.md, invariants 2 and 3). AR_TORTURE=long: more pages, more kills."""
+no page, no cent, no file (docs/architecture.md, invariants 2 and 3). AR_TORTURE=long: more pages, more kills."""
 import random
 import signal
 import subprocess
