@@ -19,4 +19,4 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 echo "bootstrap: installing the project into $venv"
-"$venv/bin/pip" install -q -e '.[test]'
+"$venv/bin/pip" install -q -e '.[test,sim]'

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # run as a script: tools/ and the project's packages sit in ROOT
+    sys.path.insert(0, str(ROOT))
 BOOK = ROOT / "books" / "sample"
 DEMO_KEY = "sk-or-demo-local-key"  # the local server's key; never a real one
 
@@ -33,7 +35,7 @@ def quality_report() -> None:
     """The character error rate of the whole book's text, merged the same way from the
     pages as each stage left them, against the true text."""
     from pipeline.merge import book_markdown
-    from pipeline.quality import book_cer
+    from tools.quality import book_cer
 
     truth = (BOOK / "truth" / "book.md").read_text()
     pages = sorted((BOOK / "source").glob("page_*.png"))
