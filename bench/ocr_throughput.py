@@ -2,7 +2,7 @@
 
 Two page sets, each repeated to about 20 pages so that a 2-core machine gives a stable
 figure: (i) the sample book (books/sample/source, made by tools.make_sample if missing),
-(ii) ../shared/real-scans/multipage.pdf (beside the checkout) rendered at 300 dpi by infra.sources.import_source.
+(ii) tests/data/real-scans/multipage.pdf rendered at 300 dpi by infra.sources.import_source.
 
 The reference is the best of three ways to run the same command (`tesseract IMG stdout
 -l eng tsv`) on the pages, in page order, N = the number of cores:
@@ -34,7 +34,7 @@ from pipeline.registry import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "books" / "sample" / "source"
-MULTIPAGE = ROOT.parent / "shared" / "real-scans" / "multipage.pdf"
+MULTIPAGE = ROOT / "tests" / "data" / "real-scans" / "multipage.pdf"
 CORES = os.cpu_count() or 1
 TARGET_PAGES = 20
 RUNS = 3  # of ar and of the best bare configuration, alternating; the best run counts

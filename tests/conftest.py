@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_SCANS = ROOT.parent / "shared" / "real-scans"
+REAL_SCANS = ROOT / "tests" / "data" / "real-scans"
 
 
 def make_book(books_dir: Path, book_id: str, pages: int) -> Path:

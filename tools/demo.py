@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # run as a script: tools/ and the project's packages sit in ROOT
+    sys.path.insert(0, str(ROOT))
 BOOK = ROOT / "books" / "sample"
 DEMO_KEY = "sk-or-demo-local-key"  # the local server's key; never a real one
 
@@ -34,7 +36,7 @@ def quality_report() -> None:
     from infra.books import Book
     from pipeline.merge import book_markdown
     from pipeline.registry import STAGES
-    from pipeline.quality import book_cer
+    from tools.quality import book_cer
 
     book = Book(BOOK)
     truth = (BOOK / "truth" / "book.md").read_text()
