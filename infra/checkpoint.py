@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from infra.errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema from version i to i + 1. Append, never edit.
 MIGRATIONS: list[str] = [
@@ -70,11 +70,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX calls_pending ON calls (status) WHERE status = 'pending';
     """,
+    # 2: BYOK (the provider's own bill beside OpenRouter's fee), and the key's usage counter
+    # around each run, to show spend that no generation id accounts for
+    """
+    ALTER TABLE calls ADD COLUMN upstream_cost_usd REAL;
+    ALTER TABLE runs ADD COLUMN key_usage_start REAL;
+    ALTER TABLE runs ADD COLUMN key_usage_end REAL;
+    """,
 ]
 
-# What a call cost: the provider's figure when it gave one (that is the bill), else ours.
+# What a call cost: the provider's figure when it gave one (that is the bill), else ours;
+# plus, with the user's own provider key (BYOK), what that provider billed for it.
 # The one definition: every total, and the cost finish_call returns, is this expression.
-CALL_COST = "COALESCE(provider_cost_usd, computed_cost_usd, 0)"
+CALL_COST = "(COALESCE(provider_cost_usd, computed_cost_usd, 0) + COALESCE(upstream_cost_usd, 0))"
 T = TypeVar("T")
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed", "budget", "crashed")
@@ -195,14 +203,21 @@ class Ledger:
             (status, time.time(), message, run_id),
         )
 
+    def set_key_usage(self, run_id: int, column: str, usd: float) -> None:
+        """The provider key's usage counter (USD) at the run's start or end."""
+        assert column in ("key_usage_start", "key_usage_end"), column
+        self._db.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", (usd, run_id))
+
     def runs(self) -> list[dict]:
         rows = self._db.execute(
             f"SELECT r.run_id, r.started_at, r.ended_at, r.status, r.pid, r.message,"
-            f" COALESCE(SUM({CALL_COST}), 0), COUNT(c.call_id)"
+            f" COALESCE(SUM({CALL_COST}), 0), COUNT(c.call_id), COALESCE(SUM(c.status = 'pending'), 0),"
+            f" r.key_usage_start, r.key_usage_end"
             f" FROM runs r LEFT JOIN calls c ON c.run_id = r.run_id"
             f" GROUP BY r.run_id ORDER BY r.run_id"
         ).fetchall()
-        keys = ("run_id", "started_at", "ended_at", "status", "pid", "message", "cost_usd", "calls")
+        keys = ("run_id", "started_at", "ended_at", "status", "pid", "message", "cost_usd", "calls",
+                "pending_calls", "key_usage_start", "key_usage_end")
         return [dict(zip(keys, row)) for row in rows]
 
     # ---- pages ---------------------------------------------------------------------
@@ -281,9 +296,10 @@ class Ledger:
         [(cost,)] = self._db.execute(
             "UPDATE calls SET status = ?, prompt_tokens = ?, completion_tokens = ?,"
             " cached_tokens = ?, cache_write_tokens = ?, reasoning_tokens = ?, images = ?,"
-            " computed_cost_usd = ?, provider_cost_usd = ?, error = ?,"
+            " computed_cost_usd = ?, provider_cost_usd = ?, upstream_cost_usd = ?, error = ?,"
             f" generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ? RETURNING {CALL_COST}",
-            (status, *tokens, computed_cost, provider_cost, error, generation_id, time.time(), call_id),
+            (status, *tokens, computed_cost, provider_cost, usage.upstream_cost if usage else None, error,
+             generation_id, time.time(), call_id),
         ).fetchall()
         return cost
 
@@ -358,14 +374,14 @@ class Ledger:
             f" SUM(CASE WHEN status = 'failed' THEN {CALL_COST} ELSE 0 END),"
             f" SUM(prompt_tokens), SUM(cached_tokens), SUM(cache_write_tokens),"
             f" SUM(completion_tokens), SUM(reasoning_tokens),"
-            f" SUM({CALL_COST}), SUM(computed_cost_usd), SUM(provider_cost_usd),"
+            f" SUM({CALL_COST}), SUM(computed_cost_usd), SUM(provider_cost_usd), SUM(upstream_cost_usd),"
             f" SUM(status = 'pending'), COUNT(DISTINCT page)"
             f" FROM calls GROUP BY {column} ORDER BY {column}"
         ).fetchall()
         keys = (
             "calls", "failed_calls", "failed_cost_usd", "prompt_tokens", "cached_tokens",
             "cache_write_tokens", "completion_tokens", "reasoning_tokens", "cost_usd",
-            "computed_cost_usd", "provider_cost_usd", "pending_calls", "pages",
+            "computed_cost_usd", "provider_cost_usd", "upstream_cost_usd", "pending_calls", "pages",
         )
         return {str(row[0]): {k: (v or 0) for k, v in zip(keys, row[1:])} for row in rows}
 

@@ -32,6 +32,18 @@ class Settings(BaseSettings):
     budget_usd: float | None = Field(None, gt=0, validation_alias=_env("AR_BUDGET_USD"))
     # a warning (never a stop) when one run has spent more than this
     warn_run_usd: float | None = Field(None, gt=0, validation_alias=_env("AR_WARN_RUN_USD"))
+    # OpenRouter's provider.max_price, USD per million tokens: a ceiling every request carries,
+    # so that a variable-price model (openrouter/auto) can be held to a budget
+    max_prompt_price: float | None = Field(None, gt=0, validation_alias=_env("AR_MAX_PROMPT_PRICE"))
+    max_completion_price: float | None = Field(None, gt=0, validation_alias=_env("AR_MAX_COMPLETION_PRICE"))
+
+    @property
+    def max_price(self) -> dict[str, float] | None:
+        if self.max_prompt_price is None and self.max_completion_price is None:
+            return None
+        if self.max_prompt_price is None or self.max_completion_price is None:
+            raise UsageError("bad configuration: set AR_MAX_PROMPT_PRICE and AR_MAX_COMPLETION_PRICE together")
+        return {"prompt": self.max_prompt_price, "completion": self.max_completion_price}
 
     @field_validator("base_url")
     @classmethod

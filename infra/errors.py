@@ -7,7 +7,8 @@
     ├── SourceError            a PDF or image that cannot be added (infra/sources.py)
     ├── PricingError           no price list, or no price for a model (infra/pricing.py)
     │   ├── PricingUnavailable
-    │   └── UnknownModel
+    │   ├── UnknownModel
+    │   └── VariablePrice      a budget, and a model whose price is known only from the bill
     ├── PageFailed             this page is not done in this run; the other pages go on
     │   ├── OcrError           tesseract failed on the page (pipeline/ocr.py)
     │   └── LLMError           a call failed for good (infra/llm_client.py)
@@ -61,6 +62,10 @@ class PricingUnavailable(PricingError):
 
 
 class UnknownModel(PricingError):
+    pass
+
+
+class VariablePrice(PricingError):
     pass
 
 

@@ -28,7 +28,7 @@ from infra.budget import Budget
 from infra.config import Settings
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, RetryableError
 from infra.logs import log_event, register_secret
-from infra.pricing import CostCalculator, PricingCache, Usage, same_cost
+from infra.pricing import CostCalculator, PricingCache, Rates, Usage, same_cost
 from infra.transport import SlotTransport
 
 log = logging.getLogger("ar.llm")
@@ -129,6 +129,7 @@ class LLMClient:
         self._pacer = _Pacer(requests_per_minute)
         self._late: set[asyncio.Task] = set()
         self.budget: Budget | None = None  # set by the run when the book has a cap
+        self.ceiling: Rates | None = None  # the prices no request may pass (provider.max_price)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             transport=SlotTransport(concurrency),
@@ -146,9 +147,13 @@ class LLMClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key.get_secret_value()}", "X-Title": "ar"}
 
-    async def aclose(self) -> None:
+    async def drain(self) -> None:
+        """Until the calls cut mid-answer are settled from the provider's record (or given up)."""
         if self._late:
             await asyncio.gather(*self._late, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
         await self._http.aclose()
 
     # ---- the call ------------------------------------------------------------------
@@ -264,7 +269,7 @@ class LLMClient:
         images = _images(body)
         text_bytes = sum(len(_text_of(m).encode()) + 8 for m in body["messages"])
         return self.costs.worst_case(body["model"], text_bytes + images * IMAGE_TOKENS_BOUND,
-                                     body["max_tokens"], images)
+                                     body["max_tokens"], images, ceiling=self.ceiling)
 
     def _settle(self, model, usage, chunk, parts, recorder, handle, generation_id):
         """The usage has arrived: record its cost first, then look at the answer."""
@@ -330,21 +335,24 @@ class LLMClient:
             except httpx.TransportError:
                 r = None
             if r is not None and r.status_code == 200:
-                data = r.json()["data"]
-                usage = Usage(
-                    prompt_tokens=data.get("native_tokens_prompt") or data.get("tokens_prompt") or 0,
-                    completion_tokens=data.get("native_tokens_completion") or data.get("tokens_completion") or 0,
-                    cached_tokens=data.get("native_tokens_cached") or 0,
-                    reasoning_tokens=data.get("native_tokens_reasoning") or 0,
-                    cost=data.get("total_cost"),
-                )
-                return usage, float(data.get("total_cost") or 0.0)
+                usage = Usage.from_generation(r.json()["data"])
+                return usage, usage.cost or 0.0
             if r is not None and r.status_code in (401, 403):
                 raise FatalLLMError(f"the provider refused the API key ({_provider_message(r, r.content)})")
             if time.monotonic() + delay > deadline:
                 return None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def key_usage(self) -> float | None:
+        """What the key has been charged so far, in USD (`GET /key`: its usage, and the spend on
+        the user's own provider keys, BYOK); None where the endpoint has no such counter."""
+        try:
+            r = await self._http.get(f"{self.base_url}/key", headers=self._headers())
+            data = r.json()["data"] if r.status_code == 200 else None
+            return None if data is None else float(data["usage"]) + float(data.get("byok_usage") or 0)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     async def resolve_pending(self, pending, recorder_for) -> dict[str, int]:
         """Close the calls an earlier run left pending, each as the provider billed it."""

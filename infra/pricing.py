@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from infra.errors import PricingError, PricingUnavailable, UnknownModel
+from infra.errors import PricingError, PricingUnavailable, UnknownModel, VariablePrice
 from infra.storage import atomic_write_json
 
 log = logging.getLogger("ar.pricing")
@@ -39,11 +39,11 @@ def _usd(value) -> float | None:
     return float(value)
 
 
-class ModelPrice(BaseModel):
+class Rates(BaseModel):
     """USD per token (prompt, completion, cache, reasoning), per image, per request, per search."""
 
-    prompt: float
-    completion: float
+    prompt: float | None  # None: not known in advance (see ModelPrice.variable)
+    completion: float | None
     request: float = 0.0
     image: float = 0.0
     web_search: float = 0.0
@@ -58,9 +58,76 @@ class ModelPrice(BaseModel):
         return self.prompt if self.input_cache_read is None else self.input_cache_read
 
     @classmethod
+    def from_max_price(cls, max_price: dict[str, float] | None) -> Rates | None:
+        """The ceiling a request's provider.max_price (USD per million tokens) enforces."""
+        if max_price is None:
+            return None
+        return cls(prompt=max_price["prompt"] / 1e6, completion=max_price["completion"] / 1e6)
+
+
+class PriceOverride(BaseModel):
+    """Prices that replace the model's own for a request past a size (OpenRouter's
+    `pricing.overrides`: long-context prices from `min_prompt_tokens` on)."""
+
+    min_prompt_tokens: int = 0
+    prices: dict[str, float]
+    conditions_known: bool = True  # False: it has a condition ar cannot check (see dearest)
+
+
+class ModelPrice(Rates):
+    overrides: list[PriceOverride] = []
+
+    @property
+    def variable(self) -> bool:
+        """A router such as openrouter/auto: OpenRouter gives "-1", the price of whichever
+        model answers is known only from the bill."""
+        return self.prompt is None or self.completion is None
+
+    def at(self, prompt_tokens: int) -> Rates:
+        """The rates that apply to a request of `prompt_tokens` prompt tokens."""
+        update: dict[str, float] = {}
+        for o in sorted(self.overrides, key=lambda o: o.min_prompt_tokens):
+            if o.conditions_known and prompt_tokens >= o.min_prompt_tokens:
+                update.update(o.prices)
+        return Rates(**{**self.model_dump(exclude={"overrides"}), **update})
+
+    def dearest(self) -> Rates:
+        """Each rate at its highest over the model's own and every override: what a worst
+        case may count on, whatever the request's size (or a condition ar cannot check)."""
+        rates = self.model_dump(exclude={"overrides"})
+        for o in self.overrides:
+            for k, v in o.prices.items():
+                rates[k] = v if rates.get(k) is None else max(rates[k], v)
+        return Rates(**rates)
+
+    @classmethod
     def from_openrouter(cls, pricing: dict) -> ModelPrice:
-        values = {k: _usd(v) for k, v in pricing.items() if k in cls.model_fields}
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        """A price list entry; a negative price ("-1") means a variable price."""
+        values = {k: _usd(v) for k, v in pricing.items() if k in Rates.model_fields}
+        if any(v is not None and v < 0 for v in values.values()):
+            values = {k: v for k, v in values.items() if v is not None and v >= 0}
+            values.update(prompt=None, completion=None)
+        overrides = [_override(o) for o in pricing.get("overrides") or ()]
+        return cls(**{k: v for k, v in values.items() if v is not None or k in ("prompt", "completion")},
+                   overrides=[o for o in overrides if o is not None])
+
+
+def _override(entry: dict) -> PriceOverride | None:
+    prices = {k: _usd(v) for k, v in entry.items() if k in Rates.model_fields}
+    prices = {k: v for k, v in prices.items() if v is not None and v >= 0}
+    if not prices:
+        return None
+    conditions = set(entry) - set(Rates.model_fields) - {"min_prompt_tokens"}
+    # a price name ar does not know (input_cache_write_1h) is a price, not a condition
+    unknown = {c for c in conditions if not c.startswith(("input_", "output_"))}
+    return PriceOverride(min_prompt_tokens=int(entry.get("min_prompt_tokens") or 0), prices=prices,
+                         conditions_known=not unknown)
+
+
+def _upstream_cost(is_byok, upstream) -> float | None:
+    """The provider's own bill, counted only for BYOK: OpenRouter fills the field on other
+    calls too, equal to `cost`, which already is the bill there."""
+    return float(upstream) if is_byok and upstream is not None else None
 
 
 class Usage(BaseModel):
@@ -75,6 +142,9 @@ class Usage(BaseModel):
     images: int = 0
     web_searches: int = 0
     cost: float | None = Field(None, description="the provider-reported cost in USD, if any")
+    # With the user's own provider key (BYOK), `cost` is OpenRouter's fee and the provider
+    # bills the inference itself: the user pays both. None when not BYOK.
+    upstream_cost: float | None = None
 
     @classmethod
     def from_openrouter(cls, usage: dict, images: int = 0) -> Usage:
@@ -82,6 +152,8 @@ class Usage(BaseModel):
         completion_details = usage.get("completion_tokens_details") or {}
         cost = usage.get("cost")
         return cls(
+            upstream_cost=_upstream_cost(usage.get("is_byok"), (usage.get("cost_details") or {}).get(
+                "upstream_inference_cost")),
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
             cached_tokens=prompt_details.get("cached_tokens") or 0,
@@ -89,6 +161,19 @@ class Usage(BaseModel):
             reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
             images=images,
             cost=float(cost) if cost is not None else None,
+        )
+
+    @classmethod
+    def from_generation(cls, data: dict) -> Usage:
+        """The provider's record of a generation (`GET /generation`'s `data`)."""
+        cost = data.get("total_cost")
+        return cls(
+            prompt_tokens=data.get("native_tokens_prompt") or data.get("tokens_prompt") or 0,
+            completion_tokens=data.get("native_tokens_completion") or data.get("tokens_completion") or 0,
+            cached_tokens=data.get("native_tokens_cached") or 0,
+            reasoning_tokens=data.get("native_tokens_reasoning") or 0,
+            cost=float(cost) if cost is not None else None,
+            upstream_cost=_upstream_cost(data.get("is_byok"), data.get("upstream_inference_cost")),
         )
 
 
@@ -197,8 +282,12 @@ class CostCalculator:
     def __init__(self, pricing: PricingCache):
         self.pricing = pricing
 
-    def cost(self, model: str, usage: Usage) -> float:
-        p = self.pricing.get(model)
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """None for a variable-price model: only the provider's bill says."""
+        price = self.pricing.get(model)
+        if price.variable:
+            return None
+        p = price.at(usage.prompt_tokens)
         cache_write = p.prompt if p.input_cache_write is None else p.input_cache_write
         reasoning = p.internal_reasoning if p.internal_reasoning else p.completion
         plain_prompt = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
@@ -209,10 +298,18 @@ class CostCalculator:
                  + usage.web_searches * p.web_search + p.request)
         return total * (1 - p.discount)
 
-    def worst_case(self, model: str, prompt_tokens: int, max_tokens: int, images: int = 0) -> float:
+    def worst_case(self, model: str, prompt_tokens: int, max_tokens: int, images: int = 0,
+                   ceiling: Rates | None = None) -> float:
         """The most a call can cost: every prompt token uncached, max_tokens at the dearest
-        completion rate. Budgets reserve this before a call is sent."""
-        p = self.pricing.get(model)
+        completion rate. Budgets reserve this before a call is sent. A variable-price model
+        has a worst case only under a `ceiling` the request itself enforces (max_price)."""
+        price = self.pricing.get(model)
+        if price.variable and ceiling is None:
+            raise VariablePrice(f"{model} has a variable price (the provider gives none in advance): "
+                                "a budget cannot be held; choose a fixed-price model, or set "
+                                "AR_MAX_PROMPT_PRICE and AR_MAX_COMPLETION_PRICE so that each request "
+                                "carries a ceiling (provider.max_price)")
+        p = ceiling if price.variable else price.dearest()
         out_rate = max(p.completion, p.internal_reasoning or 0.0)
         cache_write = max(p.prompt, p.input_cache_write or 0.0)
         total = prompt_tokens * cache_write + max_tokens * out_rate + images * p.image + p.request

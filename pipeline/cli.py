@@ -213,7 +213,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                            "pages_processed": outcome.pages_processed})
     if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
         left = _estimate(book, settings)
-        report["budget_to_finish_usd"] = left["spent_usd"] + left["high_usd"]
+        report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
 
@@ -230,17 +230,18 @@ def _has_budget(args, book, settings: Settings) -> bool:
 
 def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
     """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here."""
+    from pipeline.estimate import total_range
+
     report = _estimate(book, settings)
     report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
-    report["low_usd"] = sum(e["low_usd"] for e in report["stages"].values())
-    report["high_usd"] = sum(e["high_usd"] for e in report["stages"].values())
+    report.update(total_range(report["stages"].values()))
     if args.budget is not None:
         report["budget_usd"] = args.budget
     if args.dry_run:
         _emit(args, report, render.estimate)
         return
-    budget = report["budget_usd"]
-    if budget is not None and not args.force and report["low_usd"] > budget - report["spent_usd"]:
+    budget, low = report["budget_usd"], report["low_usd"]
+    if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
         raise BudgetReached(
             f"even the low estimate of the rest, ${report['low_usd']:.4f}, exceeds what is left of the "
             f"budget (${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget "
@@ -260,11 +261,11 @@ def cmd_cost(args, settings: Settings, library: Library) -> int:
     if not args.reconcile:
         _emit(args, cost_report(book), render.cost)
         return 0
-    from pipeline.reconcile import reconcile
+    from pipeline.reconcile import reconcile, reconciled
 
     report = reconcile(book, settings)
     _emit(args, report, render.reconciliation)
-    return 1 if report["differences"] or report["unknown"] else 0
+    return 0 if reconciled(report) else ArError.exit_code
 
 
 def cmd_clean(args, settings: Settings, library: Library) -> int:

@@ -32,20 +32,21 @@ def _tokens(chars: float) -> float:
     return chars / CHARS_PER_TOKEN
 
 
-def page_cost_range(price: ModelPrice, system: str, chars: float, copies: int = 1) -> tuple[float, float]:
-    """Low and high cost of one page of `chars` characters of text, sent `copies` times."""
+def page_cost_range(model_price: ModelPrice, system: str, chars: float, copies: int = 1) -> tuple[float, float]:
+    """Low and high cost of one page of `chars` characters of text, sent `copies` times (the
+    high one at the dearest of the model's prices, long-context ones included)."""
     if chars == 0:
         return 0.0, 0.0
+    price, dearest = model_price.at(0), model_price.dearest()
     sent = copies * chars + 80
     prompt_low = _tokens(len(system)) * price.cache_read_rate + _tokens(sent) * price.prompt
-    prompt_high = _tokens(len(system) + sent) * 1.3 * max(price.prompt, price.input_cache_write or 0)
+    prompt_high = _tokens(len(system) + sent) * 1.3 * max(dearest.prompt, dearest.input_cache_write or 0)
     answer_low = (0.8 * _tokens(chars) + ANSWER_OVERHEAD_TOKENS[0]) * price.completion
     # high: the answer as long as max_tokens allows when the model reasons, else 1.5x the text
-    out_rate = max(price.completion, price.internal_reasoning or 0)
+    out_rate = max(dearest.completion, dearest.internal_reasoning or 0)
     answer_high = min(max_tokens_for("x" * int(chars)), 1.5 * _tokens(chars) + ANSWER_OVERHEAD_TOKENS[1]) * out_rate
-    scale = 1 - price.discount
-    return ((prompt_low + answer_low + price.request) * scale,
-            (prompt_high + answer_high + price.request) * scale)
+    return ((prompt_low + answer_low + price.request) * (1 - price.discount),
+            (prompt_high + answer_high + dearest.request) * (1 - dearest.discount))
 
 
 def _read(spec: StageSpec, book: Book, page: int) -> dict | None:
@@ -74,10 +75,15 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
     stages = {spec.name: _stage_estimate(spec, state, pricing.get(models[spec.name]), models[spec.name],
                                          observed[spec.name], _text_lengths(registry[spec.reads[0]], state))
               for spec in llm_stages}
-    return {"book": book.id, "pages": len(pages), "stages": stages,
-            "low_usd": sum(s["low_usd"] for s in stages.values()),
-            "high_usd": sum(s["high_usd"] for s in stages.values()),
+    return {"book": book.id, "pages": len(pages), "stages": stages, **total_range(stages.values()),
             "spent_usd": spent, "budget_usd": budget}
+
+
+def total_range(stages) -> dict:
+    """The low and high sums of stage estimates; None (unknown) if any stage's is."""
+    stages = list(stages)
+    return {k: None if any(s[k] is None for s in stages) else sum(s[k] for s in stages)
+            for k in ("low_usd", "high_usd")}
 
 
 def _text_lengths(source: StageSpec, book: BookState) -> dict[int, int]:
@@ -93,6 +99,9 @@ def _stage_estimate(spec: StageSpec, book: BookState, price: ModelPrice, model: 
     method = "observed" if len(observed) >= MIN_OBSERVED_PAGES else "tokens"
     low = high = 0.0
     groups = stage.pages_to_call(spec, book)
+    pages = sum(len(g.pages) for g in groups)
+    if method == "tokens" and price.variable and pages:  # no price to count tokens at, until pages are paid
+        return {"model": model, "pages": pages, "low_usd": None, "high_usd": None, "method": "variable price"}
     for group in groups:
         if method == "observed":
             mean = statistics.mean(observed)
@@ -103,5 +112,4 @@ def _stage_estimate(spec: StageSpec, book: BookState, price: ModelPrice, model: 
                       for p in group.pages]
             low += sum(r[0] for r in ranges) * group.share[0]
             high += sum(r[1] for r in ranges) * group.share[1]
-    return {"model": model, "pages": sum(len(g.pages) for g in groups), "low_usd": low, "high_usd": high,
-            "method": method}
+    return {"model": model, "pages": pages, "low_usd": low, "high_usd": high, "method": method}

@@ -45,10 +45,6 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _maybe_usd(x: float | None) -> str:
-    return "-" if x is None else usd(x)
-
-
 def _state(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, "bold yellow"))
 
@@ -84,7 +80,7 @@ def book_view(s: dict, stale: str | None = None) -> Panel:
         _stages(s),
         _line(f"cost: this run {usd(s['run_cost_usd'])}", f"all runs {usd(s['total_cost_usd'])}",
               f"{usd(s['cost_per_page_usd'])}/page"),
-        _line(f"projected {_maybe_usd(s['projected_total_usd'])}", budget),
+        _line(f"projected {usd(s['projected_total_usd'])}", budget),
     ]
     if run is not None:
         when = (f"since {_clock(run['started_at'])}" if s["state"] == "running" else

@@ -153,11 +153,30 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
                         "by a run with an API key", len(pending))
             return
         ctx.llm = LLMClient.from_settings(settings, ctx.workers)
+        await _note_key_usage(ctx, "key_usage_start")
         if pending:
             counts = await ctx.llm.resolve_pending(
                 pending, lambda call: LedgerRecorder(ctx.ledger, call.run_id, call.stage, call.page))
             log_event(log, "resolved calls left pending by an earlier run", **counts)
         if limit is not None:
+            for spec in selected:  # a model whose price is known only from the bill: VariablePrice
+                if spec.uses_llm:
+                    ctx.llm.costs.worst_case(ctx.models[spec.name], 0, 0, ceiling=ctx.llm.ceiling)
             ctx.llm.budget = Budget(limit, ctx.ledger.total_cost())
 
     return before_run
+
+
+async def close_llm(ctx: RunContext) -> None:
+    """The run's last step with a client: every cut call settled, the key's counter noted."""
+    await ctx.llm.drain()
+    await _note_key_usage(ctx, "key_usage_end")
+    await ctx.llm.aclose()
+
+
+async def _note_key_usage(ctx: RunContext, column: str) -> None:
+    """The key's usage counter around the run: `cost --reconcile` compares how far it moved
+    with what the run's calls cost, to show spend that no generation id accounts for."""
+    usage = await ctx.llm.key_usage()
+    if usage is not None:
+        ctx.ledger.set_key_usage(ctx.run_id, column, usage)

@@ -22,6 +22,7 @@ from infra.errors import ArError, LedgerError, exit_code
 from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
+from pipeline.llm_stage import close_llm
 from pipeline.registry import STAGES, Registry, StageSpec
 from pipeline.reports import cost_report
 from pipeline.runner import RESUME, Outcome, Pipeline
@@ -135,7 +136,7 @@ async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run
         return await pipeline.run()
     finally:
         if ctx.llm is not None:
-            await ctx.llm.aclose()
+            await close_llm(ctx)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         # removing it left SIGTERM's default (death): it is Ctrl-C again while the run is closed

@@ -1,4 +1,11 @@
-"""`ar.py cost BOOK --reconcile`: the ledger against the provider's own record of each generation."""
+"""`ar.py cost BOOK --reconcile`: the ledger against the provider's own records.
+
+Two checks. Each recorded generation against what `GET /generation` says it cost (with the
+user's own provider key, BYOK, OpenRouter's fee plus the provider's bill). And the money no
+generation id can attribute: over each run, how far the key's usage counter (`GET /key`)
+moved against what the run's calls cost in the ledger. That counter is the key's, not the
+book's: another process spending on the same key during a run shows here too.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +18,10 @@ from infra.pricing import same_cost
 
 
 def reconcile(book: Book, settings: Settings) -> dict:
-    """Every recorded generation whose cost the provider states otherwise, or does not know."""
-    calls = Ledger.read(book.ledger_path, Ledger.calls_with_generation, [])
+    """Every recorded generation whose cost the provider states otherwise, or does not know;
+    and the unattributed spend (None: the endpoint keeps no key counter)."""
+    calls, runs = Ledger.read(book.ledger_path, lambda ledger: (ledger.calls_with_generation(), ledger.runs()),
+                              ([], []))
     billed = asyncio.run(_provider_costs(settings, [c["generation_id"] for c in calls]))
     differences, unknown = [], []
     for call, provider in zip(calls, billed):
@@ -21,10 +30,21 @@ def reconcile(book: Book, settings: Settings) -> dict:
         elif not same_cost(provider, call["cost_usd"]):
             differences.append({**call, "provider_cost_usd": provider,
                                 "difference_usd": provider - call["cost_usd"]})
+    measured = [r for r in runs if r["key_usage_start"] is not None and r["key_usage_end"] is not None]
+    unattributed = (sum(r["key_usage_end"] - r["key_usage_start"] - r["cost_usd"] for r in measured)
+                    if measured else None)
     return {"book": book.id, "generations": len(calls),
             "ledger_usd": sum(c["cost_usd"] for c in calls),
             "provider_usd": sum(b for b in billed if b is not None),
-            "differences": differences, "unknown": unknown}
+            "differences": differences, "unknown": unknown,
+            "unattributed_usd": unattributed, "runs_measured": len(measured)}
+
+
+def reconciled(report: dict) -> bool:
+    """Every generation matches, and the key moved by what the ledger holds (or is unknown)."""
+    unattributed = report["unattributed_usd"]
+    return (not report["differences"] and not report["unknown"]
+            and (unattributed is None or same_cost(unattributed, 0.0)))
 
 
 async def _provider_costs(settings: Settings, generation_ids: list[str]) -> list[float | None]:
@@ -34,4 +54,4 @@ async def _provider_costs(settings: Settings, generation_ids: list[str]) -> list
         stats = await asyncio.gather(*(client.generation_stats(g) for g in generation_ids))
     finally:
         await client.aclose()
-    return [None if s is None else s[1] for s in stats]
+    return [None if s is None else s[1] + (s[0].upstream_cost or 0.0) for s in stats]

@@ -17,7 +17,10 @@ def pages(n: int) -> str:
     return f"{n} page" if n == 1 else f"{n} pages"
 
 
-def usd(x: float) -> str:
+def usd(x: float | None) -> str:
+    """Dollars at a glance; '-' for a figure not known (a variable price, no pages yet)."""
+    if x is None:
+        return "-"
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 
@@ -87,8 +90,9 @@ def process_summary(r: dict, book: Book) -> None:
         undone = ", ".join(f"{name} {s['total'] - s['done']}" for name, s in r["stages"].items()
                            if s["total"] > s["done"])
         console.print(f"  left undone: {undone} (pages)")
-        console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
-                      "(spent so far, plus the high estimate of the rest)")
+        if r["budget_to_finish_usd"] is not None:
+            console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
+                          "(spent so far, plus the high estimate of the rest)")
     console.print(f"  total cost:  {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
 
 
@@ -121,6 +125,10 @@ def estimate(r: dict) -> None:
 def reconciliation(r: dict) -> None:
     console.print(f"[bold]{r['book']}[/]: {r['generations']} generations; ledger {usd(r['ledger_usd'])}, "
                   f"provider {usd(r['provider_usd'])}")
+    unattributed = r["unattributed_usd"]
+    console.print("unattributed: unknown (the endpoint keeps no key usage counter)" if unattributed is None else
+                  f"unattributed: ${unattributed:+.9f} (the key's usage over {r['runs_measured']} run(s), "
+                  "less what their calls cost)")
     if not r["differences"] and not r["unknown"]:
         console.print("every recorded cost equals the provider's")
         return
