@@ -73,7 +73,7 @@ def cost(r: dict) -> None:
 def process_summary(r: dict, book: Book) -> None:
     outcome = r["outcome"]
     if outcome["status"] == "done":
-        finished = r["stages"]["merge"]["done"] == 1
+        finished = r["state"] == "done"
         if outcome["pages_processed"] == 0 and finished:
             console.print(f"book {r['book']!r} is done: nothing to do.")
         elif finished:
