@@ -14,6 +14,7 @@
     │   └── LLMError           a call failed for good (infra/llm_client.py)
     │       ├── RetryableError (429, 5xx, a cut stream: tried again before it is final)
     │       └── InvalidAnswer  the answer never matched the stage's schema
+    │           └── TruncatedAnswer  cut at max_tokens (finish_reason length), even with more room
     └── StopRun                nothing more can be done in this run; it ends with `status`
         ├── FatalLLMError      the key is refused, or the credits are gone
         └── BudgetReached      the book's budget would be passed (status budget, exit 3)
@@ -89,6 +90,11 @@ class RetryableError(LLMError):
 
 class InvalidAnswer(LLMError):
     """The model's answer did not validate against the schema, after the allowed retries."""
+
+
+class TruncatedAnswer(InvalidAnswer):
+    """The answer was cut at max_tokens (finish_reason "length"), and cut again when asked
+    once more with more room: the stage flags the page as it does an invalid answer."""
 
 
 class StopRun(ArError):

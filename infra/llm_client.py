@@ -1,10 +1,32 @@
 """LLMClient: one chat call to OpenRouter (or any OpenAI-compatible endpoint) = (response, usage, cost).
 
 Every attempt goes through a CallRecorder, in the order that keeps the ledger equal to the
-bill (docs/architecture.md, invariants 1 and 2): recorded as pending before it is sent; its generation
-id recorded the moment the first streamed chunk brings it; its cost the moment its usage
-arrives, before anything else is done with the answer. Failed attempts are billed too, so
-they are recorded too. The client computes costs; it does not accumulate them.
+bill (docs/architecture.md, invariants 1 and 2): recorded as pending before it is sent; its
+generation id recorded the moment it is known (the `X-Generation-Id` response header, before
+any chunk, else the `id` of the first data chunk); its cost the moment its usage arrives,
+before anything else is done with the answer. Failed attempts are billed too, so they are
+recorded too. The client computes costs; it does not accumulate them.
+
+What a real OpenRouter stream can say, and what the client does (tests/test_openrouter_payloads.py
+pins each on recorded bytes, tests/fixtures/openrouter/):
+- cut after the headers, before any data chunk (OpenRouter sends `: OPENROUTER PROCESSING`
+  comments while the provider thinks): with the header's id the attempt is settled from
+  `GET /generation` (the provider may go on generating, and bill); without an id it is $0;
+- an error chunk (a top-level `error`, or a choice with `finish_reason: "error"`): a failed
+  attempt, billed as its usage says (or as `/generation` says when no usage came), retried;
+- `finish_reason: "length"`: the same request is never sent again; it is asked once more
+  with twice the room (up to MAX_TOKENS_CAP, the budget reserving the larger worst case),
+  and a second cut is TruncatedAnswer, which flags the page;
+- an error body: its reason is the provider's own (`error.metadata.raw`), named with the
+  provider, on one line (`HTTP 400 from OpenAI: ...`).
+
+The request: `temperature: 0`; `reasoning: {"effort": "low", "exclude": true}` so reasoning
+takes about a fifth of max_tokens and never the whole answer; with a schema, a strict one
+(`strict_schema`) and `provider.require_parameters`, so no provider that would ignore the
+schema is chosen; `provider.max_price` when the client has one. A model whose providers do not
+take `temperature` or `reasoning` answers 404 under require_parameters ("No endpoints found that
+can handle the requested parameters"): those two are then dropped for that model, and the
+request sent again (a 404 is not billed).
 """
 from __future__ import annotations
 
@@ -26,8 +48,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from infra.budget import Budget
 from infra.config import Settings
-from infra.errors import FatalLLMError, InvalidAnswer, LLMError, RetryableError
-from infra.logs import log_event, register_secret
+from infra.errors import FatalLLMError, InvalidAnswer, LLMError, RetryableError, TruncatedAnswer
+from infra.logs import log_event, redact, register_secret
 from infra.pricing import CostCalculator, PricingCache, Rates, Usage, same_cost
 from infra.transport import SlotTransport
 
@@ -38,6 +60,17 @@ Answer = TypeVar("Answer", bound=BaseModel)
 # No tokenizer splits text finer than a byte, and no provider counts an image as more than
 # this many prompt tokens: bounds for the worst case a budget reserves.
 IMAGE_TOKENS_BOUND = 2000
+# An answer cut at max_tokens is asked once more with twice the room, never more than this.
+MAX_TOKENS_CAP = 32768
+# Reasoning at low effort: about 20% of max_tokens on every provider (OpenRouter turns the
+# effort into a token budget for models that take one), so it cannot eat the answer; the
+# reasoning text itself is not sent back (it is billed either way, and ar does not read it).
+REASONING = {"effort": "low", "exclude": True}
+# Parameters some models' providers do not take: under require_parameters a request carrying
+# one matches no endpoint (404), so they are dropped for such a model.
+OPTIONAL_PARAMETERS = ("temperature", "reasoning")
+# The provider's reason in an error message: one line, at most this long.
+REASON_CHARS = 300
 
 
 class CallRecorder(Protocol):
@@ -64,21 +97,101 @@ def image_part(path: Path) -> dict:
     return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
 
 
-def _provider_message(response: httpx.Response, body: bytes) -> str:
-    try:
-        err = json.loads(body).get("error") or {}
-        message = err.get("message") or body.decode(errors="replace")[:200]
-    except (ValueError, AttributeError):
-        message = body.decode(errors="replace")[:200] or response.reason_phrase
-    return f"HTTP {response.status_code}: {message}"
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 1] + "…"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _raw_reason(raw) -> str | None:
+    """The provider's own message in `metadata.raw`: a JSON error object (as a string or
+    not: OpenAI's `{"error": {"message": ...}}`, a list of them from Google), or plain text."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return raw.strip() or None
+    if isinstance(raw, list) and raw:
+        raw = raw[0]
+    if isinstance(raw, dict):
+        inner = raw.get("error", raw)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str):
+            return inner
+    return json.dumps(raw) if raw not in (None, "", [], {}) else None
+
+
+def error_reason(error, provider: str | None = None) -> tuple[str | None, str]:
+    """(the provider's name, its reason) from OpenRouter's `error` object. "Provider returned
+    error" says nothing: the reason is then `metadata.raw`, the provider's own words."""
+    if not isinstance(error, dict):
+        return provider, _one_line(str(error))
+    metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
+    provider = metadata.get("provider_name") or provider
+    reason = _raw_reason(metadata.get("raw")) if metadata.get("raw") else None
+    message = error.get("message")
+    if reason is None:
+        reason = message if message else json.dumps(error)
+    elif message and message != "Provider returned error" and message not in reason:
+        reason = f"{message}: {reason}"
+    return provider, redact(_one_line(reason))
+
+
+def _error_object(body: bytes):
     try:
-        return max(0.0, float(value)) if value is not None else None
+        data = json.loads(body)
     except ValueError:
         return None
+    return data.get("error") if isinstance(data, dict) else None
+
+
+def _provider_message(response: httpx.Response, body: bytes) -> str:
+    """`HTTP 400 from OpenAI: <the provider's reason>` (or `HTTP 401: <OpenRouter's>`)."""
+    error = _error_object(body)
+    if error is None:
+        provider, reason = None, redact(_one_line(body.decode(errors="replace"))) or response.reason_phrase
+    else:
+        provider, reason = error_reason(error)
+    source = f" from {provider}" if provider else ""
+    return f"HTTP {response.status_code}{source}: {reason}"
+
+
+def _seconds(value) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _retry_after(response: httpx.Response, body: bytes = b"") -> float | None:
+    """The Retry-After header; else what the body says: `metadata.retry_after_seconds`, the
+    upstream's `Retry-After` kept in `metadata.headers`, or `availability.retry_after`."""
+    seconds = _seconds(response.headers.get("retry-after"))
+    error = _error_object(body) if seconds is None else None
+    if isinstance(error, dict):
+        metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
+        headers = metadata.get("headers") if isinstance(metadata.get("headers"), dict) else {}
+        availability = error.get("availability") if isinstance(error.get("availability"), dict) else {}
+        for value in (metadata.get("retry_after_seconds"),
+                      *(v for k, v in headers.items() if k.lower() == "retry-after"),
+                      availability.get("retry_after")):
+            seconds = _seconds(value)
+            if seconds is not None:
+                break
+    return seconds
+
+
+def _stream_error(error, chunk: dict) -> str:
+    """What an error chunk says, with the provider's name: `error during generation from X: ...`."""
+    provider, reason = error_reason(error, chunk.get("provider"))
+    source = f" from {provider}" if provider else ""
+    return f"error during generation{source}: {reason}"
+
+
+class _NoEndpoint(LLMError):
+    """404: no provider of the model takes every parameter sent (require_parameters)."""
+
+    attempt = 0
 
 
 class _Pacer:
@@ -113,7 +226,12 @@ class LLMClient:
         requests_per_minute: float = 0,
         backoff_cap: float = 30.0,
         resolve_timeout: float = 60.0,
+        max_price: dict | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
+        """`max_price`: OpenRouter's `provider.max_price` (USD per million tokens, e.g.
+        {"prompt": 1, "completion": 2}), sent with every request when given. `transport`: for
+        tests (httpx.MockTransport); by default one keep-alive connection per call slot."""
         if api_key is None or not api_key.get_secret_value().strip():
             raise FatalLLMError("no API key: set OPENROUTER_API_KEY in the environment or in .env")
         register_secret(api_key.get_secret_value())
@@ -125,21 +243,24 @@ class LLMClient:
         self.max_invalid_answers = max_invalid_answers
         self.backoff_cap = backoff_cap
         self.resolve_timeout = resolve_timeout
+        self.max_price = dict(max_price) if max_price else None
+        self._without_optional: set[str] = set()  # models whose providers reject OPTIONAL_PARAMETERS
         self._slots = asyncio.Semaphore(concurrency)
         self._pacer = _Pacer(requests_per_minute)
         self._late: set[asyncio.Task] = set()
         self.budget: Budget | None = None  # set by the run when the book has a cap
-        self.ceiling: Rates | None = None  # the prices no request may pass (provider.max_price)
+        self.ceiling = Rates.from_max_price(self.max_price)  # what no request may pass: its worst case
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            transport=SlotTransport(concurrency),
+            transport=transport if transport is not None else SlotTransport(concurrency),
         )
 
     @classmethod
     def from_settings(cls, settings: Settings, concurrency: int) -> LLMClient:
         return cls(settings.base_url, settings.api_key, PricingCache(settings.base_url),
                    timeout=settings.timeout_s, max_retries=settings.max_retries,
-                   concurrency=concurrency, requests_per_minute=settings.requests_per_minute)
+                   concurrency=concurrency, requests_per_minute=settings.requests_per_minute,
+                   max_price=settings.max_price)
 
     def __repr__(self) -> str:
         return f"LLMClient({self.base_url!r})"
@@ -168,16 +289,31 @@ class LLMClient:
     ) -> Result:
         """Send one chat request; retry what is worth retrying; validate against `schema`."""
         self.pricing.get(model)  # an unpriced model is an error before any call, never $0
-        body: dict = {"model": model, "messages": list(messages), "max_tokens": max_tokens,
-                      "stream": True, "usage": {"include": True},
-                      "stream_options": {"include_usage": True}}
-        if schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": schema.__name__, "strict": True, "schema": _json_schema(schema)}}
-        spent, attempt, invalid = 0.0, 0, 0
+        body = self.request_body(model, messages, schema, max_tokens)
+        spent, attempt, invalid, widened = 0.0, 0, 0, False
         while True:
-            text, usage, cost, attempt = await self._with_retries(body, recorder, attempt)
+            try:
+                text, usage, cost, finish, attempt = await self._with_retries(body, recorder, attempt)
+            except _NoEndpoint as e:
+                attempt = e.attempt
+                if not any(k in body for k in OPTIONAL_PARAMETERS):
+                    raise LLMError(str(e)) from None
+                log_event(log, "no provider takes temperature/reasoning with require_parameters; "
+                          "sending without them", logging.WARNING, model=model, error=str(e))
+                self._without_optional.add(model)
+                for key in OPTIONAL_PARAMETERS:
+                    body.pop(key, None)
+                continue
             spent += cost
+            if finish == "length":  # never the same request again: once more with more room, or flag
+                if widened or body["max_tokens"] >= MAX_TOKENS_CAP:
+                    raise TruncatedAnswer(f"{model}: the answer was cut at max_tokens={body['max_tokens']} "
+                                          "(finish_reason length) even with more room")
+                widened = True
+                body["max_tokens"] = min(MAX_TOKENS_CAP, 2 * body["max_tokens"])
+                log_event(log, "answer cut at max_tokens; asking once more with more room", logging.WARNING,
+                          model=model, max_tokens=body["max_tokens"])
+                continue
             if schema is None:
                 return Result(text, usage, spent)
             try:
@@ -195,13 +331,36 @@ class LLMClient:
                                                 "Answer again with only the JSON object the schema asks for."},
                 ]
 
+    def request_body(self, model: str, messages: list[dict], schema: type[BaseModel] | None = None,
+                     max_tokens: int = 4096) -> dict:
+        """What is sent (see the module's docstring)."""
+        body: dict = {"model": model, "messages": list(messages), "max_tokens": max_tokens,
+                      "stream": True, "stream_options": {"include_usage": True}}
+        if model not in self._without_optional:
+            body["temperature"] = 0
+            body["reasoning"] = dict(REASONING)
+        provider: dict = {}
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": schema.__name__, "strict": True, "schema": strict_schema(schema)}}
+            provider["require_parameters"] = True
+        if self.max_price:
+            provider["max_price"] = dict(self.max_price)
+        if provider:
+            body["provider"] = provider
+        return body
+
     async def _with_retries(self, body, recorder, attempt: int):
         """One answer, retrying what is worth retrying; attempts are numbered on from `attempt`."""
         numbers = itertools.count(attempt + 1)
 
         async def once():
             number = next(numbers)
-            return (*await self._attempt(body, recorder, number), number)
+            try:
+                return (*await self._attempt(body, recorder, number), number)
+            except _NoEndpoint as e:
+                e.attempt = number
+                raise
 
         retrying = AsyncRetrying(retry=retry_if_exception_type(RetryableError),
                                  stop=stop_after_attempt(self.max_retries + 1), wait=self._wait, reraise=True)
@@ -214,7 +373,8 @@ class LLMClient:
             return min(error.retry_after, self.backoff_cap)
         return random.uniform(0, min(self.backoff_cap, 0.25 * 2 ** state.attempt_number))
 
-    async def _attempt(self, body: dict, recorder: CallRecorder, attempt: int) -> tuple[str, Usage, float]:
+    async def _attempt(self, body: dict, recorder: CallRecorder, attempt: int) -> tuple[str, Usage, float, str | None]:
+        """One request: (text, usage, cost, finish_reason), its cost recorded."""
         model = body["model"]
         async with self._slots:
             await self._pacer.wait()
@@ -223,12 +383,18 @@ class LLMClient:
             handle = recorder.begin(model, attempt)  # pending before a byte is sent
             generation_id: str | None = None
             parts: list[str] = []
+            # what the stream said about its end: an error (top-level, or a choice's), the finish reason
+            ending: dict = {"error": None, "finish_reason": None}
             answer = None  # (text, usage, cost) once the usage has arrived and its cost is recorded
             try:
                 async with self._http.stream("POST", f"{self.base_url}/chat/completions",
                                              json=body, headers=self._headers()) as response:
                     if response.status_code != 200:
                         self._fail_http(response, await response.aread(), recorder, handle)
+                    # The id may come before any chunk: a cut from here on is asked about, not $0.
+                    generation_id = response.headers.get("x-generation-id") or None
+                    if generation_id is not None:
+                        recorder.generation(handle, generation_id)
                     # Read to the end, past [DONE]: a response left unread closes its connection,
                     # and every call would pay for a new one (a TLS handshake, with a real provider).
                     async for line in response.aiter_lines():
@@ -243,19 +409,20 @@ class LLMClient:
                             recorder.generation(handle, generation_id)
                         for choice in chunk.get("choices") or ():
                             parts.append((choice.get("delta") or {}).get("content") or "")
+                            if choice.get("finish_reason"):
+                                ending["finish_reason"] = choice["finish_reason"]
+                            if choice.get("error") or choice.get("finish_reason") == "error":
+                                ending["error"] = ending["error"] or _stream_error(
+                                    choice.get("error") or "the provider ended the answer with an error", chunk)
+                        if chunk.get("error"):
+                            ending["error"] = _stream_error(chunk["error"], chunk)
                         if chunk.get("usage"):
                             usage = Usage.from_openrouter(chunk["usage"], images=_images(body))
-                            answer = self._settle(model, usage, chunk, parts, recorder, handle, generation_id)
-                        elif chunk.get("error"):
-                            # an error without usage: the provider's record says what it billed
-                            raise self._cut(recorder, handle, generation_id,
-                                            f"error during generation: {chunk['error'].get('message')}")
-                if answer is not None:
-                    return answer
-                raise self._cut(recorder, handle, generation_id, "stream ended without usage")
+                            answer = self._settle(model, usage, ending, parts, recorder, handle, generation_id)
+                return self._conclude(model, answer, ending, recorder, handle, generation_id)
             except (httpx.TimeoutException, httpx.TransportError) as e:
-                if answer is not None:  # cut after the answer was whole and recorded: it stands
-                    return answer
+                if answer is not None:  # cut after the usage was recorded: the answer stands as it is
+                    return self._conclude(model, answer, ending, recorder, handle, generation_id)
                 raise self._cut(recorder, handle, generation_id, f"{type(e).__name__}: {e}".rstrip(": ")) from None
             except json.JSONDecodeError as e:
                 raise self._cut(recorder, handle, generation_id, f"malformed stream chunk: {e}") from None
@@ -272,19 +439,30 @@ class LLMClient:
                                      body["max_tokens"], images, ceiling=self.ceiling)
 
     def _settle(self, model, usage, chunk, parts, recorder, handle, generation_id):
-        """The usage has arrived: record its cost first, then look at the answer."""
+        """The usage has arrived: record its cost first, then look at the answer. `chunk` says
+        how the stream ended so far: its error message, if any, and its finish reason."""
         computed = self.costs.cost(model, usage)
         provider = usage.cost
         error = chunk.get("error")
-        status = "failed" if error else "ok"
-        message = f"error during generation: {error.get('message')}" if error else None
+        cut = chunk.get("finish_reason") == "length"
+        status = "failed" if error or cut else "ok"
+        message = error or ("answer cut at max_tokens (finish_reason length)" if cut else None)
         recorded = recorder.finish(handle, status, usage, computed, provider, message, generation_id)
-        if provider is not None and not same_cost(provider, computed):
+        # compared where both are token prices: not for a variable price (no computed cost),
+        # nor with BYOK (the provider's figure is OpenRouter's fee)
+        if None not in (provider, computed) and usage.upstream_cost is None and not same_cost(provider, computed):
             log_event(log, "provider cost differs from computed cost", logging.WARNING, model=model,
                       generation_id=generation_id, provider_cost=provider, computed_cost=computed)
-        if error:  # HTTP 200 with an error body: billed, failed, worth another try
-            raise RetryableError(f"{model}: {message}")
         return "".join(parts), usage, recorded
+
+    def _conclude(self, model, answer, ending, recorder, handle, generation_id):
+        """The stream is over: the answer, or why this attempt failed."""
+        if answer is None:  # no usage came: the provider's record says what it billed
+            raise self._cut(recorder, handle, generation_id, ending["error"] or "stream ended without usage")
+        finish = ending["finish_reason"]
+        if ending["error"] and finish != "length":  # HTTP 200 with an error: billed, failed, worth another try
+            raise RetryableError(f"{model}: {ending['error']}")
+        return (*answer, finish)
 
     def _fail_http(self, response: httpx.Response, body: bytes, recorder, handle) -> None:
         """A non-200 answer: nothing was generated, so nothing was billed."""
@@ -292,7 +470,9 @@ class LLMClient:
         recorder.finish(handle, "failed", None, 0.0, None, message, None)
         status = response.status_code
         if status == 429 or status == 408 or status >= 500:
-            raise RetryableError(message, _retry_after(response))
+            raise RetryableError(message, _retry_after(response, body))
+        if status == 404 and "parameters" in message:
+            raise _NoEndpoint(message)
         if status == 402:
             raise FatalLLMError(f"out of credits at {self.base_url} ({message}): add credits, then run again")
         if status in (401, 403):
@@ -415,10 +595,49 @@ def _images(body: dict) -> int:
                for part in m["content"] if part.get("type") == "image_url")
 
 
+# Keywords some providers refuse in a strict schema (OpenAI: "not permitted"); the pydantic
+# model keeps them and still checks the answer against them.
+UNSTRICT_KEYWORDS = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minLength", "maxLength", "pattern", "format", "minItems", "maxItems", "uniqueItems",
+    "minProperties", "maxProperties", "default"})
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONES = ("items", "additionalProperties", "not", "contains")
+
+
 @functools.cache
-def _json_schema(schema: type[BaseModel]) -> dict:
-    """Built once per model class: pydantic takes about a millisecond to build it."""
-    return schema.model_json_schema()
+def strict_schema(schema: type[BaseModel]) -> dict:
+    """The JSON schema sent as `response_format`, valid under strict mode for every provider:
+    each object closed (`additionalProperties: false`) with every property in `required`, and
+    none of UNSTRICT_KEYWORDS. Built once per model class (pydantic takes about a millisecond)."""
+    return _strict(schema.model_json_schema(), schema.__name__)
+
+
+def _strict(node, where: str):
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:  # strict mode takes no keyword beside a $ref (not even a description)
+        return {"$ref": node["$ref"]}
+    out = {}
+    for key, value in node.items():
+        if key in UNSTRICT_KEYWORDS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _strict(sub, f"{where}.{name}") for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_strict(sub, where) for sub in value]
+        elif key in _SCHEMA_ONES and isinstance(value, dict):
+            out[key] = _strict(value, where)
+        else:
+            out[key] = value
+    if out.get("type") == "object" or "properties" in out:
+        if isinstance(out.get("additionalProperties"), dict):
+            raise TypeError(f"{where}: a free-form mapping cannot be a strict structured output; "
+                            "give it a model with named fields")
+        out["additionalProperties"] = False
+        out["required"] = list(out.get("properties") or {})
+    return out
 
 
 def _strip_fences(text: str) -> str:
