@@ -122,7 +122,7 @@ def abandon(server) -> str:
 
 
 def test_a_stream_left_before_its_first_data_chunk_is_billed_in_full(sim):
-    server = sim("--api-key", KEY, "--processing-ms", "3000", "--generation-delay-ms", "0")
+    server = sim("--api-key", KEY, "--processing-ms", "3000", "--generation-delay-ms", "0", "--bill-abandoned")
     gen_id = abandon(server)
     record = generation(server, gen_id)
     assert record["total_cost"] > 0 and record["cancelled"] is True and record["finish_reason"] == "stop"
@@ -134,16 +134,15 @@ def test_a_stream_left_before_its_first_data_chunk_is_billed_in_full(sim):
     [abandoned] = [g for g in server.generations()["data"] if g["id"] == gen_id]
     assert abandoned["abandoned"] and abandoned["status"] == "complete"
     assert server.credits() == pytest.approx(record["total_cost"] + whole["cost"], rel=1e-12)
-    assert get(server, "/key").json()["data"]["usage"] == pytest.approx(server.credits(), rel=1e-12)
+    assert server.key_info()["usage"] == pytest.approx(server.credits(), rel=1e-12)
 
 
-def test_with_no_bill_abandoned_a_stream_left_before_its_first_data_chunk_costs_nothing(sim):
-    server = sim("--api-key", KEY, "--processing-ms", "3000", "--generation-delay-ms", "0",
-                 "--no-bill-abandoned")
+def test_by_default_a_stream_left_before_its_first_data_chunk_costs_nothing(sim):
+    server = sim("--api-key", KEY, "--processing-ms", "3000", "--generation-delay-ms", "0")
     gen_id = abandon(server)
     record = generation(server, gen_id)
     assert record["total_cost"] == 0 and record["cancelled"] is True
-    assert server.credits() == 0 and get(server, "/key").json()["data"]["usage"] == 0
+    assert server.credits() == 0 and server.key_info()["usage"] == 0
 
 
 def test_a_provider_error_is_a_400_with_the_providers_body_in_metadata_raw(sim):
@@ -254,7 +253,7 @@ def test_byok_charges_openrouters_fee_and_reports_the_providers_bill_apart(sim):
     assert record["is_byok"] is True and record["total_cost"] == usage["cost"]
     assert record["upstream_inference_cost"] == upstream
     assert server.credits() == pytest.approx(usage["cost"], rel=1e-12)  # OpenRouter's credits: the fee
-    key = get(server, "/key").json()["data"]
+    key = server.key_info()
     assert key["usage"] == pytest.approx(usage["cost"], rel=1e-12)
     assert key["byok_usage"] == pytest.approx(upstream, rel=1e-12)
 
