@@ -6,8 +6,9 @@ shapes of the real payloads in tests/fixtures/openrouter/), and it bills as the 
 does:
 - a whole (non-streamed) answer is billed once generated, even if the client has gone;
 - a stream sends its headers (with `X-Generation-Id`) at once, then `: OPENROUTER PROCESSING`
-  comments while "the provider" works (--processing-ms), then data chunks of a few tokens
-  each (--chunk-tokens), the finish chunk, the usage chunk (with `cost`), `data: [DONE]`;
+  comments while "the provider" works (--processing-ms), then the content's data chunks
+  (at most 4 an answer; --chunk-tokens N: N tokens each, as providers stream them), the
+  finish chunk, the usage chunk (with `cost`), `data: [DONE]`;
 - a stream left by the client after its headers but before its first data chunk is not
   billed, as providers that cancel on abort bill it; --bill-abandoned: generated to its end
   anyway and billed in full, as providers that keep generating bill it (Google does);
