@@ -39,6 +39,11 @@ class Sim:
         """Everything the server billed (what OpenRouter's /credits calls total_usage)."""
         return self._get("/credits")["data"]["total_usage"]
 
+    def key_info(self) -> dict:
+        """GET /key: what the key was charged (`usage`) and, with --byok, what providers billed
+        to the user's own keys (`byok_usage`)."""
+        return self._get("/key")["data"]
+
     def generations(self) -> dict:
         return self._get("/sim/generations")
 

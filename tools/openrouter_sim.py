@@ -1,12 +1,22 @@
 """A local OpenRouter-compatible server, for the demo, the tests and fault and load testing.
 
 It stands in for OpenRouter the way stripe-mock stands in for Stripe: the same HTTP shapes
-(`/models`, `/chat/completions` streamed or whole, `/generation`, `/credits`), and it bills
-as the real service does:
+(`/models`, `/chat/completions` streamed or whole, `/generation`, `/credits`, `/key`; the
+shapes of the real payloads in tests/fixtures/openrouter/), and it bills as the real service
+does:
 - a whole (non-streamed) answer is billed once generated, even if the client has gone;
-- a stream is billed from its first content chunk on: cut by the client, it is billed for
-  the prompt and the tokens sent until the cut (`/generation` says so, cancelled);
-- a request cut before any content was sent is not billed; nor are 4xx/5xx answers.
+- a stream sends its headers (with `X-Generation-Id`) at once, then `: OPENROUTER PROCESSING`
+  comments while "the provider" works (--processing-ms), then the content's data chunks
+  (at most 4 an answer; --chunk-tokens N: N tokens each, as providers stream them), the
+  finish chunk, the usage chunk (with `cost`), `data: [DONE]`;
+- a stream left by the client after its headers but before its first data chunk is not
+  billed, as providers that cancel on abort bill it; --bill-abandoned: generated to its end
+  anyway and billed in full, as providers that keep generating bill it (Google does);
+- a stream cut by the client after its first data chunk is billed for the prompt and the
+  tokens sent until the cut (`/generation` says so, cancelled); one cut before any content
+  was sent is not billed; nor are 4xx/5xx answers;
+- --byok: the provider bills the upstream cost to the user's own key, OpenRouter charges
+  its fee (`cost`, and what /credits counts); /key shows both, as OpenRouter's does.
 Its answer to a correction request is a real, deterministic correction of the text between
 <ocr_text> and </ocr_text> (OCR confusions and a spelling dictionary), so the demo's output
 is better than its input. Faults are injected at the rates given on the command line.
@@ -24,6 +34,7 @@ import random
 import re
 import secrets
 import signal
+import string
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,11 +60,15 @@ MODELS: list[dict] = [
      "pricing": {"prompt": "0.00000125", "completion": "0.00001", "request": "0", "image": "0.00516",
                  "input_cache_read": "0.00000031", "input_cache_write": "0.000001625",
                  "internal_reasoning": "0", "web_search": "0"}},
+    # Long-context pricing, as OpenRouter lists it (models_subset_2026-08.json): a prompt of
+    # at least min_prompt_tokens is billed, all of it, at the override's prices.
     {"id": "anthropic/claude-sonnet-4.5", "name": "Anthropic: Claude Sonnet 4.5", "context_length": 1000000,
      "modalities": ["text", "image"],
      "pricing": {"prompt": "0.000003", "completion": "0.000015", "request": "0", "image": "0.0048",
                  "input_cache_read": "0.0000003", "input_cache_write": "0.00000375",
-                 "internal_reasoning": "0", "web_search": "0.01"}},
+                 "internal_reasoning": "0", "web_search": "0.01",
+                 "overrides": [{"min_prompt_tokens": 200000, "prompt": "0.000006", "completion": "0.0000225",
+                                "input_cache_read": "0.0000006", "input_cache_write": "0.0000075"}]}},
     {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
      "modalities": ["text", "image"],
      "pricing": {"prompt": "0.00000015", "completion": "0.0000006", "request": "0", "image": "0.000217",
@@ -80,26 +95,60 @@ MODELS: list[dict] = [
 ]
 BY_ID = {m["id"]: m for m in MODELS}
 
+# A router, not a model: its price is "-1" (variable) in /models, and each request is billed
+# at the price of the model it was routed to (models_variable_price_reconstructed.json).
+AUTO_MODEL = {"id": "openrouter/auto", "name": "Auto Router", "context_length": 2000000,
+              "modalities": ["text", "image"], "pricing": {"prompt": "-1", "completion": "-1"}}
+AUTO_ROUTES_TO = "google/gemini-2.5-flash"  # fixed, so that a test knows the price to expect
 
-def _price(model: dict, key: str) -> float | None:
-    value = model["pricing"].get(key)
+# The upstream provider each vendor's models are served by (the `provider` of every chunk,
+# `provider_name` of /generation and of a provider's error).
+PROVIDERS = {"google": "Google AI Studio", "openai": "OpenAI", "anthropic": "Anthropic",
+             "deepseek": "DeepSeek", "meta-llama": "Together", "qwen": "Alibaba", "mistralai": "Mistral"}
+USER_ID = "user_2localSimulatorUser0000000"  # the top-level user_id of OpenRouter's error bodies
+
+
+def provider_name(model_id: str) -> str:
+    return PROVIDERS.get(model_id.split("/", 1)[0], "Local")
+
+
+def _price(pricing: dict, key: str) -> float | None:
+    value = pricing.get(key)
     return None if value is None else float(value)
+
+
+def rates(model: dict, prompt_tokens: int) -> dict:
+    """The model's prices for a request of `prompt_tokens`: its overrides' past their threshold."""
+    pricing = model["pricing"]
+    for override in pricing.get("overrides") or ():
+        if prompt_tokens >= override["min_prompt_tokens"]:
+            pricing = {**pricing, **override}
+    return pricing
+
+
+def bill_parts(model: dict, prompt: int, cached: int, cache_write: int, completion: int, reasoning: int,
+               images: int) -> tuple[float, float]:
+    """What the provider charges, (prompt side, completion side): OpenRouter's
+    upstream_inference_prompt_cost and _completions_cost. Written apart from ar's own
+    CostCalculator on purpose."""
+    pricing = rates(model, prompt)
+    p = _price(pricing, "prompt")
+    read = _price(pricing, "input_cache_read")
+    write = _price(pricing, "input_cache_write")
+    think = _price(pricing, "internal_reasoning") or 0.0
+    c = _price(pricing, "completion")
+    asked = (prompt - cached - cache_write) * p
+    asked += cached * (p if read is None else read)
+    asked += cache_write * (p if write is None else write)
+    asked += images * (_price(pricing, "image") or 0.0) + (_price(pricing, "request") or 0.0)
+    answered = (completion - reasoning) * c + reasoning * (think if think > 0 else c)
+    keep = 1 - float(pricing.get("discount", 0))
+    return asked * keep, answered * keep
 
 
 def bill(model: dict, prompt: int, cached: int, cache_write: int, completion: int, reasoning: int,
          images: int) -> float:
-    """What the provider charges. Written apart from ar's own CostCalculator on purpose."""
-    p = _price(model, "prompt")
-    read = _price(model, "input_cache_read")
-    write = _price(model, "input_cache_write")
-    think = _price(model, "internal_reasoning") or 0.0
-    c = _price(model, "completion")
-    usd = (prompt - cached - cache_write) * p
-    usd += cached * (p if read is None else read)
-    usd += cache_write * (p if write is None else write)
-    usd += (completion - reasoning) * c + reasoning * (think if think > 0 else c)
-    usd += images * (_price(model, "image") or 0.0) + (_price(model, "request") or 0.0)
-    return usd * (1 - float(model["pricing"].get("discount", 0)))
+    return sum(bill_parts(model, prompt, cached, cache_write, completion, reasoning, images))
 
 
 def tokens(text: str) -> int:
@@ -229,6 +278,14 @@ def answer_for(messages: list[dict], response_format: dict | None, malformed: bo
 
 # ---- the server ----------------------------------------------------------------------
 
+PROCESSING_EVERY_S = 0.1  # between two ": OPENROUTER PROCESSING" comments while the provider works
+PROCESSING = b": OPENROUTER PROCESSING\n\n"
+# The choice-level error of a stream the provider broke off (chat_completion_choice_error_doc.json).
+CHOICE_ERROR = {"code": 502, "message": "Provider disconnected mid-stream",
+                "metadata": {"error_type": "provider_unavailable"}}
+_ID_CHARS = string.ascii_letters + string.digits
+
+
 @dataclass
 class Options:
     latency_ms: float = 0
@@ -239,7 +296,16 @@ class Options:
     fail_timeout: float = 0
     fail_malformed: float = 0
     fail_midstream: float = 0
+    fail_400: float = 0
+    fail_choice_error: float = 0
     stream_ms: float = 0
+    processing_ms: float = 0
+    chunk_tokens: int = 0
+    reasoning_tokens: int | None = None
+    bill_abandoned: bool = False
+    auto_router: bool = False
+    byok: bool = False
+    byok_fee: float = 0.05
     retry_after: float = 1
     credits: float | None = None
     api_key: str | None = None
@@ -257,12 +323,143 @@ class Generation:
     images: int
     completion: int = 0
     reasoning: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # what OpenRouter charged: the upstream cost, or with --byok its fee
+    upstream_prompt: float = 0.0  # what the provider billed, prompt side
+    upstream_completion: float = 0.0  # and completion side
     status: str = "running"  # running | complete | cut | cancelled | error
     finish_reason: str | None = None
     streamed: bool = False
+    abandoned: bool = False  # the client left before the first data chunk; generated and billed anyway
+    byok: bool = False
+    provider: str = "Local"
+    router: str | None = None  # "openrouter/auto" when the request named the router
     created: float = field(default_factory=time.time)
     ended: float | None = None
+
+    @property
+    def upstream(self) -> float:
+        return self.upstream_prompt + self.upstream_completion
+
+
+@dataclass
+class Answer:
+    """What the model says to one request, decided before any byte is sent."""
+
+    content: str
+    reasoning: int  # reasoning tokens, counted in completion_tokens and against max_tokens
+    finish: str  # stop | length | error
+    failure: str | None = None  # None | "midstream" (nothing generated) | "choice" (broken off halfway)
+
+    @property
+    def completion(self) -> int:
+        return tokens(self.content) + self.reasoning
+
+
+def new_generation_id() -> str:
+    """gen-<unix time>-<20 letters and digits>, the form of every recorded id."""
+    return f"gen-{int(time.time())}-{''.join(secrets.choice(_ID_CHARS) for _ in range(20))}"
+
+
+def strict_schema_problem(schema: dict, context: tuple = ()) -> str | None:
+    """Why OpenAI's strict mode refuses `schema` (its own words), or None: every object must
+    say additionalProperties: false and list every property in `required`."""
+    if schema.get("type") == "object" or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return f"In context={context}, 'additionalProperties' is required to be supplied and to be false."
+        missing = [name for name in schema.get("properties") or {} if name not in (schema.get("required") or ())]
+        if missing:
+            return (f"In context={context}, 'required' is required to be supplied and to be an array "
+                    f"including every key in properties. Missing '{missing[0]}'.")
+    children = [(("properties", k), v) for k, v in (schema.get("properties") or {}).items()]
+    children += [(("$defs", k), v) for k, v in (schema.get("$defs") or {}).items()]
+    children += [(("anyOf", str(i)), v) for i, v in enumerate(schema.get("anyOf") or ())]
+    if isinstance(schema.get("items"), dict):
+        children.append((("items",), schema["items"]))
+    for where, child in children:
+        problem = strict_schema_problem(child, context + where) if isinstance(child, dict) else None
+        if problem:
+            return problem
+    return None
+
+
+class Chunks:
+    """The bytes of one stream's `data:` events, every one with the generation's id. Content
+    chunks, hundreds an answer, are spliced from a template: one json.dumps a chunk is
+    server CPU that a load test would count against the client."""
+
+    def __init__(self, gen: Generation):
+        self.base = {"id": gen.id, "provider": gen.provider, "model": gen.model,
+                     "object": "chat.completion.chunk", "created": int(gen.created)}
+        head = json.dumps(self.base, separators=(",", ":"))[:-1]
+        self._head = f'data: {head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":'.encode()
+        self._tail = b'},"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}\n\n'
+
+    def content(self, piece: str) -> bytes:
+        return self._head + json.dumps(piece).encode() + self._tail
+
+    def event(self, payload: dict) -> bytes:
+        return b"data: " + json.dumps({**self.base, **payload}, separators=(",", ":")).encode() + b"\n\n"
+
+    def finish(self, reason: str) -> bytes:
+        return self.event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": reason, "native_finish_reason": reason, "logprobs": None}]})
+
+    def usage(self, usage: dict) -> bytes:
+        """The last chunk before [DONE], apart from the finish chunk (chat_stream_gpt4o_usage.sse)."""
+        return self.event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None, "native_finish_reason": None, "logprobs": None}],
+                           "usage": usage})
+
+
+class Wire:
+    """One streamed answer's connection, and how far it got: a cut is billed by that."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse):
+        self.request, self.response = request, response
+        self.headers_sent = False
+        self.data_sent = False  # a `data:` chunk has gone out: the client has the id from the body
+
+    def open(self) -> bool:
+        return self.request.transport is not None and not self.request.transport.is_closing()
+
+    async def start(self) -> None:
+        await self.response.prepare(self.request)  # a StreamResponse's headers go out at once
+        # A client that died after sending its request has its EOF queued already, but the
+        # event loop runs this task before it reads that EOF: two turns of the loop let it,
+        # so that "the headers reached the client" is not said of a client already gone.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        self.headers_sent = self.open()
+        if not self.headers_sent:
+            raise ConnectionResetError("client went away")
+
+    async def comment(self) -> None:
+        await self._write(PROCESSING)
+
+    async def data(self, chunk: bytes) -> None:
+        await self._write(chunk)
+        self.data_sent = True
+
+    async def done(self) -> None:
+        await self._write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+
+    async def _write(self, data: bytes) -> None:
+        if not self.open():
+            raise ConnectionResetError("client went away")
+        await self.response.write(data)
+
+
+def pieces(content: str, chunk_tokens: int) -> list[str]:
+    """The content chunks of a streamed answer: `chunk_tokens` tokens (4 characters) each, as
+    providers stream them; 0: at most 4 pieces."""
+    if not content:
+        return [""]
+    if chunk_tokens > 0:
+        size = chunk_tokens * 4
+    else:
+        size = math.ceil(len(content) / max(1, min(4, len(content) // 64)))
+    return [content[i:i + size] for i in range(0, len(content), size)]
 
 
 class Simulator:
@@ -272,7 +469,8 @@ class Simulator:
         self.o = options
         self.rng = random.Random(options.seed)
         self.generations: dict[str, Generation] = {}
-        self.total_usage = 0.0
+        self.total_usage = 0.0  # what OpenRouter charged: /credits total_usage, /key usage
+        self.byok_usage = 0.0  # what providers billed to the user's own keys: /key byok_usage
         self.requests: dict[str, int] = {}
         self.seen_prompts: set[tuple[str, str]] = set()
         self.connections: set[tuple] = set()  # client (host, port) pairs: one per TCP connection
@@ -292,7 +490,7 @@ class Simulator:
         for gen in self.generations.values():
             if gen.ended is None:
                 gen.status, gen.finish_reason, gen.ended = "cancelled", "cancelled", time.monotonic()
-            self.total_usage += gen.cost
+            self._account(gen)
         self._journal = open(path, "a", encoding="utf-8")
 
     def _record(self, gen: Generation) -> None:
@@ -300,25 +498,39 @@ class Simulator:
             self._journal.write(json.dumps(gen.__dict__) + "\n")
             self._journal.flush()  # in the kernel's hands: survives the server's SIGKILL
 
+    def _account(self, gen: Generation) -> None:
+        self.total_usage += gen.cost
+        if gen.byok:
+            self.byok_usage += gen.upstream
+
     def count(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
 
     def roll(self, rate: float) -> bool:
-        return rate > 0 and self.rng.random() < rate
+        return rate > 0 and self.rng.random() < rate  # no draw at rate 0: a seed's draws stay put
 
     def charge(self, gen: Generation, completion: int, reasoning: int, status: str, reason: str | None) -> None:
         gen.completion, gen.reasoning = completion, reasoning
-        gen.cost = bill(BY_ID[gen.model], gen.prompt, gen.cached, gen.cache_write, completion, reasoning,
-                        gen.images) if status != "cancelled" else 0.0
+        if status != "cancelled":
+            gen.upstream_prompt, gen.upstream_completion = bill_parts(
+                BY_ID[gen.model], gen.prompt, gen.cached, gen.cache_write, completion, reasoning, gen.images)
+        # BYOK: the provider bills the user's own key; OpenRouter charges only its fee
+        gen.cost = gen.upstream * self.o.byok_fee if gen.byok else gen.upstream
         gen.status, gen.finish_reason, gen.ended = status, reason, time.monotonic()
-        self.total_usage += gen.cost
+        self._account(gen)
         self._record(gen)
 
-    def usage(self, gen: Generation) -> dict:
+    @staticmethod
+    def usage(gen: Generation) -> dict:
+        """The usage object, with the fields and nesting of the real ones. Off BYOK the upstream
+        cost is filled, equal to `cost`, as in OpenRouter's 2026 answers (it was null in 2025)."""
         return {"prompt_tokens": gen.prompt, "completion_tokens": gen.completion,
-                "total_tokens": gen.prompt + gen.completion,
+                "total_tokens": gen.prompt + gen.completion, "cost": gen.cost, "is_byok": gen.byok,
                 "prompt_tokens_details": {"cached_tokens": gen.cached, "cache_write_tokens": gen.cache_write},
-                "completion_tokens_details": {"reasoning_tokens": gen.reasoning}, "cost": gen.cost}
+                "cost_details": {"upstream_inference_cost": gen.upstream,
+                                 "upstream_inference_prompt_cost": gen.upstream_prompt,
+                                 "upstream_inference_completions_cost": gen.upstream_completion},
+                "completion_tokens_details": {"reasoning_tokens": gen.reasoning}}
 
     # -- helpers --
 
@@ -327,11 +539,21 @@ class Simulator:
         return web.json_response({"error": {"code": status, "message": message, "metadata": {}}},
                                  status=status, headers=headers)
 
+    def provider_error(self, provider: str, message: str, param: str | None = None) -> web.Response:
+        """A 400 the provider gave: OpenRouter passes its body on as a string in metadata.raw."""
+        raw = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                    "code": None}}, indent=2)
+        return web.json_response({"error": {"message": "Provider returned error", "code": 400, "metadata": {
+            "raw": raw, "provider_name": provider, "is_byok": self.o.byok}}, "user_id": USER_ID}, status=400)
+
     def authorized(self, request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             return False
         return self.o.api_key is None or auth[7:] == self.o.api_key
+
+    def unauthorized(self) -> web.Response:
+        return self.error(401, "No auth credentials found")
 
     async def pause(self, arrived: float) -> None:
         """Until the latency has passed since the request arrived: a provider's latency is the
@@ -341,59 +563,124 @@ class Simulator:
         if left > 0:
             await asyncio.sleep(left)
 
-    def new_generation(self, model: dict, messages: list[dict]) -> Generation:
+    def new_generation(self, model: dict, messages: list[dict], router: str | None) -> Generation:
         prompt = sum(tokens(_message_text(m)) for m in messages)
         system = "\n".join(_message_text(m) for m in messages if m.get("role") == "system")
         cached = cache_write = 0
         if system:
             key = (model["id"], system)
-            if key in self.seen_prompts and _price(model, "input_cache_read") is not None:
+            if key in self.seen_prompts and _price(model["pricing"], "input_cache_read") is not None:
                 cached = tokens(system)
-            elif key not in self.seen_prompts and _price(model, "input_cache_write") is not None:
+            elif key not in self.seen_prompts and _price(model["pricing"], "input_cache_write") is not None:
                 cache_write = tokens(system)
             self.seen_prompts.add(key)
-        gen = Generation(id=f"gen-{secrets.token_hex(12)}", model=model["id"], prompt=prompt,
-                         cached=cached, cache_write=cache_write, images=_images(messages))
+        gen = Generation(id=new_generation_id(), model=model["id"], prompt=prompt, cached=cached,
+                         cache_write=cache_write, images=_images(messages), byok=self.o.byok,
+                         provider=provider_name(model["id"]), router=router)
         self.generations[gen.id] = gen
         self._record(gen)
         return gen
 
+    def plan(self, model: dict, content: str, max_tokens: int) -> Answer:
+        """The answer within max_tokens: a reasoning model thinks first (--reasoning-tokens, or
+        about a quarter of its answer), and what does not fit is cut: finish_reason "length"."""
+        reasoning = 0
+        if model.get("reasoning"):
+            wanted = self.o.reasoning_tokens if self.o.reasoning_tokens is not None else 64 + tokens(content) // 4
+            cap = max_tokens if self.o.reasoning_tokens is not None else max_tokens // 4
+            reasoning = min(wanted, cap)
+        room = max_tokens - reasoning
+        if tokens(content) > room:
+            return Answer(content[: room * 4], reasoning, "length")
+        return Answer(content, reasoning, "stop")
+
     # -- endpoints --
+
+    def catalog(self) -> list[dict]:
+        return MODELS + [AUTO_MODEL] if self.o.auto_router else MODELS
 
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": m["id"], "name": m["name"], "context_length": m["context_length"],
                  "architecture": {"input_modalities": m["modalities"], "output_modalities": ["text"]},
-                 "pricing": m["pricing"]} for m in MODELS]
+                 "pricing": m["pricing"]} for m in self.catalog()]
         return web.json_response({"data": data})
 
     async def credits(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
-            return self.error(401, "No auth credentials found")
+            return self.unauthorized()
         total = self.o.credits if self.o.credits is not None else 1e9
         return web.json_response({"data": {"total_credits": total, "total_usage": self.total_usage}})
 
+    async def key(self, request: web.Request) -> web.Response:
+        """GET /key (key_doc_example.json). OpenRouter's docs: `usage` is the "total OpenRouter
+        credit usage" of the key (what it charged: BYOK fees, not the upstream cost) and
+        `byok_usage` the "total external BYOK usage" (what providers billed to the user's own
+        keys), counted into the limit only if include_byok_in_limit. Abandoned generations that
+        were billed count in both, like any other. This key has no limit (null) and no reset."""
+        if not self.authorized(request):
+            return self.unauthorized()
+        token = request.headers["Authorization"][7:]
+        label = f"{token[:12]}...{token[-3:]}" if len(token) > 20 else "sk-or-v1-..."
+        return web.json_response({"data": {
+            "label": label, "limit": None, "limit_remaining": None, "limit_reset": None,
+            "include_byok_in_limit": False, "is_free_tier": False, "is_management_key": False,
+            "is_provisioning_key": False, "expires_at": None, "creator_user_id": USER_ID,
+            "usage": self.total_usage, "usage_daily": self.total_usage, "usage_weekly": self.total_usage,
+            "usage_monthly": self.total_usage, "byok_usage": self.byok_usage,
+            "byok_usage_daily": self.byok_usage, "byok_usage_weekly": self.byok_usage,
+            "byok_usage_monthly": self.byok_usage,
+            "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."}}})
+
     async def generation(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
-            return self.error(401, "No auth credentials found")
+            return self.unauthorized()
         gen = self.generations.get(request.query.get("id", ""))
         if gen is None or gen.ended is None or \
                 time.monotonic() < gen.ended + self.o.generation_delay_ms / 1000:
             return self.error(404, f"Generation {request.query.get('id')} not found")
         return web.json_response({"data": {
             "id": gen.id, "model": gen.model, "total_cost": gen.cost, "usage": gen.cost,
+            "upstream_inference_cost": gen.upstream, "is_byok": gen.byok, "provider_name": gen.provider,
+            "router": gen.router, "api_type": "completions",
             "tokens_prompt": gen.prompt, "tokens_completion": gen.completion,
             "native_tokens_prompt": gen.prompt, "native_tokens_completion": gen.completion,
             "native_tokens_reasoning": gen.reasoning, "native_tokens_cached": gen.cached,
             "num_media_prompt": gen.images, "streamed": gen.streamed,
-            "cancelled": gen.status in ("cut", "cancelled"), "finish_reason": gen.finish_reason,
+            # the client left an abandoned stream: cancelled for it, though generated and billed
+            "cancelled": gen.status in ("cut", "cancelled") or gen.abandoned,
+            "finish_reason": gen.finish_reason, "native_finish_reason": gen.finish_reason,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(gen.created))}})
 
     async def sim_generations(self, request: web.Request) -> web.Response:
         data = [{"id": g.id, "model": g.model, "cost": g.cost, "status": g.status,
-                 "prompt_tokens": g.prompt, "completion_tokens": g.completion}
+                 "prompt_tokens": g.prompt, "completion_tokens": g.completion, "abandoned": g.abandoned,
+                 "is_byok": g.byok, "upstream_cost": g.upstream, "router": g.router}
                 for g in self.generations.values()]
         return web.json_response({"data": data, "requests": self.requests, "total_usage": self.total_usage,
-                                  "connections": len(self.connections)})
+                                  "byok_usage": self.byok_usage, "connections": len(self.connections)})
+
+    def _route(self, name) -> tuple[dict | None, str | None]:
+        """(the model that answers, the router named) for the request's `model`."""
+        if self.o.auto_router and name == AUTO_MODEL["id"]:
+            return BY_ID[AUTO_ROUTES_TO], name
+        return BY_ID.get(name), None
+
+    def refusal(self, model: dict, body: dict) -> web.Response | None:
+        """A 400 from the provider before anything is generated (never billed): OpenAI's strict
+        mode refusing a schema, or the --fail-400 fault."""
+        response_format = body.get("response_format") or {}
+        json_schema = response_format.get("json_schema") or {}
+        if model["id"].startswith("openai/") and response_format.get("type") == "json_schema" \
+                and json_schema.get("strict") and isinstance(json_schema.get("schema"), dict):
+            problem = strict_schema_problem(json_schema["schema"])
+            if problem:
+                name = json_schema.get("name", "default")
+                return self.provider_error(provider_name(model["id"]),
+                                           f"Invalid schema for response_format '{name}': {problem}",
+                                           param="response_format")
+        if self.roll(self.o.fail_400):
+            return self.provider_error(provider_name(model["id"]), "The request was rejected by the provider.")
+        return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
@@ -404,7 +691,7 @@ class Simulator:
                               else "User not found.")
         try:
             body = await request.json()
-            model = BY_ID.get(body["model"])
+            model, router = self._route(body["model"])
             messages = body["messages"]
             assert isinstance(messages, list) and messages
         except (ValueError, KeyError, TypeError, AssertionError):
@@ -429,79 +716,116 @@ class Simulator:
                     break
                 await asyncio.sleep(0.1)
             return self.error(504, "Upstream timed out")
-        midstream = self.roll(self.o.fail_midstream)
-        content = answer_for(messages, body.get("response_format"), self.roll(self.o.fail_malformed))
-        max_tokens = int(body.get("max_tokens") or 16384)
-        reasoning = min(64 + tokens(content) // 4, max_tokens // 4) if model.get("reasoning") else 0
-        room = max_tokens - reasoning
-        finish = "stop"
-        if tokens(content) > room:
-            content, finish = content[: room * 4], "length"
-        gen = self.new_generation(model, messages)
-        if midstream:
-            content, reasoning, finish = "", 0, "error"
-        self.count("midstream" if midstream else "ok")
+        refused = self.refusal(model, body)
+        if refused is not None:
+            self.count("400")
+            return refused
+        answer = self.answer(model, body)
+        gen = self.new_generation(model, messages, router)
+        self.count({"midstream": "midstream", "choice": "choice_error"}.get(answer.failure, "ok"))
         if body.get("stream"):
-            return await self.stream(request, gen, content, reasoning, finish, arrived)
+            return await self.stream(request, gen, answer, arrived)
         await self.pause(arrived)
-        self.charge(gen, tokens(content) + reasoning, reasoning, "error" if midstream else "complete", finish)
-        answer = {"id": gen.id, "object": "chat.completion", "created": int(gen.created), "model": gen.model,
-                  "provider": "Local", "choices": [{"index": 0, "finish_reason": finish,
-                                                    "message": {"role": "assistant", "content": content}}],
-                  "usage": self.usage(gen)}
+        return self.whole(gen, answer)
+
+    def answer(self, model: dict, body: dict) -> Answer:
+        """The answer, with the faults drawn for it (the draws in the order they always had)."""
+        midstream = self.roll(self.o.fail_midstream)
+        content = answer_for(body["messages"], body.get("response_format"), self.roll(self.o.fail_malformed))
+        answer = self.plan(model, content, int(body.get("max_tokens") or 16384))
         if midstream:
-            answer["error"] = {"code": 502, "message": "Provider returned error during generation"}
-        return web.json_response(answer)
+            return Answer("", 0, "error", "midstream")
+        if self.roll(self.o.fail_choice_error):  # the provider breaks off halfway: that half is billed
+            return Answer(answer.content[: len(answer.content) // 2], answer.reasoning, "error", "choice")
+        return answer
 
-    async def stream(self, request, gen: Generation, content: str, reasoning: int, finish: str, arrived: float):
+    def whole(self, gen: Generation, answer: Answer) -> web.Response:
+        """A non-streamed answer: generated, then billed, then sent."""
+        self.charge(gen, answer.completion, answer.reasoning,
+                    "complete" if answer.failure is None else "error", answer.finish)
+        choice = {"index": 0, "finish_reason": answer.finish, "native_finish_reason": answer.finish,
+                  "logprobs": None, "message": {"role": "assistant", "content": answer.content}}
+        if answer.failure == "choice":
+            choice["error"] = CHOICE_ERROR
+        body = {"id": gen.id, "provider": gen.provider, "model": gen.model, "object": "chat.completion",
+                "created": int(gen.created), "choices": [choice], "usage": self.usage(gen)}
+        if answer.failure == "midstream":
+            body["error"] = {"code": 502, "message": "Provider returned error during generation"}
+        return web.json_response(body, headers={"X-Generation-Id": gen.id})
+
+    async def stream(self, request, gen: Generation, answer: Answer, arrived: float) -> web.StreamResponse:
         gen.streamed = True
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        base = {"id": gen.id, "object": "chat.completion.chunk", "created": int(gen.created),
-                "model": gen.model, "provider": "Local"}
-
-        def event(payload: dict) -> bytes:
-            return b"data: " + json.dumps({**base, **payload}).encode() + b"\n\n"
-
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Generation-Id": gen.id})
+        wire, chunks = Wire(request, response), Chunks(gen)
+        parts = pieces(answer.content, self.o.chunk_tokens)
         sent = 0  # completion tokens written so far: what a cut is billed for
         try:
-            await response.prepare(request)
-            await response.write(event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                     "finish_reason": None}]}))
+            await wire.start()
+            await self.processing(wire)
+            await wire.data(chunks.content(""))  # the first data chunk: role, no content yet
             await self.pause(arrived)
-            if finish == "error":
+            if answer.failure == "midstream":
                 self.charge(gen, 0, 0, "error", "error")
-                await self._write(request, response, event({
+                await wire.data(chunks.event({
                     "error": {"code": 502, "message": "Provider returned error during generation"},
                     "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
                     "usage": self.usage(gen)}))
             else:
-                pieces = max(1, min(4, len(content) // 64))
-                size = math.ceil(len(content) / pieces) if content else 0
-                for i in range(pieces):
-                    piece = content[i * size:(i + 1) * size]
+                done = 0
+                for i, piece in enumerate(parts):
                     if i and self.o.stream_ms:
                         await asyncio.sleep(self.o.stream_ms / 1000)
-                    await self._write(request, response, event(
-                        {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}))
-                    sent = reasoning + tokens(content[:(i + 1) * size])
-                self.charge(gen, tokens(content) + reasoning, reasoning, "complete", finish)
-                await self._write(request, response, event({
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}], "usage": self.usage(gen)}))
-            await self._write(request, response, b"data: [DONE]\n\n")
-            await response.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
-            if gen.ended is None:  # cut by the client: bill what was sent (nothing: cancelled)
-                if sent:
-                    self.charge(gen, sent, reasoning, "cut", "cancelled")
-                else:
-                    self.charge(gen, 0, 0, "cancelled", "cancelled")
+                    await wire.data(chunks.content(piece))
+                    done += len(piece)
+                    sent = answer.reasoning + tokens(answer.content[:done])
+                await self.end(wire, chunks, gen, answer)
+            await wire.done()
+        except (ConnectionError, asyncio.CancelledError) as e:
+            if gen.ended is None:
+                await self.cut(wire, gen, answer, parts, sent, arrived, shutdown=isinstance(e, asyncio.CancelledError))
         return response
 
-    @staticmethod
-    async def _write(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
-        if request.transport is None or request.transport.is_closing():
-            raise ConnectionResetError("client went away")
-        await response.write(data)
+    async def processing(self, wire: Wire) -> None:
+        """OpenRouter keeps a stream open with SSE comments until the provider answers: one at
+        once (chat_stream_gpt4o_usage.sse), then one every 0.1 s for --processing-ms."""
+        await wire.comment()
+        end = time.monotonic() + self.o.processing_ms / 1000
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(PROCESSING_EVERY_S, left))
+            await wire.comment()
+
+    async def end(self, wire: Wire, chunks: Chunks, gen: Generation, answer: Answer) -> None:
+        """Billed first, so that a cut after the last content chunk is billed in full; then the
+        finish chunk (or the choice-level error) and, last, the usage with its cost."""
+        self.charge(gen, answer.completion, answer.reasoning,
+                    "complete" if answer.failure is None else "error", answer.finish)
+        if answer.failure == "choice":
+            await wire.data(chunks.event({"error": CHOICE_ERROR, "choices": [{
+                "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "error",
+                "native_finish_reason": "error", "error": CHOICE_ERROR}]}))
+        else:
+            await wire.data(chunks.finish(answer.finish))
+        await wire.data(chunks.usage(self.usage(gen)))
+
+    async def cut(self, wire: Wire, gen: Generation, answer: Answer, parts: list[str], sent: int,
+                  arrived: float, shutdown: bool) -> None:
+        """The client left (or the server is stopping) before the generation was billed."""
+        if wire.headers_sent and not wire.data_sent and self.o.bill_abandoned and not shutdown:
+            # the provider never heard of the cut: it generates to the end, and bills all of it
+            gen.abandoned = True
+            await self.pause(arrived)
+            if self.o.stream_ms and answer.failure != "midstream":
+                await asyncio.sleep(self.o.stream_ms / 1000 * (len(parts) - 1))
+            if answer.failure == "midstream":
+                self.charge(gen, 0, 0, "error", "error")
+            else:
+                self.charge(gen, answer.completion, answer.reasoning,
+                            "complete" if answer.failure is None else "error", answer.finish)
+        elif sent:
+            self.charge(gen, sent, answer.reasoning, "cut", "cancelled")
+        else:
+            self.charge(gen, 0, 0, "cancelled", "cancelled")
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -509,6 +833,7 @@ class Simulator:
         app.router.add_post(f"{API}/chat/completions", self.chat)
         app.router.add_get(f"{API}/generation", self.generation)
         app.router.add_get(f"{API}/credits", self.credits)
+        app.router.add_get(f"{API}/key", self.key)
         app.router.add_get(f"{API}/sim/generations", self.sim_generations)
         return app
 
@@ -522,6 +847,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
+FAULTS = (("429", "answer 429 with Retry-After"), ("500", "answer 500"),
+          ("timeout", "send nothing, hang until the client gives up"),
+          ("malformed", "answer invalid JSON for the schema (billed)"),
+          ("midstream", "HTTP 200 with an error body, prompt billed"),
+          ("400", "HTTP 400 'Provider returned error', the provider's body in metadata.raw (not billed)"),
+          ("choice-error", "break off halfway: a choice with finish_reason 'error' (the half billed)"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="openrouter_sim", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="loopback only (127.0.0.0/8, ::1, localhost)")
@@ -529,11 +862,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=0, help="time before the first content token")
     p.add_argument("--jitter-ms", type=float, default=0, help="random extra latency, 0..this")
     p.add_argument("--stream-ms", type=float, default=0, help="time between streamed content chunks")
+    p.add_argument("--processing-ms", type=float, default=0,
+                   help="after a stream's headers, ': OPENROUTER PROCESSING' comments this long (one every "
+                        "0.1 s) before its first data chunk; counts within --latency-ms")
+    p.add_argument("--chunk-tokens", type=int, default=0,
+                   help="tokens (4 characters) per streamed content chunk; 0: at most 4 chunks an answer")
+    p.add_argument("--reasoning-tokens", type=int,
+                   help="reasoning tokens of a reasoning model's answer, counted against max_tokens "
+                        "(default: about a quarter of the answer, at most max_tokens/4)")
+    # Off by default: a client that takes the generation id from the first data chunk only
+    # (infra/llm_client.py on this branch) cannot know of a generation billed this way, and the
+    # SIGKILL torture test caught one (a kill between the headers and the first data chunk).
+    p.add_argument("--bill-abandoned", action=argparse.BooleanOptionalAction, default=False,
+                   help="a stream left after its headers, before its first data chunk, is generated "
+                        "and billed in full (Google); default, --no-bill-abandoned: not billed")
+    p.add_argument("--auto-router", action="store_true",
+                   help="list openrouter/auto at price '-1' (variable); it answers as "
+                        f"{AUTO_ROUTES_TO}, at that model's price")
+    p.add_argument("--byok", action="store_true",
+                   help="bring your own key: the provider bills the upstream cost to the user's key; "
+                        "the usage's cost (and /credits) is OpenRouter's fee")
+    p.add_argument("--byok-fee", type=float, default=0.05, help="OpenRouter's BYOK fee, a fraction of the upstream cost")
     p.add_argument("--seed", type=int, help="seed of the fault and jitter draws")
-    for fault, what in (("429", "answer 429 with Retry-After"), ("500", "answer 500"),
-                        ("timeout", "send nothing, hang until the client gives up"),
-                        ("malformed", "answer invalid JSON for the schema (billed)"),
-                        ("midstream", "HTTP 200 with an error body, prompt billed")):
+    for fault, what in FAULTS:
         p.add_argument(f"--fail-{fault}", type=float, default=0, metavar="RATE", help=f"rate (0..1): {what}")
     p.add_argument("--retry-after", type=float, default=1, help="seconds in the Retry-After of a 429")
     p.add_argument("--credits", type=float, help="USD available; once billed, answers 402")
@@ -546,9 +897,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not _loopback(args.host):
         p.exit(2, f"openrouter_sim: error: --host {args.host} is not a loopback address; "
                   "this server binds 127.0.0.1 only\n")
-    for name in ("fail_429", "fail_500", "fail_timeout", "fail_malformed", "fail_midstream"):
-        if not 0 <= getattr(args, name) <= 1:
-            p.exit(2, f"openrouter_sim: error: --{name.replace('_', '-')} must be between 0 and 1\n")
+    for fault, _ in FAULTS:
+        if not 0 <= getattr(args, f"fail_{fault.replace('-', '_')}") <= 1:
+            p.exit(2, f"openrouter_sim: error: --fail-{fault} must be between 0 and 1\n")
     return args
 
 
