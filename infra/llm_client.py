@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import httpx
+import orjson
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -192,6 +193,22 @@ class _NoEndpoint(LLMError):
     """404: no provider of the model takes every parameter sent (require_parameters)."""
 
     attempt = 0
+
+
+async def _sse_data(response: httpx.Response):
+    """The payload of each `data:` line of a server-sent event stream, as bytes. SSE comments
+    (": OPENROUTER PROCESSING") and blank lines are passed over. Split here, on bytes: a
+    streamed page is hundreds of small chunks, and httpx's text and line decoders cost more
+    per chunk than the call's own work."""
+    pending = b""
+    async for block in response.aiter_bytes():
+        lines = (pending + block).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
 
 
 class _Pacer:
@@ -397,13 +414,10 @@ class LLMClient:
                         recorder.generation(handle, generation_id)
                     # Read to the end, past [DONE]: a response left unread closes its connection,
                     # and every call would pay for a new one (a TLS handshake, with a real provider).
-                    async for line in response.aiter_lines():
-                        if answer is not None or not line.startswith("data:"):
-                            continue  # SSE comments (": OPENROUTER PROCESSING"), blank lines, the end
-                        data = line[5:].strip()
-                        if data == "[DONE]":
+                    async for data in _sse_data(response):
+                        if answer is not None or data == b"[DONE]":
                             continue
-                        chunk = json.loads(data)
+                        chunk = orjson.loads(data)
                         if generation_id is None and chunk.get("id"):
                             generation_id = chunk["id"]
                             recorder.generation(handle, generation_id)
@@ -424,7 +438,7 @@ class LLMClient:
                 if answer is not None:  # cut after the usage was recorded: the answer stands as it is
                     return self._conclude(model, answer, ending, recorder, handle, generation_id)
                 raise self._cut(recorder, handle, generation_id, f"{type(e).__name__}: {e}".rstrip(": ")) from None
-            except json.JSONDecodeError as e:
+            except orjson.JSONDecodeError as e:
                 raise self._cut(recorder, handle, generation_id, f"malformed stream chunk: {e}") from None
             except asyncio.CancelledError:
                 if answer is None:
