@@ -78,6 +78,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN key_usage_end REAL;
     """,
 ]
+# The columns each version added. A reader never migrates (it may not write, and a writer may
+# be running an older ar): on an older ledger it sees them as NULL (_views_of_older_schema).
+ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"calls": ("upstream_cost_usd",), "runs": ("key_usage_start", "key_usage_end")},
+}
 
 # What a call cost: the provider's figure when it gave one (that is the bill), else ours;
 # plus, with the user's own provider key (BYOK), what that provider billed for it.
@@ -97,6 +102,7 @@ class PendingCall:
     page: int | None
     model: str
     generation_id: str | None
+    started_at: float
 
 
 class Ledger:
@@ -135,6 +141,7 @@ class Ledger:
         if version == 0:  # created but not yet initialised by a writer
             conn.close()
             return None
+        _views_of_older_schema(conn, version)
         return cls(conn, path)
 
     @classmethod
@@ -212,12 +219,13 @@ class Ledger:
         rows = self._db.execute(
             f"SELECT r.run_id, r.started_at, r.ended_at, r.status, r.pid, r.message,"
             f" COALESCE(SUM({CALL_COST}), 0), COUNT(c.call_id), COALESCE(SUM(c.status = 'pending'), 0),"
+            f" COALESCE(SUM(c.status = 'recovered'), 0),"
             f" r.key_usage_start, r.key_usage_end"
             f" FROM runs r LEFT JOIN calls c ON c.run_id = r.run_id"
             f" GROUP BY r.run_id ORDER BY r.run_id"
         ).fetchall()
         keys = ("run_id", "started_at", "ended_at", "status", "pid", "message", "cost_usd", "calls",
-                "pending_calls", "key_usage_start", "key_usage_end")
+                "pending_calls", "recovered_calls", "key_usage_start", "key_usage_end")
         return [dict(zip(keys, row)) for row in rows]
 
     # ---- pages ---------------------------------------------------------------------
@@ -292,20 +300,20 @@ class Ledger:
         `usage` has the token counts (infra.pricing.Usage)."""
         assert status in CALL_FINAL_STATUSES, status
         tokens = _token_columns(usage)
-        # fetchall: the statement runs to its end, so its autocommit happens now
-        [(cost,)] = self._db.execute(
+        self._db.execute(
             "UPDATE calls SET status = ?, prompt_tokens = ?, completion_tokens = ?,"
             " cached_tokens = ?, cache_write_tokens = ?, reasoning_tokens = ?, images = ?,"
             " computed_cost_usd = ?, provider_cost_usd = ?, upstream_cost_usd = ?, error = ?,"
-            f" generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ? RETURNING {CALL_COST}",
+            " generation_id = COALESCE(?, generation_id), ended_at = ? WHERE call_id = ?",
             (status, *tokens, computed_cost, provider_cost, usage.upstream_cost if usage else None, error,
              generation_id, time.time(), call_id),
-        ).fetchall()
-        return cost
+        )
+        # read back through CALL_COST, the one definition (the one writer: nothing came between)
+        return self._db.execute(f"SELECT {CALL_COST} FROM calls WHERE call_id = ?", (call_id,)).fetchone()[0]
 
     def pending_calls(self) -> list[PendingCall]:
         rows = self._db.execute(
-            "SELECT call_id, run_id, stage, page, model, generation_id FROM calls"
+            "SELECT call_id, run_id, stage, page, model, generation_id, started_at FROM calls"
             " WHERE status = 'pending' ORDER BY call_id"
         )
         return [PendingCall(*r) for r in rows]
@@ -431,6 +439,17 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _views_of_older_schema(conn: sqlite3.Connection, version: int) -> None:
+    """Temporary views that shadow an older ledger's tables with the columns it lacks, as NULL."""
+    missing: dict[str, list[str]] = {}
+    for added in range(version + 1, SCHEMA_VERSION + 1):
+        for table, columns in ADDED_COLUMNS.get(added, {}).items():
+            missing.setdefault(table, []).extend(columns)
+    for table, columns in missing.items():
+        nulls = ", ".join(f"NULL AS {c}" for c in columns)
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {nulls} FROM main.{table}")
 
 
 def _unreadable(path: Path, error: Exception) -> LedgerError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.errors import UsageError
@@ -37,12 +37,16 @@ class Settings(BaseSettings):
     max_prompt_price: float | None = Field(None, gt=0, validation_alias=_env("AR_MAX_PROMPT_PRICE"))
     max_completion_price: float | None = Field(None, gt=0, validation_alias=_env("AR_MAX_COMPLETION_PRICE"))
 
+    @model_validator(mode="after")
+    def _whole_ceiling(self) -> Settings:
+        if (self.max_prompt_price is None) != (self.max_completion_price is None):
+            raise ValueError("set AR_MAX_PROMPT_PRICE and AR_MAX_COMPLETION_PRICE together")
+        return self
+
     @property
     def max_price(self) -> dict[str, float] | None:
-        if self.max_prompt_price is None and self.max_completion_price is None:
+        if self.max_prompt_price is None:
             return None
-        if self.max_prompt_price is None or self.max_completion_price is None:
-            raise UsageError("bad configuration: set AR_MAX_PROMPT_PRICE and AR_MAX_COMPLETION_PRICE together")
         return {"prompt": self.max_prompt_price, "completion": self.max_completion_price}
 
     @field_validator("base_url")

@@ -49,7 +49,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from infra.budget import Budget
 from infra.config import Settings
-from infra.errors import FatalLLMError, InvalidAnswer, LLMError, RetryableError, TruncatedAnswer
+from infra.errors import FatalLLMError, InvalidAnswer, LLMError, PricingError, RetryableError, TruncatedAnswer
 from infra.logs import log_event, redact, register_secret
 from infra.pricing import CostCalculator, PricingCache, Rates, Usage, same_cost
 from infra.transport import SlotTransport
@@ -61,6 +61,8 @@ Answer = TypeVar("Answer", bound=BaseModel)
 # No tokenizer splits text finer than a byte, and no provider counts an image as more than
 # this many prompt tokens: bounds for the worst case a budget reserves.
 IMAGE_TOKENS_BOUND = 2000
+# A generation the provider still does not know this long after it started never will.
+GENERATION_KNOWN_WITHIN_S = 24 * 3600
 # An answer cut at max_tokens is asked once more with twice the room, never more than this.
 MAX_TOKENS_CAP = 32768
 # Reasoning at low effort: about 20% of max_tokens on every provider (OpenRouter turns the
@@ -461,6 +463,10 @@ class LLMClient:
         cut = chunk.get("finish_reason") == "length"
         status = "failed" if error or cut else "ok"
         message = error or ("answer cut at max_tokens (finish_reason length)" if cut else None)
+        if computed is None and provider is None and generation_id is not None:
+            # a variable price and no cost in the usage: only the provider's record can say
+            self._settle_later(recorder, handle, generation_id, status, message)
+            return "".join(parts), usage, 0.0
         recorded = recorder.finish(handle, status, usage, computed, provider, message, generation_id)
         # compared where both are token prices: not for a variable price (no computed cost),
         # nor with BYOK (the provider's figure is OpenRouter's fee)
@@ -499,19 +505,23 @@ class LLMClient:
         if generation_id is None:
             recorder.finish(handle, "failed", None, 0.0, None, message, None)
         else:
-            task = asyncio.get_running_loop().create_task(
-                self._settle_from_provider(recorder, handle, generation_id, message))
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
+            self._settle_later(recorder, handle, generation_id, "failed", message)
         return RetryableError(message)
 
-    async def _settle_from_provider(self, recorder, handle, generation_id, message) -> None:
+    def _settle_later(self, recorder, handle, generation_id, status, message) -> None:
+        """Record the attempt as the provider's record of it says, once it has one."""
+        task = asyncio.get_running_loop().create_task(
+            self._settle_from_provider(recorder, handle, generation_id, status, message))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _settle_from_provider(self, recorder, handle, generation_id, status, message) -> None:
         stats = await self.generation_stats(generation_id)
         if stats is None:
             recorder.unresolved(handle)
             return
         usage, cost = stats
-        recorder.finish(handle, "failed", usage, None, cost, message, generation_id)
+        recorder.finish(handle, status, usage, None, cost, message, generation_id)
 
     # ---- after a crash ---------------------------------------------------------------
 
@@ -559,13 +569,22 @@ class LLMClient:
                 counts["lost"] += 1
                 return
             stats = await self.generation_stats(call.generation_id)
+            if stats is None and time.time() - call.started_at > GENERATION_KNOWN_WITHIN_S:
+                # a day on, the provider has no record of it: it was never generated, nor billed
+                recorder.finish(call.call_id, "lost", None, 0.0, None,
+                                "the provider has no record of this generation a day later", call.generation_id)
+                counts["lost"] += 1
+                return
             if stats is None:
                 counts["unresolved"] += 1
                 log_event(log, "generation not yet known to the provider; left pending", logging.WARNING,
                           call_id=call.call_id, generation_id=call.generation_id)
                 return
             usage, cost = stats
-            computed = self.costs.cost(call.model, usage) if usage.prompt_tokens else None
+            try:  # ours beside the provider's figure; a model since retired has no price: the bill says
+                computed = self.costs.cost(call.model, usage) if usage.prompt_tokens else None
+            except PricingError:
+                computed = None
             recorder.finish(call.call_id, "recovered", usage, computed, cost,
                             "run ended mid-call; cost from the provider", call.generation_id)
             counts["recovered"] += 1

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from infra.errors import PricingError, PricingUnavailable, UnknownModel, VariablePrice
 from infra.storage import atomic_write_json
@@ -26,6 +26,9 @@ RETRY_SECONDS = 300  # after a failed refresh, the stale prices serve this long 
 # Two figures of one call's cost (the provider's and ours, or the ledger's and the provider's
 # record) may differ by float rounding; more than this is a real difference.
 COST_TOLERANCE_USD = 1e-9
+# With the user's own provider key (BYOK), OpenRouter's fee comes on top of the provider's
+# bill (5% in its FAQ); a worst case, which cannot know whether the call is BYOK, allows for it.
+BYOK_FEE_BOUND = 1.05
 
 
 def same_cost(a: float, b: float) -> bool:
@@ -51,6 +54,16 @@ class Rates(BaseModel):
     input_cache_write: float | None = None
     internal_reasoning: float | None = None
     discount: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variable(cls, values):
+        """A negative price ("-1" at OpenRouter) means a variable price: no rate is known in
+        advance. Here, so that a price list cached by an older ar is read the same way."""
+        if isinstance(values, dict) and any(isinstance(v, (int, float)) and v < 0 for v in values.values()):
+            values = {k: v for k, v in values.items() if not (isinstance(v, (int, float)) and v < 0)}
+            values.update(prompt=None, completion=None)
+        return values
 
     @property
     def cache_read_rate(self) -> float:
@@ -102,13 +115,10 @@ class ModelPrice(Rates):
 
     @classmethod
     def from_openrouter(cls, pricing: dict) -> ModelPrice:
-        """A price list entry; a negative price ("-1") means a variable price."""
+        """A price list entry (a negative price: a variable price, see Rates._variable)."""
         values = {k: _usd(v) for k, v in pricing.items() if k in Rates.model_fields}
-        if any(v is not None and v < 0 for v in values.values()):
-            values = {k: v for k, v in values.items() if v is not None and v >= 0}
-            values.update(prompt=None, completion=None)
         overrides = [_override(o) for o in pricing.get("overrides") or ()]
-        return cls(**{k: v for k, v in values.items() if v is not None or k in ("prompt", "completion")},
+        return cls(**{k: v for k, v in values.items() if v is not None},
                    overrides=[o for o in overrides if o is not None])
 
 
@@ -309,8 +319,11 @@ class CostCalculator:
                                 "a budget cannot be held; choose a fixed-price model, or set "
                                 "AR_MAX_PROMPT_PRICE and AR_MAX_COMPLETION_PRICE so that each request "
                                 "carries a ceiling (provider.max_price)")
+        if price.variable and images:
+            raise VariablePrice(f"{model} has a variable price and max_price sets no ceiling on images: "
+                                "a budget cannot be held with --vision; choose a fixed-price model")
         p = ceiling if price.variable else price.dearest()
         out_rate = max(p.completion, p.internal_reasoning or 0.0)
         cache_write = max(p.prompt, p.input_cache_write or 0.0)
         total = prompt_tokens * cache_write + max_tokens * out_rate + images * p.image + p.request
-        return total * (1 - p.discount)
+        return total * (1 - p.discount) * BYOK_FEE_BOUND

@@ -99,8 +99,9 @@ class LLMStage(Stage):
         """Warn when the model's prices are not those of the book's last run with it."""
         key, now = f"price:{self.model}", price.model_dump()
         before = self.ctx.ledger.get_meta(key)
-        if before is not None and json.loads(before) != now:
-            changed = {k: (v, now.get(k)) for k, v in json.loads(before).items() if now.get(k) != v}
+        # the prices kept then, compared one by one (a field added to ModelPrice since is no change)
+        changed = {k: (v, now.get(k)) for k, v in json.loads(before).items() if now.get(k) != v} if before else {}
+        if changed:
             log_event(log, f"prices of {self.model} changed since the book's last run: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in changed.items()), logging.WARNING, book=self.ctx.book.id)
         self.ctx.ledger.set_meta(key, json.dumps(now))

@@ -4,7 +4,9 @@ Two checks. Each recorded generation against what `GET /generation` says it cost
 user's own provider key, BYOK, OpenRouter's fee plus the provider's bill). And the money no
 generation id can attribute: over each run, how far the key's usage counter (`GET /key`)
 moved against what the run's calls cost in the ledger. That counter is the key's, not the
-book's: another process spending on the same key during a run shows here too.
+book's: another process spending on the same key during a run shows here too. A run whose
+calls were settled by a later run (cut, or pending at a crash) is not measured: the provider
+may have billed them after the run noted the counter.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def reconcile(book: Book, settings: Settings) -> dict:
         elif not same_cost(provider, call["cost_usd"]):
             differences.append({**call, "provider_cost_usd": provider,
                                 "difference_usd": provider - call["cost_usd"]})
-    measured = [r for r in runs if r["key_usage_start"] is not None and r["key_usage_end"] is not None]
+    measured = [r for r in runs if r["key_usage_start"] is not None and r["key_usage_end"] is not None
+                and not r["pending_calls"] and not r["recovered_calls"]]
     unattributed = (sum(r["key_usage_end"] - r["key_usage_start"] - r["cost_usd"] for r in measured)
                     if measured else None)
     return {"book": book.id, "generations": len(calls),

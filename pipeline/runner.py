@@ -13,7 +13,7 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
-from infra.errors import StopRun, exit_code
+from infra.errors import PageFailed, StopRun, exit_code
 from pipeline.registry import BOOK_PAGE, StageSpec
 from pipeline.stage import RunContext, Stage
 
@@ -54,15 +54,17 @@ class Pipeline:
 
     def _forget_stale_book_stages(self) -> None:
         """A selected book stage is redone when a stage it reads, directly or not, has work
-        left: until then, the stages that read it must not take its old output."""
+        left at the run's start: until then, the stages that read it must not take its old
+        output, in this run or, if it stops first, the next."""
         busy: set[str] = set()
         for spec in self.ctx.registry:
             if spec.name not in self.stages:
                 continue
             if busy & set(spec.reads) or len(self.done[spec.name]) < spec.total(len(self.pages)):
                 busy.add(spec.name)
-                if not spec.per_page:
+                if not spec.per_page and self.done[spec.name]:
                     self.done[spec.name] = set()
+                    self.ctx.ledger.clear_stage(spec.name)  # so a run stopped before redoing it redoes it
 
     def _has(self, stage: str, page: int) -> bool:
         return (page if self._spec(stage).per_page else BOOK_PAGE) in self.done[stage]
@@ -92,7 +94,10 @@ class Pipeline:
 
     async def run(self) -> Outcome:
         self.plan()
-        await asyncio.gather(*(self._run_stage(s) for s in self.stages.values()))
+        results = await asyncio.gather(*(self._run_stage(s) for s in self.stages.values()), return_exceptions=True)
+        for error in results:  # an unexpected one: raised once every stage has stopped
+            if isinstance(error, BaseException):
+                raise error
         if self.outcome.status == "done" and self.ctx.stopping.is_set():
             self.outcome.status, self.outcome.message = "interrupted", RESUME
         elif self.outcome.status == "done" and self.outcome.failed:
@@ -119,6 +124,9 @@ class Pipeline:
                                      *(self._worker(stage) for _ in range(stage.concurrency)))
             else:
                 await self._run_book_stage(stage)
+        except BaseException:  # a bug or a disk error: the other stages take no new page
+            self.ctx.stopping.set()
+            raise
         finally:
             self.finished[stage.name].set()
 
@@ -136,6 +144,10 @@ class Pipeline:
             await stage.run_book()
         except StopRun as stop:
             self._stop(stop)
+            return
+        except PageFailed as e:
+            self.ctx.ledger.mark_failed(stage.name, BOOK_PAGE, self.ctx.run_id, str(e))
+            self.outcome.failed[stage.name] = 1
             return
         stage.mark_book_done()
         self.done[stage.name].add(BOOK_PAGE)

@@ -110,6 +110,37 @@ def test_newer_schema_is_refused(tmp_path):
             opener(path)
 
 
+def test_a_ledger_of_an_older_schema_is_read_as_it_is_and_migrated_by_the_next_writer(tmp_path):
+    """A book last processed by an older ar: readers (status, cost, the monitor) never migrate
+    it, and must read it all the same; the next writer migrates it, every figure unchanged."""
+    from infra.checkpoint import MIGRATIONS
+
+    path = tmp_path / "checkpoint.db"
+    old = sqlite3.connect(path)  # as the ar of schema 1 left it
+    old.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    old.execute("INSERT INTO runs (started_at, ended_at, status) VALUES (1, 2, 'done')")
+    old.execute("INSERT INTO calls (run_id, stage, page, model, status, computed_cost_usd, started_at)"
+                " VALUES (1, 'correct', 1, 'm', 'ok', 0.25, 1)")
+    old.commit()
+    old.close()
+
+    def figures(ledger):
+        return ledger.total_cost(), ledger.costs_by("stage")["correct"]["cost_usd"], ledger.runs()[0]["cost_usd"]
+
+    path.chmod(0o444)
+    path.parent.chmod(0o555)  # read-only, as an archive: opened immutable, no view may be written
+    try:
+        assert Ledger.read(path, figures, None) == (0.25, 0.25, 0.25)
+        assert Ledger.read(path, Ledger.runs, [])[0]["key_usage_start"] is None
+    finally:
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+    led = Ledger.open_writer(path)
+    assert figures(led) == (0.25, 0.25, 0.25)
+    assert led._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    led.close()
+
+
 def test_reopening_keeps_everything(tmp_path):
     path = tmp_path / "checkpoint.db"
     led = Ledger.open_writer(path)

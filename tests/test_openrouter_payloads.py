@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from infra.budget import Budget
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, RetryableError, TruncatedAnswer
 from infra.llm_client import MAX_TOKENS_CAP, LLMClient, strict_schema
-from infra.pricing import ModelPrice, PricingCache
+from infra.pricing import BYOK_FEE_BOUND, ModelPrice, PricingCache
 from pipeline.correct import CorrectedPage
 from pipeline.llm_stage import LedgerRecorder
 from tests.conftest import ROOT
@@ -232,7 +232,7 @@ def test_an_answer_cut_at_max_tokens_is_asked_once_more_with_more_room_then_flag
         go(client, lambda: ask(client, ledger, model=MINIMAX, max_tokens=10))
     assert isinstance(err.value, InvalidAnswer)  # the stages flag the page, as for an invalid answer
     assert [body["max_tokens"] for body in fake.sent] == [10, 20]
-    assert budget.seen[1] == pytest.approx(budget.seen[0] + 10 * 1.2e-6)  # the larger worst case
+    assert budget.seen[1] == pytest.approx(budget.seen[0] + 10 * 1.2e-6 * BYOK_FEE_BOUND)  # the larger worst case
     rows = calls(ledger)
     assert [r[0] for r in rows] == ["failed", "failed"]  # billed (as the usage says: $0) and recorded
     assert all(r[1] == "gen-1762179802-UN8pkJI4AGZvryk0kFnb" and r[3] == 0 for r in rows)
@@ -470,3 +470,30 @@ def test_the_bounds_left_out_of_the_schema_are_still_checked_on_the_answer():
     Annotated.model_validate(good)
     with pytest.raises(ValidationError):
         Annotated.model_validate({**good, "main": {"start": 0, "end": 3, "label": "ABC"}})
+
+
+def pending_call(ledger, model: str, started_at: float):
+    from infra.checkpoint import PendingCall
+
+    call_id = ledger.begin_call(ledger.run, "correct", 1, model, 1)
+    ledger.set_generation_id(call_id, "gen-1764791728-YEVpGoInRszZx8oZ508T")
+    return PendingCall(call_id, ledger.run, "correct", 1, model, "gen-1764791728-YEVpGoInRszZx8oZ508T", started_at)
+
+
+def test_a_pending_call_of_a_model_since_retired_is_resolved_at_the_providers_figure(ledger, tmp_path):
+    fake = FakeOpenRouter(generation=json.loads(fixture("generation_doc_example.json")))
+    client = client_for(tmp_path, fake)
+    call = pending_call(ledger, "retired/model-no-longer-listed", time.time())
+    counts = go(client, lambda: client.resolve_pending([call], lambda c: LedgerRecorder(ledger, c.run_id, c.stage, c.page)))
+    assert counts["recovered"] == 1
+    assert calls(ledger) == [("recovered", call.generation_id, None, 0.0015, "run ended mid-call; cost from the provider")]
+
+
+def test_a_pending_call_the_provider_never_knew_is_lost_after_a_day_not_pending_forever(ledger, tmp_path):
+    client = client_for(tmp_path, FakeOpenRouter(generation=None), resolve_timeout=0.2)
+    recent, old = pending_call(ledger, GPT4O, time.time() - 60), pending_call(ledger, GPT4O, time.time() - 25 * 3600)
+    counts = go(client, lambda: client.resolve_pending(
+        [recent, old], lambda c: LedgerRecorder(ledger, c.run_id, c.stage, c.page)))
+    assert counts == {"recovered": 0, "lost": 1, "unresolved": 1}
+    statuses = [r[0] for r in calls(ledger)]
+    assert statuses == ["pending", "lost"] and ledger.total_cost() == 0

@@ -43,7 +43,7 @@ def test_long_context_override_prices_a_request_past_its_threshold(tmp_path):
     assert costs.cost("anthropic/claude-sonnet-4", short) == pytest.approx(1000 * 3e-6 + 100 * 15e-6)
     assert costs.cost("anthropic/claude-sonnet-4", long) == pytest.approx(250_000 * 6e-6 + 100 * 22.5e-6)
     # a worst case counts on the dearest prices, whatever the request's size
-    assert costs.worst_case("anthropic/claude-sonnet-4", 1000, 100) == pytest.approx(1000 * 7.5e-6 + 100 * 22.5e-6)
+    assert costs.worst_case("anthropic/claude-sonnet-4", 1000, 100) == pytest.approx((1000 * 7.5e-6 + 100 * 22.5e-6) * 1.05)
 
 
 def test_a_minus_one_price_is_a_variable_price_never_a_negative_one(tmp_path):
@@ -56,7 +56,7 @@ def test_a_minus_one_price_is_a_variable_price_never_a_negative_one(tmp_path):
     with pytest.raises(VariablePrice, match="AR_MAX_PROMPT_PRICE"):
         costs.worst_case("openrouter/auto", 1000, 100)
     ceiling = Rates.from_max_price({"prompt": 2.0, "completion": 8.0})  # USD per million tokens
-    assert costs.worst_case("openrouter/auto", 1000, 100, ceiling=ceiling) == pytest.approx(1000 * 2e-6 + 100 * 8e-6)
+    assert costs.worst_case("openrouter/auto", 1000, 100, ceiling=ceiling) == pytest.approx((1000 * 2e-6 + 100 * 8e-6) * 1.05)
 
 
 def test_byok_usage_costs_the_fee_plus_the_providers_bill_and_the_ledger_keeps_both(ledger):
@@ -84,3 +84,12 @@ def test_the_generation_record_costs_the_same_way():
     assert usage.cost == pytest.approx(0.0015) and usage.upstream_cost is None  # is_byok false
     byok = Usage.from_generation({**record, "is_byok": True})
     assert byok.upstream_cost == pytest.approx(0.0012)
+
+
+def test_a_price_list_cached_by_an_older_ar_with_minus_one_is_still_a_variable_price(tmp_path):
+    cache = PricingCache("http://127.0.0.1:9/api/v1", cache_dir=tmp_path)  # never asked: the file is fresh
+    cache.path.write_text(json.dumps({"base_url": cache.base_url, "fetched_at": cache.now(), "models": {
+        "openrouter/auto": {"prompt": -1.0, "completion": -1.0, "request": 0.0}}}))  # as the old ar stored it
+    assert cache.get("openrouter/auto").variable
+    with pytest.raises(VariablePrice):
+        CostCalculator(cache).worst_case("openrouter/auto", 1000, 100)

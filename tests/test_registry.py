@@ -13,7 +13,7 @@ from pipeline.process import clean_stage, process_book
 from pipeline.registry import STAGES, Registry, StageSpec
 from pipeline.reports import status_report
 from tests.conftest import ROOT, make_book, run_ar, text_pages
-from tests.fakestages import ECHO_STAGES, StampStage, TallyStage
+from tests.fakestages import ECHO_STAGES, EchoStage, StampStage, TallyStage
 
 # the one line that adds the test stage of tests/running_headers.py to ar's own stages
 WITH_FIRST_LINES = STAGES.with_stage(StageSpec("first_lines", "tests.running_headers:FirstLinesStage", reads=("ocr",),
@@ -140,3 +140,36 @@ def test_the_import_graph_has_no_cycle():
     assert cycle is None, " -> ".join(cycle)
     # the registry loads a stage only when it runs: reading it (status, the monitor) loads none
     assert not {m for m in graph["pipeline.registry"] if m.startswith("pipeline.")}
+
+
+class Broken(EchoStage):
+    """An echo stage with a bug on page 5."""
+
+    async def process_page(self, page: int) -> dict:
+        if page == 5:
+            raise RuntimeError("a bug")
+        return await super().process_page(page)
+
+
+def test_a_bug_in_one_stage_stops_the_others_taking_new_pages_and_is_raised(books_dir):
+    registry = Registry([StageSpec("echo", Broken), ECHO_STAGES["shout"]])
+    book = Book(make_book(books_dir, "b", 40))
+    with pytest.raises(RuntimeError, match="a bug"):
+        process_book(book, list(registry), workers=2, registry=registry, options={"delay": 0.02})
+    done = {(s, p) for s, p, _ in pages_table(book)}
+    assert len(done) < 20  # stopped soon after page 5, not at the book's end
+    assert Ledger.read(book.ledger_path, Ledger.runs, [])[-1]["status"] == "failed"
+
+
+def test_a_stale_book_stage_is_not_done_in_the_ledger_until_it_is_redone(books_dir):
+    registry = ECHO_STAGES.with_stage(StageSpec("tally", TallyStage, reads=("echo",), writes=("tally.json",),
+                                                per_page=False))
+    book = Book(make_book(books_dir, "b", 6))
+    assert process_book(book, list(registry), workers=2, registry=registry).status == "done"
+    led = Ledger.open_writer(book.ledger_path)
+    led.clear_stage("echo")  # echo's pages to do again: what tally was made from is changing
+    led.close()
+    again = process_book(book, list(registry), workers=2, registry=registry, options={"fail_pages": {3}})
+    assert again.status == "failed"  # page 3 failed, so tally cannot be redone in this run
+    status = Ledger.read(book.ledger_path, Ledger.page_counts, {})
+    assert status.get("tally", {}).get("done", 0) == 0  # the old tally no longer passes for done
