@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -179,5 +180,9 @@ async def _note_key_usage(ctx: RunContext, column: str) -> None:
     """The key's usage counter around the run: `cost --reconcile` compares how far it moved
     with what the run's calls cost, to show spend that no generation id accounts for."""
     usage = await ctx.llm.key_usage()
-    if usage is not None:
+    if usage is None:
+        return
+    try:
         ctx.ledger.set_key_usage(ctx.run_id, column, usage)
+    except sqlite3.Error as e:  # a full disk: the run's own records say so; this one only informs
+        log.warning("cannot note the key's usage in %s: %s", ctx.ledger.path, e)

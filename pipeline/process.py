@@ -92,6 +92,9 @@ def process_book(
         except ArError as e:
             outcome = Outcome(status=getattr(e, "status", "failed"), message=str(e))
             raise
+        except sqlite3.Error as e:  # a record the ledger refused (a full disk): say which file
+            outcome = Outcome(status="failed", message=f"cannot write {book.ledger_path}: {e}")
+            raise LedgerError(outcome.message) from None
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
             outcome = Outcome(status="interrupted", message=RESUME)
             raise
