@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 
 from bench.books import page_text
+from tests.simserver import Sim
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-or-v1-bench-real-openrouter-0123456789"
@@ -44,47 +45,16 @@ SEED_400 = 2  # --fail-400 0.5 with this seed: the 3rd, 4th, 8th, 12th requests 
 
 # ---- the server -------------------------------------------------------------------------
 
-class Server:
-    """tools/openrouter_sim.py of this checkout, as a process of its own."""
-
-    def __init__(self, *flags: str):
-        self.flags = flags
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.openrouter_sim", "--port", "0",
-                                      "--api-key", KEY, *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"the local server did not start: {line!r}")
-        self.url = line.removeprefix("listening on ")
-
-    def get(self, path: str) -> dict:
-        r = httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
-        r.raise_for_status()
-        return r.json()
-
-    def bill(self) -> dict:
-        key = self.get("/key")["data"]
-        gens = self.get("/sim/generations")
-        return {"credits": self.get("/credits")["data"]["total_usage"], "key_usage": key["usage"],
-                "byok_usage": key.get("byok_usage", 0.0), "generations": gens["data"],
-                "requests": gens["requests"]}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
+def billed(s: Sim) -> dict:
+    """What the server billed: /credits, what the key paid (/key), and every generation."""
+    key, gens = s.key_info(), s.generations()
+    return {"credits": s.credits(), "key_usage": key["usage"], "byok_usage": key.get("byok_usage", 0.0),
+            "generations": gens["data"], "requests": gens["requests"]}
 
 
 @contextmanager
 def server(*flags: str):
-    s = Server(*flags)
+    s = Sim("--api-key", KEY, *flags)
     try:
         yield s
     finally:
@@ -133,7 +103,7 @@ class Env:
 
     ledger_by: Path | None = None  # the checkout whose Ledger writes the book's (default: ar's own)
 
-    def __init__(self, ar: Path, srv: Server, pages: int):
+    def __init__(self, ar: Path, srv: Sim, pages: int):
         self.ar, self.tmp = ar, Path(tempfile.mkdtemp(prefix="ar-real-openrouter-"))
         self.books = self.tmp / "books"
         try:
@@ -269,9 +239,9 @@ def item1(ar: Path, pages: int) -> dict:
                 proc.send_signal(signal.SIGKILL)
             first = proc.wait(timeout=30)  # -9: killed; anything else: it ended before the kill
             time.sleep(5.0)  # the abandoned generations end on the provider's side, and are billed
-            after_kill = (e.ledger()["total"], srv.bill()["credits"])
+            after_kill = (e.ledger()["total"], billed(srv)["credits"])
             r = e.run("process", BOOK)
-            led, bill = e.ledger(), srv.bill()
+            led, bill = e.ledger(), billed(srv)
             abandoned = [g for g in bill["generations"] if g["abandoned"]]
             extra = (f"at the kill {at_kill[0]} calls pending, {at_kill[1]} with a generation id; "
                      f"after the kill: ledger {usd(after_kill[0])} vs bill {usd(after_kill[1])}; "
@@ -289,7 +259,7 @@ def item2(ar: Path, pages: int) -> dict:
         e = Env(ar, srv, pages)
         try:
             r = e.run("process", BOOK, "--model", "openai/gpt-4o-mini")
-            led, bill = e.ledger(), srv.bill()
+            led, bill = e.ledger(), billed(srv)
             extra = f"400s {bill['requests'].get('400', 0)}; first ledger error: {led['first_error']!r}"
             return line("2 strict schema (openai/gpt-4o-mini)", led, bill["credits"], "/credits", e, pages,
                         r.returncode, extra)
@@ -303,7 +273,7 @@ def item3(ar: Path, pages: int) -> dict:
         e = Env(ar, srv, pages)
         try:
             r = e.run("process", BOOK)
-            led, bill = e.ledger(), srv.bill()
+            led, bill = e.ledger(), billed(srv)
             failed = e.query("SELECT error FROM pages WHERE status = 'failed' ORDER BY stage, page LIMIT 1")
             extra = (f"400s {bill['requests'].get('400', 0)}; first ledger error (calls): {led['first_error']!r}; "
                      f"a failed page's error (pages): {failed[0][0] if failed else None!r}; "
@@ -336,7 +306,7 @@ def item4(ar: Path, pages: int) -> dict:
             except (ValueError, KeyError, TypeError):
                 priced = f"pricing exit {price.returncode}: {last_line(price)!r}"
             r = e.run("process", BOOK, "--model", "openrouter/auto", "--budget", f"{budget:g}")
-            led, bill = e.ledger(), srv.bill()
+            led, bill = e.ledger(), billed(srv)
             negative = e.query("SELECT COUNT(*), MIN(computed_cost_usd) FROM calls WHERE computed_cost_usd < 0")[0]
             over = bill["credits"] - budget
             extra = (f"budget {usd(budget)}, bill - budget {over:+.6f} "
@@ -355,7 +325,7 @@ def item5(ar: Path, pages: int) -> dict:
         e = Env(ar, srv, pages)
         try:
             r = e.run("process", BOOK)
-            led, bill = e.ledger(), srv.bill()
+            led, bill = e.ledger(), billed(srv)
             pays = bill["key_usage"] + bill["byok_usage"]
             extra = (f"/credits (the fee) {usd(bill['credits'])}: ledger - /credits "
                      f"{led['total'] - bill['credits']:+.9f}; /key usage {usd(bill['key_usage'])} + byok_usage "
@@ -372,7 +342,7 @@ def item6(ar: Path, pages: int, reasoning: int, label: str) -> dict:
         e = Env(ar, srv, pages)
         try:
             r = e.run("process", BOOK, "--model", model)
-            led, bill = e.ledger(), srv.bill()
+            led, bill = e.ledger(), billed(srv)
             correct = [g for g in bill["generations"] if g["model"] == model]
             time.sleep(0.5)  # /generation knows a generation 0.3 s after it ends
             cut = sum(1 for g in correct if _finish(srv, g["id"]) == "length")
@@ -387,7 +357,7 @@ def item6(ar: Path, pages: int, reasoning: int, label: str) -> dict:
             e.close()
 
 
-def _finish(srv: Server, generation_id: str) -> str | None:
+def _finish(srv: Sim, generation_id: str) -> str | None:
     r = httpx.get(f"{srv.url}/generation", params={"id": generation_id},
                   headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     return r.json()["data"]["finish_reason"] if r.status_code == 200 else None

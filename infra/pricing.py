@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from infra.errors import PricingError, PricingUnavailable, UnknownModel, VariablePrice
+from infra.errors import PricingUnavailable, UnknownModel, VariablePrice
 from infra.storage import atomic_write_json
 
 log = logging.getLogger("ar.pricing")

@@ -31,7 +31,7 @@ def ledger_total(book_dir) -> float:
 
 
 def key_usage(server) -> float:
-    data = server._get("/key")["data"]
+    data = server.key_info()
     return data["usage"] + data.get("byok_usage", 0.0)
 
 

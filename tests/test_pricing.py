@@ -14,7 +14,8 @@ from pydantic import SecretStr
 
 from infra import pricing
 from infra.llm_client import LLMClient
-from infra.pricing import TTL_SECONDS, CostCalculator, PricingCache, PricingUnavailable, UnknownModel, Usage
+from infra.errors import PricingUnavailable, UnknownModel
+from infra.pricing import TTL_SECONDS, CostCalculator, PricingCache, Usage
 from pipeline.llm_stage import LedgerRecorder
 from tests.conftest import run_ar
 from tools.openrouter_sim import MODELS
