@@ -11,6 +11,7 @@ the last commits, never corrupt the file.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -22,7 +23,7 @@ from typing import TypeVar
 
 from infra.errors import LedgerError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema from version i to i + 1. Append, never edit.
 MIGRATIONS: list[str] = [
@@ -77,11 +78,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN key_usage_start REAL;
     ALTER TABLE runs ADD COLUMN key_usage_end REAL;
     """,
+    # 3: each done page's quality flags ({"flag": "reason"}, JSON), for status and review
+    """
+    ALTER TABLE pages ADD COLUMN flags TEXT;
+    """,
 ]
 # The columns each version added. A reader never migrates (it may not write, and a writer may
 # be running an older ar): on an older ledger it sees them as NULL (_views_of_older_schema).
 ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"calls": ("upstream_cost_usd",), "runs": ("key_usage_start", "key_usage_end")},
+    3: {"pages": ("flags",)},
 }
 
 # What a call cost: the provider's figure when it gave one (that is the bill), else ours;
@@ -242,22 +248,37 @@ class Ledger:
         ).fetchone()
         return row[0] if row else None
 
-    def mark_done(self, stage: str, page: int, run_id: int) -> None:
-        """O(1) in the size of the book: one upsert on the (stage, page) key."""
-        self._set_page(stage, page, run_id, "done", None)
+    def mark_done(self, stage: str, page: int, run_id: int, flags: dict[str, str] | None = None) -> None:
+        """O(1) in the size of the book: one upsert on the (stage, page) key. `flags`: what a
+        person should look at on the page ({"flag": "reason"})."""
+        self._set_page(stage, page, run_id, "done", None, json.dumps(flags) if flags else None)
 
     def mark_failed(self, stage: str, page: int, run_id: int, error: str) -> None:
-        self._set_page(stage, page, run_id, "failed", error)
+        self._set_page(stage, page, run_id, "failed", error, None)
 
-    def _set_page(self, stage: str, page: int, run_id: int, status: str, error: str | None) -> None:
+    def _set_page(self, stage: str, page: int, run_id: int, status: str, error: str | None,
+                  flags: str | None) -> None:
         self._db.execute(
-            "INSERT INTO pages (stage, page, status, attempts, error, run_id, updated_at)"
-            " VALUES (?, ?, ?, 1, ?, ?, ?)"
+            "INSERT INTO pages (stage, page, status, attempts, error, run_id, updated_at, flags)"
+            " VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
             " ON CONFLICT (stage, page) DO UPDATE SET status = excluded.status,"
             " attempts = attempts + 1, error = excluded.error, run_id = excluded.run_id,"
-            " updated_at = excluded.updated_at",
-            (stage, page, status, error, run_id, time.time()),
+            " updated_at = excluded.updated_at, flags = excluded.flags",
+            (stage, page, status, error, run_id, time.time(), flags),
         )
+
+    def page_flags(self, stages: list[str]) -> dict[int, dict[str, str]]:
+        """Each flagged page's flags, as the last of `stages` (in that order) to have it done
+        left them: a later stage carries on, or settles, what an earlier one saw."""
+        order = {stage: i for i, stage in enumerate(stages)}
+        latest: dict[int, tuple[int, str | None]] = {}
+        rows = self._db.execute(
+            f"SELECT stage, page, flags FROM pages WHERE status = 'done' AND stage IN ({','.join('?' * len(stages))})",
+            stages)
+        for stage, page, flags in rows:
+            if page not in latest or order[stage] > latest[page][0]:
+                latest[page] = (order[stage], flags)
+        return {page: json.loads(flags) for page, (_, flags) in sorted(latest.items()) if flags}
 
     def clear_stage(self, stage: str) -> int:
         """Forget a stage's page status (its outputs are being removed). Costs stay."""

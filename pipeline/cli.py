@@ -17,7 +17,7 @@ from infra.lock import WriterLock
 from infra.logs import redact, setup_console
 from pipeline import render
 from pipeline.registry import STAGES
-from pipeline.reports import cost_report, library_report, status_report
+from pipeline.reports import cost_report, library_report, review_report, status_report
 
 log = logging.getLogger("ar")
 
@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
 
     sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+
+    p = sub.add_parser("review", parents=[_common()],
+                       help="the pages a person should look at, with why, and where their scan and text are")
+    p.add_argument("book")
 
     p = sub.add_parser("monitor", parents=[_common()],
                        help="a live view of books being processed: progress, rate, ETA, cost (also tools/monitor.py)")
@@ -286,6 +290,11 @@ def cmd_clean(args, settings: Settings, library: Library) -> int:
     return 0
 
 
+def cmd_review(args, settings: Settings, library: Library) -> int:
+    _emit(args, review_report(library.existing(args.book)), render.review)
+    return 0
+
+
 def cmd_library(args, settings: Settings, library: Library) -> int:
     _emit(args, library_report(library), render.library)
     return 0
@@ -319,7 +328,7 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
 
 
 COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,
-            "clean": cmd_clean, "library": cmd_library, "monitor": cmd_monitor, "pricing": cmd_pricing}
+            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "monitor": cmd_monitor, "pricing": cmd_pricing}
 
 
 def main(argv: list[str] | None = None) -> int:

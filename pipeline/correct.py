@@ -4,7 +4,11 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from infra.errors import InvalidAnswer
-from pipeline.llm_stage import LLMStage, max_tokens_for, ocr_message
+from pipeline.llm_stage import LLMStage, answer_flags, failure_flags, max_tokens_for, ocr_message, scan_flags
+
+TYPICAL_PAGE_CHARS = 2000
+NO_TEXT_MESSAGE = ("The OCR found no text on this page, though the scan has ink on it: transcribe the "
+                   "page from its image.")
 
 
 class CorrectedPage(BaseModel):
@@ -28,13 +32,19 @@ unsure=true when parts of the page cannot be read with confidence."""
 
     async def process_page(self, page: int) -> dict:
         (ocr,) = self.inputs(page)
-        text = ocr["text"]
+        text, flags = ocr["text"], scan_flags(ocr)
         base = {"page": page, "model": self.model, "ocr_confidence": ocr.get("mean_confidence")}
-        if not text.strip():  # a blank page: nothing to correct, nothing to pay
-            return {**base, "text": "", "confidence": 1.0, "changes": [], "unsure": False}
+        if not text.strip():
+            if not (self.vision and "no_text" in flags):  # a blank page: nothing to correct, nothing to pay
+                return {**base, "text": "", "confidence": 1.0, "changes": [], "unsure": False, "flags": flags}
+            text = ""  # ink the OCR could not read: the model reads the image
+            message, room = NO_TEXT_MESSAGE, max_tokens_for("x" * TYPICAL_PAGE_CHARS)
+        else:
+            message, room = ocr_message(text), max_tokens_for(text)
         try:
-            result = await self.ask(page, ocr_message(text), max_tokens_for(text))
+            result = await self.ask(page, message, room)
         except InvalidAnswer as e:  # keep the OCR text; fix will take this page
             return {**base, "text": text, "confidence": 0.0, "changes": [], "unsure": True,
-                    "invalid_answer": str(e)}
-        return {**base, **result.response.model_dump(), "cost_usd": result.cost}
+                    "invalid_answer": str(e), "flags": {**flags, **failure_flags(e)}}
+        answer = result.response.model_dump()
+        return {**base, **answer, "cost_usd": result.cost, "flags": {**flags, **answer_flags(text, answer)}}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from infra.errors import InvalidAnswer
 from pipeline.correct import CorrectedPage
-from pipeline.llm_stage import BookState, LLMStage, PagesToCall, max_tokens_for, ocr_message
+from pipeline.llm_stage import (BookState, LLMStage, PagesToCall, answer_flags, failure_flags, max_tokens_for,
+                                ocr_message, scan_flags)
 from pipeline.registry import StageSpec
 
 
@@ -33,10 +34,12 @@ object the schema asks for: corrected text, confidence (0..1), the list of chang
             f"\nThe first pass proposed:\n<first_pass>\n{corrected['text']}\n</first_pass>")
         try:
             result = await self.ask(page, ocr_message(ocr["text"]) + first, max_tokens_for(ocr["text"]))
-        except InvalidAnswer as e:  # keep the first pass; say so
-            return {**corrected, "fixed": False, "fix_error": str(e)}
-        return {"page": page, "model": self.model, **result.response.model_dump(),
-                "fixed": True, "cost_usd": result.cost}
+        except InvalidAnswer as e:  # keep the first pass, its flags, and this one's
+            return {**corrected, "fixed": False, "fix_error": str(e),
+                    "flags": {**corrected.get("flags", {}), **failure_flags(e)}}
+        answer = result.response.model_dump()
+        return {"page": page, "model": self.model, **answer, "fixed": True, "cost_usd": result.cost,
+                "flags": {**scan_flags(corrected), **answer_flags(ocr["text"], answer)}}
 
     @classmethod
     def pages_to_call(cls, spec: StageSpec, book: BookState) -> list[PagesToCall]:

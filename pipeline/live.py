@@ -25,7 +25,7 @@ from rich.text import Text
 from infra.books import Library
 from infra.errors import ArError
 from pipeline.monitor import book_snapshot, library_snapshot
-from pipeline.render import usd
+from pipeline.render import to_review, usd
 
 REFRESH_S = 0.5
 SHOWN_ERRORS = 3
@@ -82,6 +82,8 @@ def book_view(s: dict, stale: str | None = None) -> Panel:
               f"{usd(s['cost_per_page_usd'])}/page"),
         _line(f"projected {usd(s['projected_total_usd'])}", budget),
     ]
+    if s["pages_to_review"]:
+        lines.append(Text(to_review(s), style="yellow", no_wrap=True, overflow="ellipsis"))
     if run is not None:
         when = (f"since {_clock(run['started_at'])}" if s["state"] == "running" else
                 f"{_clock(run['started_at'])} to {_clock(run['ended_at'])}")

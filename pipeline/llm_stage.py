@@ -8,6 +8,7 @@ translation here: infra/errors.py's tree says which fail the page and which stop
 from __future__ import annotations
 
 import bisect
+import difflib
 import json
 import logging
 import sqlite3
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from infra.budget import Budget, book_budget
 from infra.checkpoint import Ledger
 from infra.config import Settings
+from infra.errors import InvalidAnswer, TruncatedAnswer
 from infra.llm_client import LLMClient, Result, image_part
 from infra.logs import log_event
 from infra.pricing import Usage
@@ -31,8 +33,45 @@ EXPENSIVE_PAGE_FACTOR = 5
 MEDIAN_AFTER_PAGES = 5
 
 
+# What the scan itself is (the OCR stage sees it): carried by every later stage's page output.
+SCAN_FLAGS = ("blank", "no_text", "low_confidence", "rotated")
+# A correction keeping fewer of the OCR's words than this changed more than OCR errors explain.
+KEPT_WORDS_AT_LEAST = 0.6
+LANGUAGES = {"eng": "English", "fra": "French", "deu": "German", "spa": "Spanish", "ita": "Italian",
+             "por": "Portuguese", "nld": "Dutch", "lat": "Latin", "dan": "Danish", "swe": "Swedish"}
+
+
 def ocr_message(ocr_text: str) -> str:
     return f"OCR text of the page:\n<ocr_text>\n{ocr_text}\n</ocr_text>"
+
+
+def scan_flags(page_output: dict) -> dict[str, str]:
+    """The flags of a stage's page output that say what the scan is."""
+    return {k: v for k, v in (page_output.get("flags") or {}).items() if k in SCAN_FLAGS}
+
+
+def answer_flags(ocr_text: str, answer: dict) -> dict[str, str]:
+    """What a person should check in a model's answer: its own doubt, and a change larger than
+    OCR errors explain (a rewrite, a page modernised or summarised)."""
+    flags = {"unsure": "the model was unsure of parts of the page"} if answer.get("unsure") else {}
+    before, after = ocr_text.split(), answer["text"].split()
+    kept = difflib.SequenceMatcher(None, before, after, autojunk=False).ratio() if before else 1.0
+    if kept < KEPT_WORDS_AT_LEAST:  # (no OCR text, the image read: nothing to compare with)
+        flags["changed_too_much"] = f"only {kept:.0%} of the OCR's words kept"
+    return flags
+
+
+def failure_flags(error: InvalidAnswer) -> dict[str, str]:
+    return {"truncated" if isinstance(error, TruncatedAnswer) else "invalid": str(error)}
+
+
+def language_line(lang: str | None) -> str:
+    """What the prompts say of the page's language (Tesseract codes, `eng+fra` for several)."""
+    if not lang:
+        return ""
+    names = " and ".join(LANGUAGES.get(code, code) for code in lang.split("+"))
+    return (f"\nThe page is in {names}: keep its spelling as printed, old, regional and dialect "
+            "forms included (do not modernise them).")
 
 
 @dataclass(frozen=True)
@@ -124,7 +163,8 @@ class LLMStage(Stage):
         user: list[dict] = [{"type": "text", "text": text}]
         if self.vision:
             user.append(image_part(self.ctx.book.source_image(page)))
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        system = self.system + language_line(self.ctx.options.get("lang"))
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def ask(self, page: int, text: str, max_tokens: int) -> Result:
         """One answer for this page, validated against the stage's schema."""

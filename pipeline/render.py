@@ -28,9 +28,18 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def to_review(r: dict) -> str:
+    """'3 pages to review (2 low_confidence, 1 rotated)', or '' when none."""
+    if not r["pages_to_review"]:
+        return ""
+    counts = ", ".join(f"{n} {flag}" for flag, n in r["flags"].items())
+    return f"{pages(r['pages_to_review'])} to review ({counts})"
+
+
 def status(r: dict) -> None:
+    review = to_review(r)
     console.print(f"[bold]{r['book']}[/]: {pages(r['pages'])}, {r['state']}, "
-                  f"total cost {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+                  f"total cost {usd(r['total_cost_usd'])} over {r['runs']} run(s)" + (f"; {review}" if review else ""))
     t = Table("stage", "done", "total", "failed", "calls", "cost")
     for name, s in r["stages"].items():
         t.add_row(name, str(s["done"]), str(s["total"]), str(s["failed"] or ""),
@@ -94,6 +103,20 @@ def process_summary(r: dict, book: Book) -> None:
             console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
                           "(spent so far, plus the high estimate of the rest)")
     console.print(f"  total cost:  {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+    if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
+        console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
+
+
+def review(r: dict) -> None:
+    if not r["pages"]:
+        console.print(f"{r['book']}: no page to review")
+        return
+    t = Table("page", "flags", "image", "text", title=f"{r['book']}: {pages(r['pages_to_review'])} to review",
+              title_justify="left")
+    for p in r["pages"]:
+        t.add_row(str(p["page"]), "; ".join(f"{flag}: {why}" for flag, why in p["flags"].items()),
+                  p["image"], p["text"] or "-")
+    console.print(t)
 
 
 def pricing(r: dict) -> None:

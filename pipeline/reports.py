@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from infra.books import Book, Library
 from infra.checkpoint import Ledger
@@ -31,10 +32,15 @@ def _state(stages: dict, runs: list[dict], registry: Registry) -> str:
     return last["status"] if last["status"] != "done" else "partial"
 
 
-def status_figures(ledger: Ledger) -> dict:
+def status_figures(ledger: Ledger, registry: Registry = STAGES) -> dict:
     """The ledger's part of a status report; read it inside a snapshot (Ledger.read)."""
     return {"counts": ledger.page_counts(), "costs": ledger.costs_by("stage"),
-            "runs": ledger.runs(), "total": ledger.total_cost()}
+            "runs": ledger.runs(), "total": ledger.total_cost(), "flags": flagged_pages(ledger, registry)}
+
+
+def flagged_pages(ledger: Ledger, registry: Registry = STAGES) -> dict[int, dict[str, str]]:
+    """Each page a person should look at, with its flags, as its latest page stage left them."""
+    return ledger.page_flags([spec.name for spec in registry if spec.per_page])
 
 
 def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
@@ -54,6 +60,7 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
             "calls": costs.get(name, {}).get("calls", 0),
             "pending_calls": costs.get(name, {}).get("pending_calls", 0),
         }
+    flagged = figures.get("flags", {})
     return {
         "book": book.id,
         "pages": pages,
@@ -61,7 +68,21 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
         "total_cost_usd": total,
         "runs": len(runs),
         "stages": stages,
+        "pages_to_review": len(flagged),
+        "flags": dict(sorted(Counter(f for flags in flagged.values() for f in flags).items())),
     }
+
+
+def review_report(book: Book, registry: Registry = STAGES) -> dict:
+    """`ar.py review BOOK`: each flagged page with its flags, and where its scan and text are."""
+    flagged = Ledger.read(book.ledger_path, lambda ledger: flagged_pages(ledger, registry), {})
+    page_stages = [spec for spec in registry if spec.per_page]
+    pages = []
+    for page, flags in flagged.items():
+        texts = [spec.page_path(book, page) for spec in page_stages if spec.page_path(book, page).exists()]
+        pages.append({"page": page, "flags": flags, "image": str(book.source_image(page)),
+                      "text": str(texts[-1]) if texts else None})
+    return {"book": book.id, "pages_to_review": len(pages), "pages": pages}
 
 
 def status_report(book: Book, registry: Registry = STAGES) -> dict:

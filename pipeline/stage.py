@@ -100,7 +100,7 @@ class Stage:
             atomic_write_json(path, result)
         except OSError as e:  # disk full, read-only: no page can be saved, stop cleanly
             raise StopRun(f"cannot write {path}: {e.strerror or e}") from None
-        self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id)
+        self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id, result.get("flags"))
         self.stats["pages_done"] += 1
         return True
 
