@@ -77,15 +77,17 @@ def process_book(
     with WriterLock(book.lock_path, book.id), (progress or nullcontext()):
         on_progress = progress.update if progress is not None else None
         ledger = Ledger.open_writer(book.ledger_path)
-        try:
-            run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
-        except sqlite3.Error as e:  # a full disk: not even the run's first record fits
-            ledger.close()
-            raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
-        handler = open_run_log(book.logs_dir, run_id)
-        log_event(log, "run started", run_id=run_id, book=book.id, stages=[s.name for s in stages])
+        run_id = handler = None
         outcome = Outcome(status="failed")
+        held = _hold_stop_signals()  # until the run is on record and its closing assured
         try:
+            try:
+                run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
+            except sqlite3.Error as e:  # a full disk: not even the run's first record fits
+                raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
+            handler = open_run_log(book.logs_dir, run_id)
+            log_event(log, "run started", run_id=run_id, book=book.id, stages=[s.name for s in stages])
+            _release(held)  # a stop from here on is the interrupt of a run on record
             ctx = RunContext(book=book, ledger=ledger, run_id=run_id, registry=registry, workers=workers,
                              options=options or {}, models=models or {})
             outcome = run_loop(_run(ctx, stages, on_progress, before_run, fresh))
@@ -102,17 +104,39 @@ def process_book(
             outcome = Outcome(status="failed", message=f"{type(e).__name__}: {e}")
             raise
         finally:
+            _hold_stop_signals()  # a stop now waits until the run is closed, then takes effect
             try:
-                ledger.end_run(run_id, outcome.status, outcome.message or None)
-            except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
-                log.warning("cannot close run %d in %s (%s): the next run marks it crashed",
-                            run_id, book.ledger_path, e)
-            log_event(log, "run ended", run_id=run_id, status=outcome.status,
-                      message=outcome.message, total_cost_usd=ledger.total_cost())
-            write_cost_report(book)
-            close_run_log(handler)
-            ledger.close()
+                _close_run(book, ledger, run_id, outcome, handler)
+            finally:
+                _release(held)
     return outcome
+
+
+def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome, handler) -> None:
+    if run_id is not None:
+        try:
+            ledger.end_run(run_id, outcome.status, outcome.message or None)
+        except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
+            log.warning("cannot close run %d in %s (%s): the next run marks it crashed", run_id, book.ledger_path, e)
+        log_event(log, "run ended", run_id=run_id, status=outcome.status,
+                  message=outcome.message, total_cost_usd=ledger.total_cost())
+        write_cost_report(book)
+    if handler is not None:
+        close_run_log(handler)
+    ledger.close()
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_stop_signals() -> set:
+    """Hold Ctrl-C and SIGTERM back (they wait, pending) where one would leave a run open in
+    the ledger; returns the mask to restore."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _release(mask: set) -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:

@@ -64,5 +64,5 @@ def test_a_stop_while_ar_starts_is_a_stop_too(sim, books_dir, tmp_path, torture_
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130 and "Traceback" not in err.decode(), (sig, delay, err.decode())
-    statuses = {s for (s,) in query(books_dir / "book", "SELECT status FROM runs WHERE run_id > 1")}  # 1: its OCR
-    assert statuses <= {"interrupted"}, statuses
+    runs = query(books_dir / "book", "SELECT run_id, status, started_at, ended_at, message FROM runs WHERE run_id > 1")
+    assert {r[1] for r in runs} <= {"interrupted"}, runs  # run 1: its OCR
