@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from infra.books import Book
+from infra.errors import SourceError
 from infra.sources import _smallest_exact_mode, import_source
 from tests.conftest import REAL_SCANS
 
@@ -149,13 +150,13 @@ def test_pages_of_mixed_size_each_get_their_own_size_and_a_bilevel_scan_stays_ex
     assert same(cardinal[0], embedded_image(REAL_SCANS / "cardinal.pdf"))
 
 
-def text_pdf(path, text: str):
+def text_pdf(path, text: str, size: tuple[int, int] = (612, 792)):
     """A one-page PDF whose only content is `text` in Helvetica: a text layer, no image."""
     stream = f"BT /F1 24 Tf 72 700 Td ({text}) Tj ET".encode()
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
-               b" /Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Contents 4 0 R" % size
+               + b" /Resources << /Font << /F1 5 0 R >> >> >>",
                b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
     out, offsets = io.BytesIO(), []
@@ -174,6 +175,13 @@ def text_pdf(path, text: str):
 def test_a_page_without_an_image_is_rendered_at_300_dpi(tmp_path):
     [page] = pages(add(text_pdf(tmp_path / "text.pdf", "Hello"), tmp_path))
     assert page.size == (2550, 3300) and round(page.info["dpi"][0]) == 300
+
+
+def test_a_page_too_large_to_render_is_refused_and_leaves_nothing(tmp_path):
+    poster = text_pdf(tmp_path / "poster.pdf", "Big", size=(14400, 14400))  # 200 inches square
+    with pytest.raises(SourceError, match=r"poster.pdf: page 1: page too large \(200x200 inches at 300 dpi\)"):
+        import_source(poster, tmp_path / "book" / "source")
+    assert list((tmp_path / "book").iterdir()) == []
 
 
 # 4. The text layer
