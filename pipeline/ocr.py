@@ -34,6 +34,9 @@ DEFAULT_LANG = "eng"
 # scores about 35 (cardinal.pdf), clean pages 92-96, poor but real small print 61-69
 # (multipage.pdf): 50 separates garbage from a hard page.
 LOW_CONFIDENCE = 50.0
+# A first reading under this asks OSD whether the page is upside down: well above the ~35 of
+# upside-down text, below the 92-96 of clean pages.
+OSD_BELOW = 65.0
 TEXT_LAYER_MIN_CHARS = 20
 TEXT_LAYER_MIN_LETTERS = 0.6
 
@@ -131,48 +134,6 @@ def parse_tsv(tsv: str) -> dict:
     }
 
 
-async def ocr_page(image: Path, lang: str = "eng") -> dict:
-    """The page read upright: OSD's turn when it is confident, then the skew measured on the
-    turned page; tesseract reads a turned copy (a temp file), never the scan in source/.
-    Word boxes are in the coordinates of the image tesseract read."""
-    if not image.is_file():
-        raise OcrError(f"{image}: no such page image")
-    try:
-        page = await asyncio.to_thread(_load, image)
-    except (OSError, ValueError) as e:
-        raise OcrError(f"{image}: cannot read the page image ({e})") from None
-    flags: dict[str, str] = {}
-    rotate, skew, osd = 0, 0.0, None
-    if page.ink_fraction < orientation.BLANK_INK:
-        flags["blank"] = f"{page.ink_fraction:.2%} of the page is ink"
-    else:
-        try:  # OSD fails on a page with too few characters: it is then read as it is
-            osd = orientation.parse_osd(await run_tesseract(
-                "stdin", "--psm", "0", stdin=await asyncio.to_thread(orientation.osd_input, page.image),
-                what=f"{image} (orientation)"))
-        except OcrError:
-            osd = None
-        if osd is not None and osd.rotate and osd.confidence >= orientation.OSD_MIN_CONFIDENCE:
-            rotate = osd.rotate
-            flags["rotated"] = f"turned {rotate} degrees (OSD confidence {osd.confidence})"
-        skew = await asyncio.to_thread(_skew, page, rotate)
-    if rotate or abs(skew) >= orientation.MIN_SKEW:
-        with tempfile.TemporaryDirectory(prefix="ar-ocr-") as tmp:
-            turned = Path(tmp) / image.name
-            await asyncio.to_thread(_save_upright, page, rotate, skew, turned)
-            result = parse_tsv(await run_tesseract(turned, "-l", lang, "tsv", what=str(image)))
-    else:
-        skew = 0.0
-        result = parse_tsv(await run_tesseract(image, "-l", lang, "tsv"))
-    if "blank" not in flags and not result["text"].strip():
-        flags["no_text"] = "ink on the page but no words read"
-    elif result["text"].strip() and result["mean_confidence"] < LOW_CONFIDENCE:
-        flags["low_confidence"] = f"mean word confidence {result['mean_confidence']} < {LOW_CONFIDENCE}"
-    return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew,
-            "osd": None if osd is None else {"rotate": osd.rotate, "confidence": osd.confidence},
-            "flags": flags}
-
-
 @dataclass
 class _Page:
     image: Image.Image  # greyscale
@@ -195,8 +156,75 @@ def _skew(page: _Page, rotate: int) -> float:
 
 
 def _save_upright(page: _Page, rotate: int, skew: float, dest: Path) -> None:
-    turned = orientation.upright(page.image, rotate, skew)
-    turned.save(dest, compress_level=1, **({"dpi": page.dpi} if page.dpi else {}))
+    orientation.upright(page.image, rotate, skew).save(dest)
+
+
+async def ocr_page(image: Path, lang: str = "eng") -> dict:
+    """The page read upright, the scan in source/ untouched. Levelled when skewed; turned as
+    OSD says when it is confident, and OSD is asked only when in doubt: the page lies on its
+    side, or its first reading is poor (under OSD_BELOW, or no words on an inked page).
+    Word boxes are in the coordinates of the image tesseract read (turned or not)."""
+    if not image.is_file():
+        raise OcrError(f"{image}: no such page image")
+    try:
+        page = await asyncio.to_thread(_load, image)
+    except (OSError, ValueError) as e:
+        raise OcrError(f"{image}: cannot read the page image ({e})") from None
+    if page.ink_fraction < orientation.BLANK_INK:
+        result = await _read(image, page, lang, 0, 0.0)
+        return {**result, "flags": {"blank": f"{page.ink_fraction:.3%} of the page is ink"}}
+    skew, sharpness = await asyncio.to_thread(orientation.level, page.inked)
+    osd = None
+    if await asyncio.to_thread(orientation.sideways, page.inked, sharpness):
+        osd = await _osd(image, page)
+    rotate = osd.rotate if _confident(osd) else 0
+    if rotate:
+        skew = await asyncio.to_thread(_skew, page, rotate)
+    result = await _read(image, page, lang, rotate, skew)
+    if osd is None and (result["mean_confidence"] < OSD_BELOW or not result["text"].strip()):
+        osd = await _osd(image, page)
+        if _confident(osd):
+            rotate = osd.rotate
+            result = await _read(image, page, lang, rotate, await asyncio.to_thread(_skew, page, rotate))
+    flags = {}
+    if rotate:
+        flags["rotated"] = f"turned {rotate} degrees (OSD confidence {osd.confidence})"
+    if not result["text"].strip():
+        flags["no_text"] = f"{page.ink_fraction:.2%} of the page is ink, but no words were read"
+    elif result["mean_confidence"] < LOW_CONFIDENCE:
+        flags["low_confidence"] = f"mean word confidence {result['mean_confidence']} < {LOW_CONFIDENCE}"
+    return {**result, "osd": None if osd is None else {"rotate": osd.rotate, "confidence": osd.confidence},
+            "flags": flags}
+
+
+async def _osd(image: Path, page: _Page) -> orientation.Osd | None:
+    """OSD's answer; None when it has none (too few characters on the page)."""
+    try:
+        data = await asyncio.to_thread(orientation.osd_input, page.image)
+        return orientation.parse_osd(await run_tesseract("stdin", "--psm", "0", stdin=data,
+                                                         what=f"{image} (orientation)"))
+    except OcrError:
+        return None
+
+
+def _confident(osd: orientation.Osd | None) -> bool:
+    return osd is not None and osd.rotate != 0 and osd.confidence >= orientation.OSD_MIN_CONFIDENCE
+
+
+async def _read(image: Path, page: _Page, lang: str, rotate: int, skew: float) -> dict:
+    """tesseract on the scan, or on a copy turned `rotate` and levelled by `skew` (when at
+    least MIN_SKEW): an uncompressed PGM in a temp folder, its resolution given with --dpi."""
+    if abs(skew) < orientation.MIN_SKEW:
+        skew = 0.0
+    if not rotate and not skew:
+        result = parse_tsv(await run_tesseract(image, "-l", lang, "tsv"))
+    else:
+        with tempfile.TemporaryDirectory(prefix="ar-ocr-") as tmp:
+            turned = Path(tmp) / f"{image.stem}.pgm"
+            await asyncio.to_thread(_save_upright, page, rotate, skew, turned)
+            dpi = ("--dpi", str(round(page.dpi[0]))) if page.dpi else ()
+            result = parse_tsv(await run_tesseract(turned, *dpi, "-l", lang, "tsv", what=str(image)))
+    return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew}
 
 
 def text_layer_usable(text: str) -> bool:

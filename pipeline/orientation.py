@@ -2,7 +2,10 @@
 
 Orientation: Tesseract's OSD (`--psm 0`), a tesseract process of its own, run on the page
 at half size (about 40% less time than at full size; OSD counts character shapes, which
-150 dpi keeps). Its answer is used only when confident: OSD_MIN_CONFIDENCE.
+150 dpi keeps). Its answer is used only when confident: OSD_MIN_CONFIDENCE. OSD costs about
+as much as reading a sparse page (0.6 to 1 s), so it runs only when in doubt
+(pipeline/ocr.py): a page whose ink lines up in columns rather than rows (`sideways`), or
+one whose first reading has a low confidence (upside down text reads as garbage).
 Skew: a projection profile over small angles on a downscaled, binarised copy (Pillow only):
 the angle at which the rows of ink are sharpest (the sum of squared row sums is largest) is
 the one that lines the text up. Tens of milliseconds a page; no numpy needed.
@@ -78,13 +81,27 @@ def _sharpness(inked: Image.Image, angle: float) -> float:
     return float(sum(v * v for v in rows))
 
 
-def measure_skew(inked: Image.Image) -> float:
-    """Degrees (counter-clockwise, as PIL's rotate takes them) that make the text lines
-    level: a coarse search in half degrees, then tenths around the best."""
+def level(inked: Image.Image) -> tuple[float, float]:
+    """(angle, sharpness): the degrees (counter-clockwise, as PIL's rotate takes them) that
+    make the rows of ink sharpest, and how sharp they are then. A coarse search in half
+    degrees, then tenths around the best."""
     coarse = [x / 2 for x in range(int(-2 * MAX_SKEW), int(2 * MAX_SKEW) + 1)]
     best = max(coarse, key=lambda a: _sharpness(inked, a))
     fine = [best + x / 10 for x in range(-5, 6)]
-    return round(max(fine, key=lambda a: _sharpness(inked, a)), 1)
+    scores = {round(a, 1): _sharpness(inked, a) for a in fine}
+    angle = max(scores, key=scores.get)
+    return angle, scores[angle]
+
+
+def measure_skew(inked: Image.Image) -> float:
+    return level(inked)[0]
+
+
+def sideways(inked: Image.Image, rows: float) -> bool:
+    """True when the ink lines up in columns better than in rows (`rows`: level()'s
+    sharpness): the page lies on its side, and OSD must say which way."""
+    turned = inked.transpose(Image.Transpose.ROTATE_90)
+    return max(_sharpness(turned, a) for a in range(-round(MAX_SKEW), round(MAX_SKEW) + 1)) > rows
 
 
 def upright(image: Image.Image, rotate: int, skew: float) -> Image.Image:
