@@ -1,6 +1,8 @@
-"""ocr: Tesseract on each page image; words, lines, blocks and their confidences, as JSON.
+"""ocr: Tesseract on each page image (or a PDF's text layer); words, lines, blocks and their
+confidences, and how the page was read, as JSON (README, "OCR: scans as they come").
 
-One `tesseract` process per page, one page per core at a time, each with OMP_THREAD_LIMIT=1:
+One page per core at a time, its `tesseract` runs one after the other (OSD when in doubt, a
+second reading once turned: pipeline/orientation.py), each with OMP_THREAD_LIMIT=1:
 Tesseract's own threads help one page but cost throughput when every core is busy
 (bench/ocr_throughput.py measures it against the bare command). The processes are started
 straight from the event loop and their TSV parsed here (under a millisecond a page): no pool
@@ -172,7 +174,7 @@ async def ocr_page(image: Path, lang: str = "eng") -> dict:
         raise OcrError(f"{image}: cannot read the page image ({e})") from None
     if page.ink_fraction < orientation.BLANK_INK:
         result = await _read(image, page, lang, 0, 0.0)
-        return {**result, "flags": {"blank": f"{page.ink_fraction:.3%} of the page is ink"}}
+        return {**result, "osd": None, "flags": {"blank": f"{page.ink_fraction:.3%} of the page is ink"}}
     skew, sharpness = await asyncio.to_thread(orientation.level, page.inked)
     osd = None
     if await asyncio.to_thread(orientation.sideways, page.inked, sharpness):
