@@ -83,12 +83,11 @@ def _sharpness(inked: Image.Image, angle: float) -> float:
 
 def level(inked: Image.Image) -> tuple[float, float]:
     """(angle, sharpness): the degrees (counter-clockwise, as PIL's rotate takes them) that
-    make the rows of ink sharpest, and how sharp they are then. A coarse search in half
-    degrees, then tenths around the best."""
-    coarse = [x / 2 for x in range(int(-2 * MAX_SKEW), int(2 * MAX_SKEW) + 1)]
-    best = max(coarse, key=lambda a: _sharpness(inked, a))
-    fine = [best + x / 10 for x in range(-5, 6)]
-    scores = {round(a, 1): _sharpness(inked, a) for a in fine}
+    make the rows of ink sharpest, and how sharp they are then. A coarse search in whole
+    degrees on a copy half as wide, then tenths around the best on the full copy."""
+    half = inked.reduce(2)
+    best = max(range(-round(MAX_SKEW), round(MAX_SKEW) + 1), key=lambda a: _sharpness(half, a))
+    scores = {round(best + x / 10, 1): _sharpness(inked, best + x / 10) for x in range(-7, 8)}
     angle = max(scores, key=scores.get)
     return angle, scores[angle]
 
@@ -101,7 +100,7 @@ def sideways(inked: Image.Image, rows: float) -> bool:
     """True when the ink lines up in columns better than in rows (`rows`: level()'s
     sharpness): the page lies on its side, and OSD must say which way."""
     turned = inked.transpose(Image.Transpose.ROTATE_90)
-    return max(_sharpness(turned, a) for a in range(-round(MAX_SKEW), round(MAX_SKEW) + 1)) > rows
+    return max(_sharpness(turned, a) for a in range(-round(MAX_SKEW), round(MAX_SKEW) + 1, 2)) > rows
 
 
 def upright(image: Image.Image, rotate: int, skew: float) -> Image.Image:
@@ -112,5 +111,5 @@ def upright(image: Image.Image, rotate: int, skew: float) -> Image.Image:
                                  270: Image.Transpose.ROTATE_90}[rotate])
     if abs(skew) >= MIN_SKEW:
         paper = max(range(256), key=grey(image).reduce(8).histogram().__getitem__)
-        image = image.rotate(skew, resample=Image.BICUBIC, expand=True, fillcolor=paper)
+        image = image.rotate(skew, resample=Image.BILINEAR, expand=True, fillcolor=paper)
     return image
