@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add", parents=[_common()], help="add a book from a PDF or a folder of page images")
     p.add_argument("path", type=Path, help="a PDF, or a folder of page images")
     p.add_argument("--id", help="the book's id (default: the file or folder name)")
+    p.add_argument("--lang", help="the OCR's languages, Tesseract codes: fra, eng+fra (default eng); kept with the book")
 
     p = sub.add_parser("process", parents=[_common()], help="run (or resume) a book's pipeline")
     p.add_argument("book")
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard the outputs of the selected stages and those after them first (costs are kept)")
     p.add_argument("--model", help="model of the correct stage (default google/gemini-2.5-flash, $AR_CORRECT_MODEL)")
     p.add_argument("--fix-model", help="model of the fix stage (default anthropic/claude-sonnet-4.5, $AR_FIX_MODEL)")
+    p.add_argument("--lang", help="the OCR's languages from now on (Tesseract codes: fra, eng+fra); kept with the book")
+    p.add_argument("--text-layer", choices=("use", "ignore", "auto"), default="auto",
+                   help="a PDF page's text layer (source/page_NNNN.txt) instead of OCR: always, never, "
+                   "or when it looks like text (default auto)")
     p.add_argument("--vision", action="store_true", help="send the page image with its text to the LLM stages")
     p.add_argument("--budget", type=usd_amount, metavar="USD",
                    help="the most the book may cost, all runs together; kept for later runs ($AR_BUDGET_USD)")
@@ -137,10 +142,13 @@ def _emit(args, report: dict, human) -> None:
 def cmd_add(args, settings: Settings, library: Library) -> int:
     from infra.errors import SourceError
     from infra.sources import import_source
+    from pipeline.ocr import check_languages
 
     src = args.path
     if not src.exists():
         raise ArError(f"{src}: no such file or folder")
+    if args.lang is not None:
+        check_languages(args.lang)
     book = library.book(args.id if args.id is not None else book_id_from_path(src))
     if book.root.exists():
         raise ArError(f"book {book.id!r} already exists in {library.root}; choose another --id")
@@ -154,6 +162,13 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     except BaseException:
         _remove_tree(book.root)
         raise
+    if args.lang is not None:  # in the ledger's meta, beside the budget: the book's settings, in one place
+        with WriterLock(book.lock_path, book.id):
+            ledger = Ledger.open_writer(book.ledger_path)
+            try:
+                ledger.set_meta("lang", args.lang)
+            finally:
+                ledger.close()
     _emit(args, {"book": book.id, "pages": pages, "path": str(book.root)},
           lambda r: print(f"added {r['book']}: {render.pages(r['pages'])} in {r['path']}"))
     return 0
@@ -189,6 +204,7 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.llm_stage import prepare_llm
+    from pipeline.ocr import check_languages
     from pipeline.process import process_book
     from pipeline.progress import StageProgress
 
@@ -198,6 +214,8 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
+    if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
+        check_languages(args.lang or Ledger.read(book.ledger_path, lambda led: led.get_meta("lang"), None) or "eng")
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
     if args.dry_run or (uses_llm and not args.force and _has_budget(args, book, settings)):
@@ -210,7 +228,8 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     progress = StageProgress({s: before[s]["total"] for s in names}, {s: before[s]["done"] for s in names},
                              {s: before[s]["cost_usd"] for s in names})
     outcome = process_book(book, selected, workers, models=_models(settings), fresh=args.fresh,
-                           options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision},
+                           options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
+                                    "lang": args.lang, "text_layer": args.text_layer},
                            progress=progress, before_run=prepare_llm(settings, selected, args.budget))
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,

@@ -1,6 +1,8 @@
-"""ocr: Tesseract on each page image; words, lines, blocks and their confidences, as JSON.
+"""ocr: Tesseract on each page image (or a PDF's text layer); words, lines, blocks and their
+confidences, and how the page was read, as JSON (README, "OCR: scans as they come").
 
-One `tesseract` process per page, one page per core at a time, each with OMP_THREAD_LIMIT=1:
+One page per core at a time, its `tesseract` runs one after the other (OSD when in doubt, a
+second reading once turned: pipeline/orientation.py), each with OMP_THREAD_LIMIT=1:
 Tesseract's own threads help one page but cost throughput when every core is busy
 (bench/ocr_throughput.py measures it against the bare command). The processes are started
 straight from the event loop and their TSV parsed here (under a millisecond a page): no pool
@@ -13,13 +15,32 @@ import ctypes
 import csv
 import io
 import os
+import logging
 import signal
 import subprocess
+import tempfile
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from infra.errors import OcrError
+from PIL import Image
+
+from infra.errors import OcrError, UsageError
+from infra.logs import log_event
+from pipeline import orientation
 from pipeline.stage import Stage
+
+log = logging.getLogger("ar.ocr")
+DEFAULT_LANG = "eng"
+# Mean word confidence under which a page is flagged: upside-down text read as if upright
+# scores about 35 (cardinal.pdf), clean pages 92-96, poor but real small print 61-69
+# (multipage.pdf): 50 separates garbage from a hard page.
+LOW_CONFIDENCE = 50.0
+# A first reading under this asks OSD whether the page is upside down: well above the ~35 of
+# upside-down text, below the 92-96 of clean pages.
+OSD_BELOW = 65.0
+TEXT_LAYER_MIN_CHARS = 20
+TEXT_LAYER_MIN_LETTERS = 0.6
 
 TESSERACT_ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
 TIMEOUT_S = 600
@@ -40,25 +61,26 @@ def _detach(ar_pid: int) -> None:
         os._exit(1)
 
 
-async def run_tesseract(image: Path, lang: str = "eng") -> str:
-    """The page's TSV from the `tesseract` command (text and confidences of every word)."""
+async def run_tesseract(image: Path | str, *args: str, stdin: bytes | None = None, what: str = "") -> str:
+    """The output of `tesseract IMAGE stdout ARGS...` (IMAGE "stdin": the bytes `stdin`)."""
+    what = what or str(image)
     try:
         proc = await asyncio.create_subprocess_exec(
-            "tesseract", str(image), "stdout", "-l", lang, "tsv", stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=TESSERACT_ENV, preexec_fn=partial(_detach, os.getpid()))
+            "tesseract", str(image), "stdout", *args, stdin=subprocess.PIPE if stdin is not None else None,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=TESSERACT_ENV, preexec_fn=partial(_detach, os.getpid()))
     except FileNotFoundError:
         raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), TIMEOUT_S)
     except (asyncio.TimeoutError, asyncio.CancelledError) as e:
         proc.kill()
         await proc.wait()
         if isinstance(e, asyncio.CancelledError):
             raise
-        raise OcrError(f"{image}: tesseract took over {TIMEOUT_S // 60} minutes") from None
+        raise OcrError(f"{what}: tesseract took over {TIMEOUT_S // 60} minutes") from None
     if proc.returncode != 0:
         reason = err.decode(errors="replace").strip().splitlines()
-        raise OcrError(f"{image}: tesseract failed: {reason[-1] if reason else 'exit ' + str(proc.returncode)}")
+        raise OcrError(f"{what}: tesseract failed: {reason[-1] if reason else 'exit ' + str(proc.returncode)}")
     return out.decode("utf-8", errors="replace")
 
 
@@ -114,18 +136,160 @@ def parse_tsv(tsv: str) -> dict:
     }
 
 
+@dataclass
+class _Page:
+    image: Image.Image  # greyscale
+    dpi: tuple | None
+    inked: Image.Image  # orientation.ink of it
+    ink_fraction: float
+
+
+def _load(path: Path) -> _Page:
+    with Image.open(path) as im:
+        im.load()
+        dpi = im.info.get("dpi")
+        image = orientation.grey(im)
+    inked = orientation.ink(image)
+    return _Page(image, dpi, inked, orientation.ink_fraction(inked))
+
+
+def _skew(page: _Page, rotate: int) -> float:
+    return orientation.measure_skew(orientation.upright(page.inked, rotate, 0.0))
+
+
+def _save_upright(page: _Page, rotate: int, skew: float, dest: Path) -> None:
+    orientation.upright(page.image, rotate, skew).save(dest)
+
+
 async def ocr_page(image: Path, lang: str = "eng") -> dict:
+    """The page read upright, the scan in source/ untouched. Levelled when skewed; turned as
+    OSD says when it is confident, and OSD is asked only when in doubt: the page lies on its
+    side, or its first reading is poor (under OSD_BELOW, or no words on an inked page).
+    Word boxes are in the coordinates of the image tesseract read (turned or not)."""
     if not image.is_file():
         raise OcrError(f"{image}: no such page image")
-    return parse_tsv(await run_tesseract(image, lang))
+    try:
+        page = await asyncio.to_thread(_load, image)
+    except (OSError, ValueError) as e:
+        raise OcrError(f"{image}: cannot read the page image ({e})") from None
+    if page.ink_fraction < orientation.BLANK_INK:
+        result = await _read(image, page, lang, 0, 0.0)
+        return {**result, "osd": None, "flags": {"blank": f"{page.ink_fraction:.3%} of the page is ink"}}
+    skew, sharpness = await asyncio.to_thread(orientation.level, page.inked)
+    osd = None
+    if await asyncio.to_thread(orientation.sideways, page.inked, sharpness):
+        osd = await _osd(image, page)
+    rotate = osd.rotate if _confident(osd) else 0
+    if rotate:
+        skew = await asyncio.to_thread(_skew, page, rotate)
+    result = await _read(image, page, lang, rotate, skew)
+    if osd is None and (result["mean_confidence"] < OSD_BELOW or not result["text"].strip()):
+        osd = await _osd(image, page)
+        if _confident(osd):
+            rotate = osd.rotate
+            result = await _read(image, page, lang, rotate, await asyncio.to_thread(_skew, page, rotate))
+    flags = {}
+    if rotate:
+        flags["rotated"] = f"turned {rotate} degrees (OSD confidence {osd.confidence})"
+    if not result["text"].strip():
+        flags["no_text"] = f"{page.ink_fraction:.2%} of the page is ink, but no words were read"
+    elif result["mean_confidence"] < LOW_CONFIDENCE:
+        flags["low_confidence"] = f"mean word confidence {result['mean_confidence']} < {LOW_CONFIDENCE}"
+    return {**result, "osd": None if osd is None else {"rotate": osd.rotate, "confidence": osd.confidence},
+            "flags": flags}
+
+
+async def _osd(image: Path, page: _Page) -> orientation.Osd | None:
+    """OSD's answer; None when it has none (too few characters on the page)."""
+    try:
+        data = await asyncio.to_thread(orientation.osd_input, page.image)
+        return orientation.parse_osd(await run_tesseract("stdin", "--psm", "0", stdin=data,
+                                                         what=f"{image} (orientation)"))
+    except OcrError:
+        return None
+
+
+def _confident(osd: orientation.Osd | None) -> bool:
+    return osd is not None and osd.rotate != 0 and osd.confidence >= orientation.OSD_MIN_CONFIDENCE
+
+
+async def _read(image: Path, page: _Page, lang: str, rotate: int, skew: float) -> dict:
+    """tesseract on the scan, or on a copy turned `rotate` and levelled by `skew` (when at
+    least MIN_SKEW): an uncompressed PGM in a temp folder, its resolution given with --dpi."""
+    if abs(skew) < orientation.MIN_SKEW:
+        skew = 0.0
+    if not rotate and not skew:
+        result = parse_tsv(await run_tesseract(image, "-l", lang, "tsv"))
+    else:
+        with tempfile.TemporaryDirectory(prefix="ar-ocr-") as tmp:
+            turned = Path(tmp) / f"{image.stem}.pgm"
+            await asyncio.to_thread(_save_upright, page, rotate, skew, turned)
+            dpi = ("--dpi", str(round(page.dpi[0]))) if page.dpi else ()
+            result = parse_tsv(await run_tesseract(turned, *dpi, "-l", lang, "tsv", what=str(image)))
+    return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew}
+
+
+def text_layer_usable(text: str) -> bool:
+    """A PDF's text layer worth taking instead of OCR: at least TEXT_LAYER_MIN_CHARS characters
+    that are not spaces, and of them at least TEXT_LAYER_MIN_LETTERS letters (or spaces). A
+    page of prose is over 90% letters; a layer of glyph codes, symbols or a scanner's stamp is not."""
+    chars = [c for c in text if not c.isspace()]
+    if len(chars) < TEXT_LAYER_MIN_CHARS:
+        return False
+    return sum(c.isalpha() for c in chars) / len(chars) >= TEXT_LAYER_MIN_LETTERS
+
+
+def installed_languages() -> set[str]:
+    try:
+        done = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)") from None
+    return {line.strip() for line in done.stdout.splitlines()[1:] if line.strip()}
+
+
+def check_languages(lang: str) -> str:
+    """`lang` (Tesseract codes joined by +) when every one is installed; else a usage error."""
+    codes = lang.split("+")
+    installed = installed_languages()
+    missing = [c for c in codes if c not in installed or c == "osd"]
+    if missing:
+        named = "+".join(c for c in missing if c) or repr(lang)
+        raise UsageError(f"OCR language {named} is not installed "
+                         f"(installed: {'+'.join(sorted(installed - {'osd'})) or 'none'}; "
+                         "Debian: apt-get install tesseract-ocr-CODE)")
+    return lang
 
 
 class OcrStage(Stage):
-    """Tesseract on each page, one process per core at a time."""
+    """Tesseract on each page, one process per core at a time; or the PDF's text layer.
+
+    Options: `lang` (kept in the ledger's meta for later runs; default eng) and `text_layer`
+    (use, ignore, auto)."""
+
+    def __init__(self, ctx, spec):
+        super().__init__(ctx, spec)
+        kept = ctx.ledger.get_meta("lang") or DEFAULT_LANG
+        self.lang = ctx.options.get("lang") or kept
+        self.text_layer = ctx.options.get("text_layer") or "auto"
+        if self.lang != kept:
+            ctx.ledger.set_meta("lang", self.lang)
+            done = len(ctx.ledger.done_pages(self.name))
+            if done:
+                log_event(log, f"{done} pages were read in {kept}, not {self.lang}: run "
+                          f"`ar.py clean {ctx.book.id} ocr` to read them again in {self.lang}",
+                          logging.WARNING, book=ctx.book.id)
 
     @property
     def concurrency(self) -> int:
         return max(1, min(self.ctx.workers, os.cpu_count() or 1))
 
     async def process_page(self, page: int) -> dict:
-        return {"page": page, **await ocr_page(self.ctx.book.source_image(page))}
+        image = self.ctx.book.source_image(page)
+        layer = image.with_suffix(".txt")
+        if self.text_layer != "ignore" and layer.is_file():
+            text = layer.read_text(encoding="utf-8", errors="replace")
+            if self.text_layer == "use" or text_layer_usable(text):
+                return {"page": page, "text": text.strip(), "text_source": "text_layer", "lang": self.lang,
+                        "mean_confidence": None, "blocks": [],
+                        "flags": {} if text.strip() else {"no_text": "the page's text layer is empty"}}
+        return {"page": page, **await ocr_page(image, self.lang)}
