@@ -167,3 +167,7 @@ def test_a_blank_page_is_flagged_blank(books_dir, tmp_path):
     ocr(books_dir, "blank")
     out = ocr_json(books_dir, "blank", 1)
     assert "blank" in out["flags"] and out["text"] == "" and out["rotated"] == 0
+    # the whole way through, the blank page is paid for by no one and listed for review
+    review = run_ar("review", "blank", "--json", books_dir=books_dir)
+    listed = json.loads(review.stdout)["pages"]
+    assert review.returncode == 0 and [p["page"] for p in listed] == [1] and "blank" in listed[0]["flags"]
