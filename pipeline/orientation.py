@@ -77,7 +77,7 @@ def ink_fraction(inked: Image.Image) -> float:
 
 def _sharpness(inked: Image.Image, angle: float) -> float:
     turned = inked.rotate(angle, resample=Image.NEAREST, fillcolor=0)
-    rows = turned.resize((1, turned.height), Image.BOX).getdata()
+    rows = turned.resize((1, turned.height), Image.BOX).tobytes()  # mode L: one byte a row
     return float(sum(v * v for v in rows))
 
 

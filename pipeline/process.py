@@ -105,6 +105,8 @@ def process_book(
             raise
         finally:
             _hold_stop_signals()  # a stop now waits until the run is closed, then takes effect
+            # the event loop, closing, left SIGTERM's default (death): it is Ctrl-C again
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
                 _close_run(book, ledger, run_id, outcome, handler)
             finally:
@@ -164,7 +166,6 @@ async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run
     finally:
         if ctx.llm is not None:
             await close_llm(ctx)
+        _hold_stop_signals()  # from here until the run is closed (process_book releases them)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        # removing it left SIGTERM's default (death): it is Ctrl-C again while the run is closed
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
