@@ -79,6 +79,8 @@ REASON_CHARS = 300
 class CallRecorder(Protocol):
     """Where each attempt is reported (a stage gives one per page; see pipeline/llm_stage.py)."""
 
+    page: int | None  # the page the call is for, named in warnings (None: not a page's call)
+
     def begin(self, model: str, attempt: int) -> int: ...
     def generation(self, handle: int, generation_id: str) -> None: ...
     def finish(self, handle: int, status: str, usage: Usage | None, computed: float | None,
@@ -330,8 +332,9 @@ class LLMClient:
                                           "(finish_reason length) even with more room")
                 widened = True
                 body["max_tokens"] = min(MAX_TOKENS_CAP, 2 * body["max_tokens"])
-                log_event(log, "answer cut at max_tokens; asking once more with more room", logging.WARNING,
-                          model=model, max_tokens=body["max_tokens"])
+                log_event(log, f"{_page_of(recorder)}the answer of {model} was cut at max_tokens; asking once "
+                          "more with more room", logging.WARNING, model=model, max_tokens=body["max_tokens"],
+                          page=recorder.page)
                 continue
             if schema is None:
                 return Result(text, usage, spent)
@@ -339,7 +342,8 @@ class LLMClient:
                 return Result(schema.model_validate_json(_strip_fences(text)), usage, spent)
             except ValidationError as e:
                 problem = _first_error(e)
-                log_event(log, "invalid answer", logging.WARNING, model=model, error=problem)
+                log_event(log, f"{_page_of(recorder)}invalid answer from {model}: {problem}", logging.WARNING,
+                          model=model, error=problem, page=recorder.page)
                 invalid += 1
                 if invalid > self.max_invalid_answers:
                     raise InvalidAnswer(f"{model}: answer did not match the schema "
@@ -614,6 +618,10 @@ class _Reserved:
         """Unknown cost: count the worst case as spent, so the budget still holds."""
         self.inner.unresolved(handle)
         self.budget.settle(self.reservation, self.reservation)
+
+
+def _page_of(recorder: CallRecorder) -> str:
+    return f"page {recorder.page}: " if recorder.page is not None else ""
 
 
 def _text_of(message: dict) -> str:

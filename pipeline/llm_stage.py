@@ -126,6 +126,8 @@ class LLMStage(Stage):
         super().__init__(ctx, spec)
         self.model = ctx.models[self.name]
         self.vision = bool(ctx.options.get("vision"))
+        # the book's languages: given for this run, else kept with the book (see pipeline/ocr.py)
+        self.language = language_line(ctx.options.get("lang") or ctx.ledger.get_meta("lang"))
         self._page_costs: list[float] = []  # sorted, for the median
         price = ctx.llm.pricing.get(self.model)  # an unpriced model stops the run before any call
         self._note_price_change(price)
@@ -163,7 +165,7 @@ class LLMStage(Stage):
         user: list[dict] = [{"type": "text", "text": text}]
         if self.vision:
             user.append(image_part(self.ctx.book.source_image(page)))
-        system = self.system + language_line(self.ctx.options.get("lang"))
+        system = self.system + self.language
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def ask(self, page: int, text: str, max_tokens: int) -> Result:

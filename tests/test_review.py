@@ -27,6 +27,7 @@ def test_pages_whose_answers_never_validated_are_listed_for_review(sim, books_di
     r = run_ar("process", "book", books_dir=books_dir, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "done, 3 pages to review (3 invalid): see `ar.py review book`"
+    assert "ar: WARNING: page 2: invalid answer from google/gemini-2.5-flash" in r.stderr  # warnings name their page
 
     status = json.loads(run_ar("status", "book", "--json", books_dir=books_dir).stdout)
     assert status["pages_to_review"] == 3 and status["flags"] == {"invalid": 3}
