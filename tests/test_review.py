@@ -89,3 +89,35 @@ def test_a_ledger_of_schema_2_is_read_with_no_flags(tmp_path):
     old.commit()
     old.close()
     assert Ledger.read(path, lambda led: led.page_flags(["ocr", "correct", "fix"]), None) == {}
+
+
+def test_an_answer_cut_at_max_tokens_even_with_more_room_is_flagged_truncated(sim, books_dir, tmp_path, small_book):
+    # a reasoning model whose thinking takes all the room it is given, however much
+    server = sim("--api-key", KEY, "--reasoning-tokens", "100000")
+    r = run_ar("process", "book", "--stages", "correct", "--model", "google/gemini-2.5-pro",
+               books_dir=books_dir, env=llm_env(server, tmp_path))
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(run_ar("review", "book", "--json", books_dir=books_dir).stdout)["pages"]
+    assert [p["page"] for p in listed] == [1, 2, 3]
+    assert all("even with more room" in p["flags"]["truncated"] for p in listed)
+
+
+def test_with_vision_a_page_with_ink_but_no_ocr_text_is_read_from_its_image(sim, books_dir, tmp_path, small_book):
+    """The OCR read no word on page 2, though it has ink: without --vision it is passed over
+    (nothing to correct, nothing paid), with --vision the model is asked to read the image."""
+    ocr = STAGES["ocr"].read_page(small_book, 2)
+    STAGES["ocr"].page_path(small_book, 2).write_text(json.dumps(
+        {**ocr, "text": "", "flags": {"no_text": "1.20% of the page is ink, but no words were read"}}))
+    server = sim("--api-key", KEY)
+    env = llm_env(server, tmp_path)
+
+    def correct_calls(page):
+        return Ledger.read(small_book.ledger_path, lambda led: led._db.execute(
+            "SELECT COUNT(*) FROM calls WHERE stage = 'correct' AND page = ?", (page,)).fetchone()[0], 0)
+
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    assert correct_calls(2) == 0 and STAGES["correct"].read_page(small_book, 2)["text"] == ""
+    assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
+    assert run_ar("process", "book", "--stages", "correct", "--vision", books_dir=books_dir, env=env).returncode == 0
+    assert correct_calls(2) == 1  # asked, with the page's image
+    assert "no_text" in STAGES["correct"].read_page(small_book, 2)["flags"]  # and still listed for a look
