@@ -144,11 +144,11 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     from infra.sources import import_source
     from pipeline.ocr import check_languages
 
+    if args.lang is not None:  # installed, before any work
+        check_languages(args.lang)
     src = args.path
     if not src.exists():
         raise ArError(f"{src}: no such file or folder")
-    if args.lang is not None:
-        check_languages(args.lang)
     book = library.book(args.id if args.id is not None else book_id_from_path(src))
     if book.root.exists():
         raise ArError(f"book {book.id!r} already exists in {library.root}; choose another --id")
@@ -207,6 +207,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.ocr import check_languages
     from pipeline.process import process_book
     from pipeline.progress import StageProgress
+    from pipeline.stage import DEFAULT_LANG, kept_language
 
     selected = STAGES.select(s.strip() for s in (args.stages or "").split(","))
     book = library.existing(args.book)
@@ -215,7 +216,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
     if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
-        check_languages(args.lang or Ledger.read(book.ledger_path, lambda led: led.get_meta("lang"), None) or "eng")
+        check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
     if args.dry_run or (uses_llm and not args.force and _has_budget(args, book, settings)):

@@ -26,7 +26,7 @@ from infra.llm_client import LLMClient, Result, image_part
 from infra.logs import log_event
 from infra.pricing import Usage
 from pipeline.registry import StageSpec
-from pipeline.stage import RunContext, Stage
+from pipeline.stage import RunContext, Stage, kept_language
 
 log = logging.getLogger("ar.stage")
 EXPENSIVE_PAGE_FACTOR = 5
@@ -127,7 +127,7 @@ class LLMStage(Stage):
         self.model = ctx.models[self.name]
         self.vision = bool(ctx.options.get("vision"))
         # the book's languages: given for this run, else kept with the book (see pipeline/ocr.py)
-        self.language = language_line(ctx.options.get("lang") or ctx.ledger.get_meta("lang"))
+        self.language = language_line(ctx.options.get("lang") or kept_language(ctx.ledger))
         self._page_costs: list[float] = []  # sorted, for the median
         price = ctx.llm.pricing.get(self.model)  # an unpriced model stops the run before any call
         self._note_price_change(price)

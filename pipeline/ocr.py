@@ -28,10 +28,9 @@ from PIL import Image
 from infra.errors import OcrError, UsageError
 from infra.logs import log_event
 from pipeline import orientation
-from pipeline.stage import Stage
+from pipeline.stage import Stage, kept_language
 
 log = logging.getLogger("ar.ocr")
-DEFAULT_LANG = "eng"
 # Mean word confidence under which a page is flagged: upside-down text read as if upright
 # scores about 35 (cardinal.pdf), clean pages 92-96, poor but real small print 61-69
 # (multipage.pdf): 50 separates garbage from a hard page.
@@ -268,7 +267,7 @@ class OcrStage(Stage):
 
     def __init__(self, ctx, spec):
         super().__init__(ctx, spec)
-        kept = ctx.ledger.get_meta("lang") or DEFAULT_LANG
+        kept = kept_language(ctx.ledger)
         self.lang = ctx.options.get("lang") or kept
         self.text_layer = ctx.options.get("text_layer") or "auto"
         if self.lang != kept:

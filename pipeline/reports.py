@@ -79,7 +79,7 @@ def review_report(book: Book, registry: Registry = STAGES) -> dict:
     page_stages = [spec for spec in registry if spec.per_page]
     pages = []
     for page, flags in flagged.items():
-        texts = [spec.page_path(book, page) for spec in page_stages if spec.page_path(book, page).exists()]
+        texts = [path for path in (spec.page_path(book, page) for spec in page_stages) if path.exists()]
         pages.append({"page": page, "flags": flags, "image": str(book.source_image(page)),
                       "text": str(texts[-1]) if texts else None})
     return {"book": book.id, "pages_to_review": len(pages), "pages": pages}

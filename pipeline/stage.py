@@ -23,6 +23,12 @@ from infra.storage import atomic_write_json, remove_temp_files
 from pipeline.registry import BOOK_PAGE, Registry, StageSpec
 
 log = logging.getLogger("ar.stage")
+DEFAULT_LANG = "eng"
+
+
+def kept_language(ledger: Ledger) -> str:
+    """The book's languages (Tesseract codes, `eng+fra`) as kept with it, else English."""
+    return ledger.get_meta("lang") or DEFAULT_LANG
 
 
 @dataclass
