@@ -225,13 +225,13 @@ class Ledger:
         rows = self._db.execute(
             f"SELECT r.run_id, r.started_at, r.ended_at, r.status, r.pid, r.message,"
             f" COALESCE(SUM({CALL_COST}), 0), COUNT(c.call_id), COALESCE(SUM(c.status = 'pending'), 0),"
-            f" COALESCE(SUM(c.status = 'recovered'), 0),"
+            f" COALESCE(SUM(c.status IN ('recovered', 'lost')), 0),"
             f" r.key_usage_start, r.key_usage_end"
             f" FROM runs r LEFT JOIN calls c ON c.run_id = r.run_id"
             f" GROUP BY r.run_id ORDER BY r.run_id"
         ).fetchall()
         keys = ("run_id", "started_at", "ended_at", "status", "pid", "message", "cost_usd", "calls",
-                "pending_calls", "recovered_calls", "key_usage_start", "key_usage_end")
+                "pending_calls", "settled_later", "key_usage_start", "key_usage_end")
         return [dict(zip(keys, row)) for row in rows]
 
     # ---- pages ---------------------------------------------------------------------

@@ -5,8 +5,10 @@ user's own provider key, BYOK, OpenRouter's fee plus the provider's bill). And t
 generation id can attribute: over each run, how far the key's usage counter (`GET /key`)
 moved against what the run's calls cost in the ledger. That counter is the key's, not the
 book's: another process spending on the same key during a run shows here too. A run whose
-calls were settled by a later run (cut, or pending at a crash) is not measured: the provider
-may have billed them after the run noted the counter.
+calls were settled by a later run (cut, or pending at a crash, or killed before it could
+note the counter) is measured together with the runs after it, up to the first that ended
+with nothing left to settle: the provider bills a crash's cut calls in the meantime, and a
+call killed before its generation id arrived is found only this way.
 """
 from __future__ import annotations
 
@@ -32,15 +34,30 @@ def reconcile(book: Book, settings: Settings) -> dict:
         elif not same_cost(provider, call["cost_usd"]):
             differences.append({**call, "provider_cost_usd": provider,
                                 "difference_usd": provider - call["cost_usd"]})
-    measured = [r for r in runs if r["key_usage_start"] is not None and r["key_usage_end"] is not None
-                and not r["pending_calls"] and not r["recovered_calls"]]
-    unattributed = (sum(r["key_usage_end"] - r["key_usage_start"] - r["cost_usd"] for r in measured)
-                    if measured else None)
+    unattributed, measured = unattributed_spend(runs)
     return {"book": book.id, "generations": len(calls),
             "ledger_usd": sum(c["cost_usd"] for c in calls),
             "provider_usd": sum(b for b in billed if b is not None),
             "differences": differences, "unknown": unknown,
-            "unattributed_usd": unattributed, "runs_measured": len(measured)}
+            "unattributed_usd": unattributed, "runs_measured": measured}
+
+
+def unattributed_spend(runs: list[dict]) -> tuple[float | None, int]:
+    """How far the key's counter moved beyond the ledger, over spans of runs (see the top),
+    and how many runs were measured; None when no span has both ends."""
+    total, measured = None, 0
+    start, cost, span = None, 0.0, 0
+    for run in runs:
+        if start is None:
+            if run["key_usage_start"] is None:
+                continue  # no client, or no counter: nothing to measure from here
+            start, cost, span = run["key_usage_start"], 0.0, 0
+        cost, span = cost + run["cost_usd"], span + 1
+        if run["key_usage_end"] is not None and not run["pending_calls"] and not run["settled_later"]:
+            total = (total or 0.0) + run["key_usage_end"] - start - cost
+            measured += span
+            start = None
+    return total, measured
 
 
 def reconciled(report: dict) -> bool:

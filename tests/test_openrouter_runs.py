@@ -111,19 +111,9 @@ def test_spend_on_the_key_that_no_generation_accounts_for_shows_as_unattributed(
     server = sim("--api-key", KEY, "--latency-ms", "1500")
     env = llm_env(server, tmp_path)
     ar = start_ar("process", "book", "--stages", "correct", "--workers", "1", books_dir=books_dir, env=env)
-    db = Book(small_book).ledger_path
-    deadline = time.monotonic() + 30
-    started = False
-    while time.monotonic() < deadline and not started:  # the run has noted the key's counter
-        runs = Ledger.read(db, Ledger.runs, [])
-        started = bool(runs) and runs[-1]["status"] == "running" and runs[-1]["key_usage_start"] is not None
-        time.sleep(0.02)
-    assert started
-    # another program spends on the same key while ar runs (3 calls of 1.5 s, one at a time)
-    other = httpx.post(f"{server.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
-                       json={"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": "hello"}]})
-    assert other.status_code == 200 and ar.wait(timeout=60) == 0
-    elsewhere = other.json()["usage"]["cost"]
+    wait_for_key_counter(Book(small_book).ledger_path)
+    elsewhere = spend_elsewhere(server)  # while ar runs (3 calls of 1.5 s, one at a time)
+    assert ar.wait(timeout=60) == 0
 
     check = run_ar("cost", "book", "--reconcile", "--json", books_dir=books_dir, env=env)
     report = json.loads(check.stdout)
@@ -131,3 +121,40 @@ def test_spend_on_the_key_that_no_generation_accounts_for_shows_as_unattributed(
     assert report["unattributed_usd"] == pytest.approx(elsewhere, abs=1e-9)
     human = run_ar("cost", "book", "--reconcile", books_dir=books_dir, env=env)
     assert f"unattributed: ${elsewhere:+.9f}" in human.stdout
+
+
+def test_spend_while_a_killed_run_was_down_is_measured_with_the_run_that_settled_it(sim, books_dir, tmp_path,
+                                                                                    small_book):
+    """A run killed mid-call never notes the counter's end; it is measured together with the
+    next run, which settles its calls. A call killed before its id arrived is seen only so."""
+    server = sim("--api-key", KEY, "--latency-ms", "1500")
+    env = llm_env(server, tmp_path)
+    ar = start_ar("process", "book", "--stages", "correct", "--workers", "1", books_dir=books_dir, env=env)
+    wait_for_key_counter(Book(small_book).ledger_path)
+    ar.kill()
+    ar.wait()
+    elsewhere = spend_elsewhere(server)  # between the two runs: the killed run's span sees it
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+
+    report = json.loads(run_ar("cost", "book", "--reconcile", "--json", books_dir=books_dir, env=env).stdout)
+    assert report["runs_measured"] == 2 and report["differences"] == []
+    assert report["unattributed_usd"] == pytest.approx(elsewhere, abs=1e-9)
+
+
+def wait_for_key_counter(db) -> None:
+    """Until the running run has noted the key's counter at its start."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = Ledger.read(db, Ledger.runs, [])
+        if runs and runs[-1]["status"] == "running" and runs[-1]["key_usage_start"] is not None:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the run never noted the key's counter")
+
+
+def spend_elsewhere(server) -> float:
+    """Another program's call on the same key; its cost."""
+    other = httpx.post(f"{server.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+                       json={"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": "hello"}]})
+    assert other.status_code == 200
+    return other.json()["usage"]["cost"]
