@@ -73,7 +73,7 @@ def test_skewed_pages_are_levelled_before_reading(books_dir, tmp_path):
     straight = Image.open(books_dir / "straight" / "source" / "page_0001.png")
     folder = tmp_path / "skewed"
     folder.mkdir()
-    angles = (2.5, -3.5)
+    angles = (2.5, -3.5, 7.5)  # a flatbed's few degrees, and a phone held by hand
     for i, angle in enumerate(angles, start=1):
         straight.rotate(angle, resample=Image.BICUBIC, expand=True, fillcolor=255).save(
             folder / f"{i}.png", dpi=(300, 300))
