@@ -96,7 +96,8 @@ ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
 CALL_COST = "(COALESCE(provider_cost_usd, computed_cost_usd, 0) + COALESCE(upstream_cost_usd, 0))"
 T = TypeVar("T")
 
-RUN_STATUSES = ("running", "done", "interrupted", "failed", "budget", "crashed")
+# idle: a run that ended with nothing to do (every page asked for was done): counted apart
+RUN_STATUSES = ("running", "done", "idle", "interrupted", "failed", "budget", "crashed")
 CALL_FINAL_STATUSES = ("ok", "failed", "lost", "recovered")
 
 

@@ -209,7 +209,10 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.progress import StageProgress
     from pipeline.stage import DEFAULT_LANG, kept_language
 
-    selected = STAGES.select(s.strip() for s in (args.stages or "").split(","))
+    names = [s.strip() for s in (args.stages or "").split(",")]
+    if args.stages is not None and not any(names):
+        raise UsageError(f"--stages is empty: name some of {','.join(STAGES.names)}, or leave it out for every stage")
+    selected = STAGES.select(names)
     book = library.existing(args.book)
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
@@ -217,6 +220,8 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     settings = _with_models(settings, args)
     if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
         check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
+    before = status_report(book)["stages"]
+    _check_inputs(book, selected, before, args.fresh)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
     if args.dry_run or (uses_llm and not args.force and _has_budget(args, book, settings)):
@@ -224,7 +229,6 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
         if args.dry_run:
             return 0
 
-    before = status_report(book)["stages"]
     names = [spec.name for spec in selected]
     progress = StageProgress({s: before[s]["total"] for s in names}, {s: before[s]["done"] for s in names},
                              {s: before[s]["cost_usd"] for s in names})
@@ -240,6 +244,24 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
         report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
+
+
+def _check_inputs(book, selected, stages: dict, fresh: bool) -> None:
+    """A stage asked for whose inputs are not all there cannot do its pages: say which stage
+    to run first, rather than report nothing done as done."""
+    left = {name: s["total"] - s["done"] for name, s in stages.items()}
+    if fresh:  # its outputs and those made from them go first
+        for spec in selected:
+            left.update({d.name: stages[d.name]["total"] for d in STAGES.downstream(spec.name)})
+    missing = STAGES.missing_inputs(selected, left)
+    if not missing:
+        return
+    def undone(name: str) -> str:
+        return f"{name} ({left[name]} of {stages[name]['total']} not done)"
+
+    needs = "; ".join(f"{stage} needs {' and '.join(map(undone, reads))}" for stage, reads in missing.items())
+    run = ",".join(STAGES.with_inputs((spec.name for spec in selected), left))
+    raise ArError(f"{needs}: run `ar.py process {book.id} --stages {run}` (or without --stages, every stage)")
 
 
 def _has_budget(args, book, settings: Settings) -> bool:

@@ -24,6 +24,12 @@ def usd(x: float | None) -> str:
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 
+def runs(r: dict) -> str:
+    """'over 2 run(s)', and apart the runs that had nothing to do."""
+    idle = r.get("idle_runs") or 0
+    return f"over {r['runs']} run(s)" + (f" (and {idle} with nothing to do)" if idle else "")
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -39,7 +45,7 @@ def to_review(r: dict) -> str:
 def status(r: dict) -> None:
     review = to_review(r)
     console.print(f"[bold]{r['book']}[/]: {pages(r['pages'])}, {r['state']}, "
-                  f"total cost {usd(r['total_cost_usd'])} over {r['runs']} run(s)" + (f"; {review}" if review else ""))
+                  f"total cost {usd(r['total_cost_usd'])} {runs(r)}" + (f"; {review}" if review else ""))
     t = Table("stage", "done", "total", "failed", "calls", "cost")
     for name, s in r["stages"].items():
         t.add_row(name, str(s["done"]), str(s["total"]), str(s["failed"] or ""),
@@ -102,7 +108,7 @@ def process_summary(r: dict, book: Book) -> None:
         if r["budget_to_finish_usd"] is not None:
             console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
                           "(spent so far, plus the high estimate of the rest)")
-    console.print(f"  total cost:  {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+    console.print(f"  total cost:  {usd(r['total_cost_usd'])} {runs(r)}")
     if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
         console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
 

@@ -22,6 +22,7 @@ def _alive(pid: int | None) -> bool:
 
 
 def _state(stages: dict, runs: list[dict], registry: Registry) -> str:
+    """`runs`: those that did something (not idle)."""
     last = runs[-1] if runs else None
     if last and last["status"] == "running":
         return "running" if _alive(last["pid"]) else "crashed"
@@ -48,7 +49,9 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
     Its stages: the registry's, then any other the ledger knows (one since removed)."""
     pages = book.page_count()
     counts, costs = figures.get("counts", {}), figures.get("costs", {})
-    runs, total = figures.get("runs", []), figures.get("total", 0.0)
+    total = figures.get("total", 0.0)
+    runs = [run for run in figures.get("runs", []) if run["status"] != "idle"]
+    idle = len(figures.get("runs", [])) - len(runs)
     names = registry.names + sorted((set(counts) | set(costs)) - set(registry.names))
     stages = {}
     for name in names:
@@ -67,6 +70,7 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
         "state": _state(stages, runs, registry),
         "total_cost_usd": total,
         "runs": len(runs),
+        "idle_runs": idle,  # runs that had nothing to do: counted apart
         "stages": stages,
         "pages_to_review": len(flagged),
         "flags": dict(sorted(Counter(f for flags in flagged.values() for f in flags).items())),

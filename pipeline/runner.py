@@ -26,7 +26,13 @@ class Outcome:
     status: str = "done"  # a key of infra.errors.RUN_EXIT
     message: str = ""
     pages_processed: int = 0
+    book_stages_done: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def idle(self) -> bool:
+        """It ended with nothing done and nothing failed: every page asked for was done."""
+        return self.status == "done" and not (self.pages_processed or self.book_stages_done or self.failed)
 
     @property
     def exit_code(self) -> int:
@@ -150,6 +156,7 @@ class Pipeline:
             self.outcome.failed[stage.name] = 1
             return
         stage.mark_book_done()
+        self.outcome.book_stages_done += 1
         self.done[stage.name].add(BOOK_PAGE)
         self.on_progress(stage)
         self._offer_downstream(stage.name, self.pages)

@@ -1,0 +1,58 @@
+"""Every outcome says what happened (issue 16): a stage whose inputs are missing, an empty
+--stages, a run that did nothing, a new model on a finished book, what a run's answers were."""
+import json
+
+import pytest
+
+from infra.books import Book
+from tests.conftest import llm_env, make_book, one_error_line, run_ar, text_pages
+
+KEY = "sk-or-v1-outcomes-0123456789"
+
+
+@pytest.fixture
+def ocr_done(books_dir, tmp_path) -> Book:
+    """A book of 3 small real pages, its OCR done (one run)."""
+    scans = text_pages(tmp_path / "scans", 3)
+    for args in (("add", str(scans), "--id", "book"), ("process", "book", "--stages", "ocr")):
+        assert run_ar(*args, books_dir=books_dir).returncode == 0
+    return Book(books_dir / "book")
+
+
+@pytest.mark.parametrize("stages, needs, run", [
+    ("correct", "correct needs ocr (3 of 3 not done)", "--stages ocr,correct"),
+    ("merge", "merge needs fix (3 of 3 not done)", "--stages ocr,correct,fix,merge"),
+    ("fix,merge", "fix needs ocr (3 of 3 not done) and correct (3 of 3 not done)", "--stages ocr,correct,fix,merge"),
+])
+def test_a_stage_whose_inputs_are_missing_is_an_error_naming_what_to_run_first(books_dir, stages, needs, run):
+    make_book(books_dir, "book", 3)
+    r = run_ar("process", "book", "--stages", stages, books_dir=books_dir)
+    assert r.returncode == 1
+    line = one_error_line(r, needs)
+    assert f"run `ar.py process book {run}`" in line
+    assert r.stdout == ""  # nothing claimed done
+    assert not (books_dir / "book" / "checkpoint.db").exists()  # and no run opened for it
+
+
+def test_a_dry_run_whose_inputs_are_missing_is_the_same_error(books_dir):
+    make_book(books_dir, "book", 2)
+    r = run_ar("process", "book", "--stages", "correct", "--dry-run", books_dir=books_dir)
+    assert r.returncode == 1 and "correct needs ocr" in r.stderr
+
+
+def test_an_empty_stages_is_a_usage_error(books_dir):
+    make_book(books_dir, "book", 2)
+    for empty in ("", " , "):
+        r = run_ar("process", "book", "--stages", empty, books_dir=books_dir)
+        assert r.returncode == 2
+        one_error_line(r, "--stages is empty")
+
+
+def test_a_run_that_did_nothing_is_counted_apart(books_dir, ocr_done):
+    r = run_ar("process", "book", "--stages", "ocr", books_dir=books_dir)
+    assert r.returncode == 0
+    assert "over 1 run(s) (and 1 with nothing to do)" in r.stdout
+    status = json.loads(run_ar("status", "book", "--json", books_dir=books_dir).stdout)
+    assert status["runs"] == 1 and status["idle_runs"] == 1
+    cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
+    assert [run["status"] for run in cost["runs"]] == ["done", "idle"]
