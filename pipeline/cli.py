@@ -17,7 +17,7 @@ from infra.lock import WriterLock
 from infra.logs import redact, setup_console
 from pipeline import render
 from pipeline.registry import STAGES
-from pipeline.reports import cost_report, library_report, review_report, status_report
+from pipeline.reports import cost_report, library_report, other_models, review_report, run_summary, status_report
 
 log = logging.getLogger("ar")
 
@@ -238,7 +238,9 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                            progress=progress, before_run=prepare_llm(settings, selected, args.budget))
     report = status_report(book)
     report.update(outcome={"status": outcome.status, "message": outcome.message,
-                           "pages_processed": outcome.pages_processed})
+                           "pages_processed": outcome.pages_processed},
+                  other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
+                  this_run=run_summary(book, outcome.run_id))
     if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
         left = _estimate(book, settings)
         report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]

@@ -116,6 +116,9 @@ class LedgerRecorder:
     def unresolved(self, handle: int) -> None:
         """It stays pending in the ledger: the next run asks the provider again."""
 
+    def rejected(self, handle: int, reason: str) -> None:
+        self.ledger.reject_call(handle, reason)
+
 
 class LLMStage(Stage):
     system: ClassVar[str]

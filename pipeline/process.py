@@ -111,6 +111,7 @@ def process_book(
                 _close_run(book, ledger, run_id, outcome, handler)
             finally:
                 _release(held)
+    outcome.run_id = run_id
     return outcome
 
 

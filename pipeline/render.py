@@ -24,6 +24,17 @@ def usd(x: float | None) -> str:
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 
+def page_list(numbers: list[int]) -> str:
+    """'1-3, 7': pages as runs of consecutive numbers."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def runs(r: dict) -> str:
     """'over 2 run(s)', and apart the runs that had nothing to do."""
     idle = r.get("idle_runs") or 0
@@ -109,8 +120,35 @@ def process_summary(r: dict, book: Book) -> None:
             console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
                           "(spent so far, plus the high estimate of the rest)")
     console.print(f"  total cost:  {usd(r['total_cost_usd'])} {runs(r)}")
+    happened = what_happened(r.get("this_run") or {})
+    if happened:
+        console.print(f"  this run:    {happened}")
+    for stage, other in r.get("other_models", {}).items():  # done pages are kept, whatever the model now
+        for model, numbers in other["made_with"].items():
+            console.print(f"  {stage}: {'page' if len(numbers) == 1 else 'pages'} {page_list(numbers)} "
+                          f"made with {model}, not {other['model']}: `ar.py clean {r['book']} {stage}` "
+                          "redoes them with it (and the stages made from them)")
     if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
         console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
+
+
+def what_happened(run: dict) -> str:
+    """'3 failed calls (pages 1-3), of them 3 invalid answers (pages 1-3); 1 page unsure (2)'."""
+    def counted(n: int, what: str, numbers: list[int]) -> str:
+        return f"{n} {what}{'' if n == 1 else 's'} ({'page' if len(numbers) == 1 else 'pages'} {page_list(numbers)})"
+
+    parts = []
+    failed, invalid = run.get("failed_calls", {}), run.get("invalid_answers", {})
+    if failed.get("count"):
+        calls = counted(failed["count"], "failed call", failed["pages"])
+        if invalid.get("count"):
+            calls += ", of them " + counted(invalid["count"], "invalid answer", invalid["pages"])
+        parts.append(calls)
+    for stage, numbers in run.get("failed_pages", {}).items():
+        parts.append(f"{pages(len(numbers))} failed in {stage} ({page_list(numbers)})")
+    for flag, numbers in run.get("flagged_pages", {}).items():
+        parts.append(f"{pages(len(numbers))} {flag} ({page_list(numbers)})")
+    return "; ".join(parts)
 
 
 def review(r: dict) -> None:

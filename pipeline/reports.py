@@ -89,6 +89,31 @@ def review_report(book: Book, registry: Registry = STAGES) -> dict:
     return {"book": book.id, "pages_to_review": len(pages), "pages": pages}
 
 
+def other_models(book: Book, models: dict[str, str]) -> dict[str, dict]:
+    """Per LLM stage of `models` (stage -> the model asked for now) whose done pages were made
+    with another model: {"model": asked, "made_with": {model: pages}}. Done pages are never
+    redone on their own, whatever the model now: the run says so."""
+    made = Ledger.read(book.ledger_path, lambda ledger: {s: ledger.page_models(s) for s in models}, {})
+    out: dict[str, dict] = {}
+    for stage, pages in made.items():
+        for page, model in sorted(pages.items()):
+            if model != models[stage]:
+                entry = out.setdefault(stage, {"model": models[stage], "made_with": {}})
+                entry["made_with"].setdefault(model, []).append(page)
+    return out
+
+
+def run_summary(book: Book, run_id: int) -> dict:
+    """What one run's calls and pages came to: its failed calls and invalid answers (each a
+    count, and its pages), its failed pages by stage, and its done pages by flag."""
+    found = Ledger.read(book.ledger_path, lambda ledger: ledger.run_outcomes(run_id), None)
+    if found is None:
+        return {}
+    calls = {kind: {"count": len(pages), "pages": sorted(set(pages))} for kind, pages in found["calls"].items()}
+    return {"run_id": run_id, **calls, "failed_pages": found["failed"],
+            "flagged_pages": {flag: sorted(set(pages)) for flag, pages in sorted(found["flags"].items())}}
+
+
 def status_report(book: Book, registry: Registry = STAGES) -> dict:
     return status_from(book, Ledger.read(book.ledger_path, status_figures, {}), registry)
 

@@ -28,6 +28,7 @@ class Outcome:
     pages_processed: int = 0
     book_stages_done: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+    run_id: int | None = None  # the run's number in the ledger, once it is closed
 
     @property
     def idle(self) -> bool:

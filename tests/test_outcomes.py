@@ -56,3 +56,38 @@ def test_a_run_that_did_nothing_is_counted_apart(books_dir, ocr_done):
     assert status["runs"] == 1 and status["idle_runs"] == 1
     cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
     assert [run["status"] for run in cost["runs"]] == ["done", "idle"]
+
+
+def test_answers_that_never_validated_are_counted_with_their_pages(sim, books_dir, tmp_path, ocr_done):
+    server = sim("--api-key", KEY, "--fail-malformed", "1")
+    r = run_ar("process", "book", books_dir=books_dir, env=llm_env(server, tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    # three tries a page (the first, then two asked again), in correct and in fix: each billed, each failed
+    assert "  this run:    18 failed calls (pages 1-3), of them 18 invalid answers (pages 1-3); " \
+           "3 pages invalid (1-3)" in lines
+    assert lines[-1].startswith("done, 3 pages to review (3 invalid)")  # never a plain "done"
+    cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
+    for stage in ("correct", "fix"):
+        row = cost["stages"][stage]
+        assert row["calls"] == row["failed_calls"] == 9 and row["failed_cost_usd"] == row["cost_usd"] > 0
+    summary = json.loads(run_ar("process", "book", "--json", books_dir=books_dir,
+                                env=llm_env(server, tmp_path)).stdout)
+    assert summary["this_run"]["failed_calls"] == {"count": 0, "pages": []}  # the next run: nothing to do
+
+
+def test_a_finished_book_asked_for_another_model_says_which_pages_were_made_with_which(
+        sim, books_dir, tmp_path, ocr_done):
+    server = sim("--api-key", KEY)
+    env = llm_env(server, tmp_path)
+    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
+    r = run_ar("process", "book", "--model", "google/gemini-2.5-pro", books_dir=books_dir, env=env)
+    assert r.returncode == 0
+    assert ("  correct: pages 1-3 made with google/gemini-2.5-flash, not google/gemini-2.5-pro: "
+            "`ar.py clean book correct` redoes them with it (and the stages made from them)") in r.stdout.splitlines()
+    report = json.loads(run_ar("process", "book", "--model", "google/gemini-2.5-pro", "--json",
+                               books_dir=books_dir, env=env).stdout)
+    assert report["other_models"] == {"correct": {"model": "google/gemini-2.5-pro",
+                                                  "made_with": {"google/gemini-2.5-flash": [1, 2, 3]}}}
+    same = run_ar("process", "book", books_dir=books_dir, env=env)
+    assert "made with" not in same.stdout
