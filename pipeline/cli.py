@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the pages a person should look at, with why, and where their scan and text are")
     p.add_argument("book")
 
+    p = sub.add_parser("log", parents=[_common()],
+                       help="what a run's log says happened: retries by cause, waits, failures by page, slowest pages")
+    p.add_argument("book")
+    p.add_argument("--run", type=int, metavar="N", help="the run to read (default: the latest)")
+
     p = sub.add_parser("monitor", parents=[_common()],
                        help="a live view of books being processed: progress, rate, ETA, cost (also tools/monitor.py)")
     p.add_argument("books", nargs="*", metavar="BOOK", help="the books to watch (default: the whole library)")
@@ -339,6 +344,13 @@ def cmd_review(args, settings: Settings, library: Library) -> int:
     return 0
 
 
+def cmd_log(args, settings: Settings, library: Library) -> int:
+    from pipeline.runlog import log_report
+
+    _emit(args, log_report(library.existing(args.book), args.run), render.run_log)
+    return 0
+
+
 def cmd_library(args, settings: Settings, library: Library) -> int:
     _emit(args, library_report(library), render.library)
     return 0
@@ -372,7 +384,7 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
 
 
 COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,
-            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "monitor": cmd_monitor, "pricing": cmd_pricing}
+            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "log": cmd_log, "monitor": cmd_monitor, "pricing": cmd_pricing}
 
 
 def main(argv: list[str] | None = None) -> int:

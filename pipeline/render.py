@@ -151,6 +151,35 @@ def what_happened(run: dict) -> str:
     return "; ".join(parts)
 
 
+def run_log(r: dict) -> None:
+    took = f", {r['ended_at'] - r['started_at']:.1f} s" if r["started_at"] and r["ended_at"] else ""
+    console.print(f"[bold]{r['book']}[/] run {r['run']}: {r['status']}{took}; {r['attempts']} call attempts "
+                  f"({', '.join(f'{n} {o}' for o, n in r['attempts_by_outcome'].items()) or 'none'}), "
+                  f"{usd(r['cost_usd'])} known from the log")
+    if r["unreadable_lines"]:
+        console.print(f"  {r['unreadable_lines']} line(s) of the log could not be read (cut by a kill?)")
+    if r["pages"]:
+        console.print("  pages: " + ", ".join(f"{n} {what}" for what, n in r["pages"].items()))
+    causes = ", ".join(f"{n} {cause}" for cause, n in r["failed_attempts_by_cause"].items())
+    console.print(f"  failed attempts by cause (retried, or given up): {causes or 'none'}")
+    w = r["waits"]
+    if w["count"]:
+        console.print(f"  waits: {w['count']}, {w['total_s']:.1f} s in all, the longest {w['longest_s']:.1f} s "
+                      f"({w['retry_after_given']} with the provider's Retry-After)")
+    if r["failures_by_page"]:
+        t = Table("page", "what failed", title="failures by page", title_justify="left")
+        for page, kinds in r["failures_by_page"].items():
+            t.add_row(str(page), ", ".join(f"{n}× {kind}" for kind, n in kinds.items()))
+        console.print(t)
+    for p in r["failed_pages"]:
+        console.print(f"  page {p['page']} failed in {p['stage']}: {p['error']}")
+    if r["slowest_pages"]:
+        t = Table("stage", "page", "seconds", "outcome", title="slowest pages", title_justify="left")
+        for p in r["slowest_pages"]:
+            t.add_row(p["stage"], str(p["page"]), f"{p['seconds']:.2f}", p["outcome"])
+        console.print(t)
+
+
 def review(r: dict) -> None:
     if not r["pages"]:
         console.print(f"{r['book']}: no page to review")

@@ -91,3 +91,43 @@ def test_a_finished_book_asked_for_another_model_says_which_pages_were_made_with
                                                   "made_with": {"google/gemini-2.5-flash": [1, 2, 3]}}}
     same = run_ar("process", "book", books_dir=books_dir, env=env)
     assert "made with" not in same.stdout
+
+
+def test_the_run_log_holds_every_attempt_and_page_and_ar_log_sums_it_up(sim, books_dir, tmp_path, ocr_done):
+    server = sim("--api-key", KEY, "--seed", "2", "--fail-429", "0.4", "--retry-after", "0.05")
+    env = llm_env(server, tmp_path, AR_MAX_RETRIES="20")
+    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
+    (log,) = (books_dir / "book" / "logs").glob("run-0002-*.jsonl")
+    text = log.read_text()
+    assert KEY not in text
+    entries = [json.loads(line) for line in text.splitlines()]
+    attempts = [e for e in entries if e.get("event") == "attempt"]
+    limited = [e for e in attempts if e["http_status"] == 429]
+    assert limited and all(e["retry_after"] == 0.05 and e["wait_s"] == 0.05 and e["outcome"] == "retried"
+                           and e["cost_usd"] == 0.0 and e["page"] in (1, 2, 3) for e in limited)
+    answered = [e for e in attempts if e["http_status"] == 200]
+    assert all(e["outcome"] == "ok" and e["cost_usd"] > 0 for e in answered)
+    # as many attempts in the log as calls in the ledger, and they cost the same
+    cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
+    assert len(attempts) == cost["runs"][1]["calls"]
+    assert sum(e["cost_usd"] for e in attempts) == pytest.approx(cost["runs"][1]["cost_usd"], abs=1e-12)
+    page_events = {(e["stage"], e["page"]) for e in entries if e.get("event") == "page" and e["outcome"] == "done"}
+    assert page_events == {(s, p) for s in ("correct", "fix") for p in (1, 2, 3)}
+
+    r = run_ar("log", "book", "--json", books_dir=books_dir)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["run"] == 2 and report["status"] == "done"
+    assert report["failed_attempts_by_cause"] == {"HTTP 429": len(limited)}
+    assert report["waits"]["count"] == len(limited) and report["waits"]["retry_after_given"] == len(limited)
+    by_page = {int(p): kinds for p, kinds in report["failures_by_page"].items()}
+    assert sum(n for kinds in by_page.values() for n in kinds.values()) == len(limited)
+    seconds = [p["seconds"] for p in report["slowest_pages"]]
+    assert len(seconds) == 5 and seconds == sorted(seconds, reverse=True)
+    human = run_ar("log", "book", books_dir=books_dir).stdout
+    assert f"failed attempts by cause (retried, or given up): {len(limited)} HTTP 429" in human
+    ocr_run = json.loads(run_ar("log", "book", "--run", "1", "--json", books_dir=books_dir).stdout)
+    assert ocr_run["pages"] == {"ocr done": 3} and ocr_run["attempts"] == 0
+    missing = run_ar("log", "book", "--run", "9", books_dir=books_dir)
+    assert missing.returncode == 1
+    one_error_line(missing, "no log of run 9: its logs are of runs 1, 2")
