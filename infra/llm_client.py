@@ -31,7 +31,6 @@ request sent again (a 404 is not billed).
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import itertools
 import json
@@ -50,6 +49,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from infra.budget import Budget
 from infra.config import Settings
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, PricingError, RetryableError, TruncatedAnswer
+from infra.images import data_url, image_tokens_bound
 from infra.logs import log_event, redact, register_secret
 from infra.pricing import CostCalculator, PricingCache, Rates, Usage, same_cost
 from infra.transport import SlotTransport
@@ -58,9 +58,6 @@ log = logging.getLogger("ar.llm")
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
-# No tokenizer splits text finer than a byte, and no provider counts an image as more than
-# this many prompt tokens: bounds for the worst case a budget reserves.
-IMAGE_TOKENS_BOUND = 2000
 # A generation the provider still does not know this long after it started never will.
 GENERATION_KNOWN_WITHIN_S = 24 * 3600
 # An answer cut at max_tokens is asked once more with twice the room, never more than this.
@@ -99,9 +96,8 @@ class Result:
 
 
 def image_part(path: Path) -> dict:
-    """A page scan as a base64 data URL, for vision models."""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+    """A page scan as a vision model takes it (infra/images.py), in a base64 data URL."""
+    return {"type": "image_url", "image_url": {"url": data_url(path)}}
 
 
 def _one_line(text: str) -> str:
@@ -467,10 +463,11 @@ class LLMClient:
 
     def worst_case(self, body: dict) -> float:
         """The most this request can cost (see infra/budget.py)."""
-        images = _images(body)
+        # no tokenizer splits text finer than a byte; each image at the bound of its size
         text_bytes = sum(len(_text_of(m).encode()) + 8 for m in body["messages"])
-        return self.costs.worst_case(body["model"], text_bytes + images * IMAGE_TOKENS_BOUND,
-                                     body["max_tokens"], images, ceiling=self.ceiling)
+        image_tokens = sum(image_tokens_bound(part["image_url"]["url"]) for part in _image_parts(body))
+        return self.costs.worst_case(body["model"], text_bytes + image_tokens,
+                                     body["max_tokens"], _images(body), ceiling=self.ceiling)
 
     def _settle(self, model, usage, chunk, parts, recorder, handle, generation_id):
         """The usage has arrived: record its cost first, then look at the answer. `chunk` says
@@ -697,9 +694,13 @@ def _text_of(message: dict) -> str:
     return "".join(part.get("text", "") for part in content or () if part.get("type") == "text")
 
 
+def _image_parts(body: dict) -> list[dict]:
+    return [part for m in body["messages"] if isinstance(m.get("content"), list)
+            for part in m["content"] if part.get("type") == "image_url"]
+
+
 def _images(body: dict) -> int:
-    return sum(1 for m in body["messages"] if isinstance(m.get("content"), list)
-               for part in m["content"] if part.get("type") == "image_url")
+    return len(_image_parts(body))
 
 
 # Keywords some providers refuse in a strict schema (OpenAI: "not permitted"); the pydantic
