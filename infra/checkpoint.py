@@ -361,11 +361,15 @@ class Ledger:
             f"SELECT COALESCE(SUM({CALL_COST}), 0) FROM calls WHERE stage = ?", (stage,)
         ).fetchone()[0]
 
-    def page_costs(self, stage: str, pages: set[int]) -> dict[int, float]:
-        """What each of `pages` cost in `stage`, every attempt included."""
+    def answered_page_costs(self, stage: str, images: bool | None = None) -> list[float]:
+        """What a page cost in `stage` each time a run got it answered, every attempt of that
+        run included, pages since cleaned too; only those whose calls carried an image
+        (`images` True) or none (False), when it is given."""
+        having = "" if images is None else f" AND SUM(images) {'>' if images else '='} 0"
         rows = self._db.execute(
-            f"SELECT page, SUM({CALL_COST}) FROM calls WHERE stage = ? GROUP BY page", (stage,))
-        return {page: cost for page, cost in rows if page in pages}
+            f"SELECT SUM({CALL_COST}) FROM calls WHERE stage = ? AND page IS NOT NULL GROUP BY page, run_id"
+            f" HAVING SUM(status IN ('ok', 'recovered')) > 0{having}", (stage,))
+        return [cost for (cost,) in rows]
 
     def page_models(self, stage: str) -> dict[int, str]:
         """The model whose answer each done page of `stage` holds: its latest answered call's."""

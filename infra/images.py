@@ -25,6 +25,7 @@ JPEG_QUALITY = 80
 # patches weighted 1.62 are one per 25x25, Anthropic's w*h/750 one per 27x27, Gemini's 258 a
 # 768 px tile far fewer. The budget reserves this bound for an image of the size sent.
 PIXELS_PER_TOKEN_AT_MOST = 24 * 24
+PIXELS_PER_TOKEN_LIKELY = 1250
 # A pixel is coloured past this saturation (0-255); a page is in colour when over 1% of it is
 # (yellowed paper, a stamp's tint are not colour)
 SATURATED, COLOURED_SHARE = 80, 0.01
@@ -61,7 +62,25 @@ def image_tokens_bound(url: str) -> int:
                 width, height = img.size
         except (binascii.Error, OSError, ValueError):
             pass
-    return math.ceil(width * height / PIXELS_PER_TOKEN_AT_MOST)
+    return image_tokens(width, height)[2]
+
+
+def sent_size(path: Path) -> tuple[int, int]:
+    """The size the page at `path` is sent at (its header read, not its pixels)."""
+    with Image.open(path) as img:
+        width, height = img.size
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def image_tokens(width: int, height: int) -> tuple[int, int, int]:
+    """Low, likely and high prompt tokens of an image of this size, for the estimate: low as
+    Gemini counts it (258 a 768 px tile), likely one per PIXELS_PER_TOKEN_LIKELY pixels (what
+    OpenAI, Anthropic and Gemini count for a 2000 x 1545 page, 2,300 to 2,500 tokens, once they
+    have scaled it), high the bound the budget reserves."""
+    tiles = math.ceil(width / 768) * math.ceil(height / 768)
+    pixels = width * height
+    return 258 * tiles, math.ceil(pixels / PIXELS_PER_TOKEN_LIKELY), math.ceil(pixels / PIXELS_PER_TOKEN_AT_MOST)
 
 
 def _in_colour(img: Image.Image) -> bool:

@@ -94,10 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what the rest will cost, spend nothing")
     p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left")
 
-    p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost, low and high")
+    p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost: low, likely and high")
     p.add_argument("book")
     p.add_argument("--model", help="model of the correct stage")
     p.add_argument("--fix-model", help="model of the fix stage")
+    p.add_argument("--vision", action="store_true", help="with the page images sent to the LLM stages")
 
     p = sub.add_parser("status", parents=[_common()], help="pages done per stage and cost, of one book or all")
     p.add_argument("book", nargs="?")
@@ -195,15 +196,16 @@ def _models(settings: Settings) -> dict[str, str]:
     return {spec.name: getattr(settings, spec.model) for spec in STAGES if spec.uses_llm}
 
 
-def _estimate(book, settings: Settings) -> dict:
+def _estimate(book, settings: Settings, vision: bool = False, fresh: list[str] = ()) -> dict:
     from infra.pricing import PricingCache
     from pipeline.estimate import estimate
 
-    return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd)
+    return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd,
+                    vision=vision, fresh=fresh)
 
 
 def cmd_estimate(args, settings: Settings, library: Library) -> int:
-    _emit(args, _estimate(library.existing(args.book), _with_models(settings, args)), render.estimate)
+    _emit(args, _estimate(library.existing(args.book), _with_models(settings, args), args.vision), render.estimate)
     return 0
 
 
@@ -246,9 +248,8 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                            "pages_processed": outcome.pages_processed},
                   other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
                   this_run=run_summary(book, outcome.run_id))
-    if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
-        left = _estimate(book, settings)
-        report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]
+    if outcome.status == "budget":  # what would finish the book
+        report["budget_to_finish_usd"] = to_finish(_estimate(book, settings, args.vision))
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
 
@@ -281,24 +282,37 @@ def _has_budget(args, book, settings: Settings) -> bool:
     return kept is not None
 
 
+def to_finish(report: dict) -> float | None:
+    """The budget that finishes the book: spent, the high estimate of the rest, and room for
+    the worst case one call reserves before it is sent (without it the last call is refused)."""
+    if report["high_usd"] is None or report["reserve_usd"] is None:
+        return None
+    return report["spent_usd"] + report["high_usd"] + report["reserve_usd"]
+
+
 def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
-    """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here."""
+    """What this run would cost, exactly as it would run (its stages, --fresh, --vision):
+    --dry-run prints it, and whether the budget would refuse the run; otherwise a budget the
+    low estimate exceeds stops here."""
     from pipeline.estimate import total_range
 
-    report = _estimate(book, settings)
+    report = _estimate(book, settings, args.vision, selected if args.fresh else ())
     report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
     report.update(total_range(report["stages"].values()))
     if args.budget is not None:
         report["budget_usd"] = args.budget
-    if args.dry_run:
-        _emit(args, report, render.estimate)
-        return
     budget, low = report["budget_usd"], report["low_usd"]
+    refusal = None
     if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
-        raise BudgetReached(
-            f"even the low estimate of the rest, ${report['low_usd']:.4f}, exceeds what is left of the "
-            f"budget (${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget "
-            f"to at least ${report['spent_usd'] + report['high_usd']:.4f}, or add --force")
+        finish = to_finish(report)
+        refusal = (f"even the low estimate of the rest, ${low:.4f}, exceeds what is left of the budget "
+                   f"(${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget"
+                   + ("" if finish is None else f" to at least ${finish:.4f}") + ", or add --force")
+    if args.dry_run:
+        report["budget_refuses"] = refusal
+        _emit(args, report, render.estimate)
+    elif refusal is not None:
+        raise BudgetReached(refusal)
 
 
 def cmd_status(args, settings: Settings, library: Library) -> int:

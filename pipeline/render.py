@@ -118,7 +118,7 @@ def process_summary(r: dict, book: Book) -> None:
         console.print(f"  left undone: {undone} (pages)")
         if r["budget_to_finish_usd"] is not None:
             console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
-                          "(spent so far, plus the high estimate of the rest)")
+                          "(spent so far, the high estimate of the rest, and one call's worst case)")
     console.print(f"  total cost:  {usd(r['total_cost_usd'])} {runs(r)}")
     happened = what_happened(r.get("this_run") or {})
     if happened:
@@ -207,15 +207,21 @@ def pricing(r: dict) -> None:
 
 
 def estimate(r: dict) -> None:
-    t = Table("stage", "model", "pages", "low", "high", "from", title_justify="left",
-              title=f"{r['book']}: what the rest will cost")
+    images = ", with page images" if r.get("vision") else ""
+    t = Table("stage", "model", "pages", "low", "likely", "high", "from", title_justify="left",
+              title=f"{r['book']}: what the rest will cost{images}")
     for name, e in r["stages"].items():
-        t.add_row(name, e["model"], str(e["pages"]), usd(e["low_usd"]), usd(e["high_usd"]), e["method"])
+        t.add_row(name, e["model"], str(e["pages"]), usd(e["low_usd"]), usd(e["likely_usd"]), usd(e["high_usd"]),
+                  e["method"])
     t.add_section()
-    t.add_row("total", "", "", usd(r["low_usd"]), usd(r["high_usd"]), "")
+    t.add_row("total", "", "", usd(r["low_usd"]), usd(r["likely_usd"]), usd(r["high_usd"]), "")
     console.print(t)
     budget = "no budget" if r["budget_usd"] is None else f"budget {usd(r['budget_usd'])}"
     console.print(f"spent so far {usd(r['spent_usd'])}; {budget}")
+    if "budget_refuses" in r:  # a dry run: would the real one start?
+        console.print("the budget would refuse this run: " + r["budget_refuses"] if r["budget_refuses"]
+                      else "the budget would let this run start" if r["budget_usd"] is not None else
+                      "no budget would stop this run")
 
 
 def reconciliation(r: dict) -> None:

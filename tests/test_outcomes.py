@@ -131,3 +131,53 @@ def test_the_run_log_holds_every_attempt_and_page_and_ar_log_sums_it_up(sim, boo
     missing = run_ar("log", "book", "--run", "9", books_dir=books_dir)
     assert missing.returncode == 1
     one_error_line(missing, "no log of run 9: its logs are of runs 1, 2")
+
+
+def test_a_dry_run_estimates_what_the_run_would_do_fresh_and_vision_included(sim, books_dir, tmp_path, ocr_done):
+    server = sim("--api-key", KEY)
+    env = llm_env(server, tmp_path)
+    assert run_ar("process", "book", books_dir=books_dir, env=env).returncode == 0
+    nothing = json.loads(run_ar("process", "book", "--dry-run", "--json", books_dir=books_dir, env=env).stdout)
+    assert nothing["stages"]["correct"]["pages"] == 0 and nothing["high_usd"] == 0
+    dry = run_ar("process", "book", "--fresh", "--vision", "--dry-run", "--json", books_dir=books_dir, env=env)
+    assert dry.returncode == 0, dry.stderr
+    fresh = json.loads(dry.stdout)
+    assert fresh["vision"] is True and fresh["stages"]["correct"]["pages"] == 3  # as the run will: all again
+    assert 0 < fresh["low_usd"] <= fresh["likely_usd"] <= fresh["high_usd"]
+    text_only = json.loads(run_ar("process", "book", "--fresh", "--dry-run", "--json",
+                                  books_dir=books_dir, env=env).stdout)
+    assert text_only["stages"]["correct"]["high_usd"] < fresh["stages"]["correct"]["high_usd"]  # images counted
+    assert server.credits() == fresh["spent_usd"]  # the dry runs spent nothing, discarded nothing
+    assert json.loads(run_ar("status", "book", "--json", books_dir=books_dir).stdout)["state"] == "done"
+    before = server.credits()
+    assert run_ar("process", "book", "--fresh", "--vision", books_dir=books_dir, env=env).returncode == 0
+    assert 0 < server.credits() - before <= fresh["high_usd"]
+
+
+def test_a_dry_run_says_whether_the_budget_would_refuse_the_run(sim, books_dir, tmp_path, ocr_done):
+    env = llm_env(sim("--api-key", KEY), tmp_path)
+    dry = run_ar("process", "book", "--budget", "0.00001", "--dry-run", books_dir=books_dir, env=env)
+    assert dry.returncode == 0
+    refusal = dry.stdout.strip().splitlines()[-1]
+    assert refusal.startswith("the budget would refuse this run: even the low estimate of the rest")
+    real = run_ar("process", "book", "--budget", "0.00001", books_dir=books_dir, env=env)
+    assert real.returncode == 3 and real.stderr.strip() == "ar: error: " + refusal.split(": ", 1)[1]
+    fine = run_ar("process", "book", "--budget", "5", "--dry-run", "--json", books_dir=books_dir, env=env)
+    assert json.loads(fine.stdout)["budget_refuses"] is None
+    assert run_ar("process", "book", "--budget", "5", "--dry-run", books_dir=books_dir,
+                  env=env).stdout.strip().endswith("the budget would let this run start")
+
+
+def test_the_likely_figure_comes_from_the_books_own_pages_once_there_are_some(sim, books_dir, tmp_path, ocr_done):
+    env = llm_env(sim("--api-key", KEY), tmp_path)
+    prior = json.loads(run_ar("estimate", "book", "--json", books_dir=books_dir, env=env).stdout)["stages"]["correct"]
+    assert prior["method"] == "tokens" and prior["low_usd"] < prior["likely_usd"] < prior["high_usd"]
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
+    cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)["stages"]["correct"]
+    seen = json.loads(run_ar("estimate", "book", "--json", books_dir=books_dir, env=env).stdout)["stages"]["correct"]
+    assert seen["method"] == "observed"
+    assert seen["likely_usd"] == pytest.approx(cost["cost_usd"])  # the mean page, three pages again
+    assert seen["low_usd"] < seen["likely_usd"] < seen["high_usd"]
+    human = run_ar("estimate", "book", "--vision", books_dir=books_dir, env=env)
+    assert human.returncode == 0 and "with page images" in human.stdout and "likely" in human.stdout
