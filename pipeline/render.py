@@ -110,8 +110,9 @@ def process_summary(r: dict, book: Book) -> None:
         if book.text_path.exists():
             console.print(f"  text:        {book.text_path}")
             console.print(f"  cost report: {book.root / 'cost_report.json'}")
-    else:
-        console.print(f"{outcome['status']}: {outcome['message']}")
+    else:  # "budget reached: ...", never "budget: budget reached: ..."
+        message = outcome["message"]
+        console.print(message if message.startswith(outcome["status"]) else f"{outcome['status']}: {message}")
     if outcome["status"] == "budget":
         undone = ", ".join(f"{name} {s['total'] - s['done']}" for name, s in r["stages"].items()
                            if s["total"] > s["done"])
@@ -194,6 +195,10 @@ def review(r: dict) -> None:
 
 def pricing(r: dict) -> None:
     per_m = 1_000_000
+    if not r["models"]:  # --refresh alone: what was fetched, not an empty table
+        console.print(f"{r['models_known']} models at {r['base_url']}, prices {r['age_seconds'] / 3600:.1f} h old; "
+                      "`ar.py pricing MODEL` shows one, `--list` every one")
+        return
     t = Table("model", "prompt $/M", "completion $/M", "cache read $/M", "cache write $/M",
               "reasoning $/M", "image $", "request $", "discount",
               title=f"{r['models_known']} models at {r['base_url']}, prices {r['age_seconds'] / 3600:.1f} h old")

@@ -1,10 +1,17 @@
 """Every outcome says what happened (issue 16): a stage whose inputs are missing, an empty
 --stages, a run that did nothing, a new model on a finished book, what a run's answers were."""
+import asyncio
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from infra.books import Book
+from infra.llm_client import LLMClient
+from infra.pricing import PricingCache
+from pipeline.correct import CorrectedPage, CorrectStage
+from pipeline.llm_stage import language_line, max_tokens_for, ocr_message
+from pipeline.registry import STAGES
 from tests.conftest import llm_env, make_book, one_error_line, run_ar, text_pages
 
 KEY = "sk-or-v1-outcomes-0123456789"
@@ -181,3 +188,43 @@ def test_the_likely_figure_comes_from_the_books_own_pages_once_there_are_some(si
     assert seen["low_usd"] < seen["likely_usd"] < seen["high_usd"]
     human = run_ar("estimate", "book", "--vision", books_dir=books_dir, env=env)
     assert human.returncode == 0 and "with page images" in human.stdout and "likely" in human.stdout
+
+
+def test_a_budget_stop_reads_once_and_its_budget_to_finish_leaves_room_for_one_call(
+        sim, books_dir, tmp_path, ocr_done):
+    server = sim("--api-key", KEY)
+    env = llm_env(server, tmp_path)
+    r = run_ar("process", "book", "--budget", "0.0001", "--force", books_dir=books_dir, env=env)
+    assert r.returncode == 3
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("budget reached: $0.0000 of $0.0001 spent") and "budget: budget" not in r.stdout
+    report = json.loads(run_ar("process", "book", "--budget", "0.0001", "--force", "--json",
+                               books_dir=books_dir, env=env).stdout)
+    estimate = json.loads(run_ar("estimate", "book", "--json", books_dir=books_dir, env=env).stdout)
+    assert estimate["reserve_usd"] > 0
+    assert report["budget_to_finish_usd"] == pytest.approx(
+        estimate["spent_usd"] + estimate["high_usd"] + estimate["reserve_usd"])
+    # the room left is what the client reserves for the largest page's call, or more
+    longest = max((STAGES["ocr"].read_page(ocr_done, p)["text"] for p in (1, 2, 3)), key=len)
+    client = LLMClient(server.url, SecretStr(KEY), PricingCache(server.url, cache_dir=tmp_path / "cache"))
+    messages = [{"role": "system", "content": CorrectStage.system + language_line("eng")},
+                {"role": "user", "content": [{"type": "text", "text": ocr_message(longest)}]}]
+    body = client.request_body("google/gemini-2.5-flash", messages, CorrectedPage, max_tokens_for(longest))
+    assert client.worst_case(body) <= estimate["stages"]["correct"]["reserve_usd"] <= 1.5 * client.worst_case(body)
+    asyncio.run(client.aclose())
+
+
+def test_pricing_refresh_alone_says_what_it_fetched(sim, books_dir, tmp_path):
+    r = run_ar("pricing", "--refresh", books_dir=books_dir, env=llm_env(sim("--api-key", KEY), tmp_path))
+    assert r.returncode == 0 and "┃" not in r.stdout
+    assert r.stdout.startswith("10 models at http://127.0.0.1:")
+
+
+def test_after_clean_the_monitor_does_not_show_a_cost_per_page_of_zero(sim, books_dir, tmp_path, ocr_done):
+    env = llm_env(sim("--api-key", KEY), tmp_path)
+    assert run_ar("process", "book", "--stages", "correct", books_dir=books_dir, env=env).returncode == 0
+    assert run_ar("clean", "book", "correct", books_dir=books_dir).returncode == 0
+    snapshot = json.loads(run_ar("monitor", "book", "--json", books_dir=books_dir).stdout)
+    assert snapshot["stages"]["correct"]["cost_usd"] > 0 and snapshot["stages"]["correct"]["done"] == 0
+    assert snapshot["cost_per_page_usd"] is None  # unknown, not $0.0000
+    assert "-/page" in run_ar("monitor", "book", "--once", books_dir=books_dir).stdout
