@@ -102,6 +102,8 @@ def process_summary(r: dict, book: Book) -> None:
         finished = r["state"] == "done"
         if outcome["pages_processed"] == 0 and finished:
             console.print(f"book {r['book']!r} is done: nothing to do.")
+        elif finished and r["pages_to_review"]:  # not a plain "done": the last line says what is left
+            console.print(f"book {r['book']!r}: every stage is through.")
         elif finished:
             console.print(f"book {r['book']!r} done.")
         else:

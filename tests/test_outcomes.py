@@ -74,6 +74,7 @@ def test_answers_that_never_validated_are_counted_with_their_pages(sim, books_di
     assert "  this run:    18 failed calls (pages 1-3), of them 18 invalid answers (pages 1-3); " \
            "3 pages invalid (1-3)" in lines
     assert lines[-1].startswith("done, 3 pages to review (3 invalid)")  # never a plain "done"
+    assert "book 'book' done." not in lines and "book 'book': every stage is through." in lines
     cost = json.loads(run_ar("cost", "book", "--json", books_dir=books_dir).stdout)
     for stage in ("correct", "fix"):
         row = cost["stages"][stage]
