@@ -249,7 +249,9 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                   other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
                   this_run=run_summary(book, outcome.run_id))
     if outcome.status == "budget":  # what would finish the book
-        report["budget_to_finish_usd"] = to_finish(_estimate(book, settings, args.vision))
+        from pipeline.estimate import budget_to_finish
+
+        report["budget_to_finish_usd"] = budget_to_finish(_estimate(book, settings, args.vision))
     _emit(args, report, lambda r: render.process_summary(r, book))
     return outcome.exit_code
 
@@ -264,6 +266,7 @@ def _check_inputs(book, selected, stages: dict, fresh: bool) -> None:
     missing = STAGES.missing_inputs(selected, left)
     if not missing:
         return
+
     def undone(name: str) -> str:
         return f"{name} ({left[name]} of {stages[name]['total']} not done)"
 
@@ -282,19 +285,11 @@ def _has_budget(args, book, settings: Settings) -> bool:
     return kept is not None
 
 
-def to_finish(report: dict) -> float | None:
-    """The budget that finishes the book: spent, the high estimate of the rest, and room for
-    the worst case one call reserves before it is sent (without it the last call is refused)."""
-    if report["high_usd"] is None or report["reserve_usd"] is None:
-        return None
-    return report["spent_usd"] + report["high_usd"] + report["reserve_usd"]
-
-
 def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
     """What this run would cost, exactly as it would run (its stages, --fresh, --vision):
     --dry-run prints it, and whether the budget would refuse the run; otherwise a budget the
     low estimate exceeds stops here."""
-    from pipeline.estimate import total_range
+    from pipeline.estimate import budget_to_finish, total_range
 
     report = _estimate(book, settings, args.vision, selected if args.fresh else ())
     report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
@@ -304,7 +299,7 @@ def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None
     budget, low = report["budget_usd"], report["low_usd"]
     refusal = None
     if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
-        finish = to_finish(report)
+        finish = budget_to_finish(report)
         refusal = (f"even the low estimate of the rest, ${low:.4f}, exceeds what is left of the budget "
                    f"(${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget"
                    + ("" if finish is None else f" to at least ${finish:.4f}") + ", or add --force")

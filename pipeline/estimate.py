@@ -125,6 +125,14 @@ def total_range(stages) -> dict:
             else max((s["reserve_usd"] for s in stages), default=0.0)}
 
 
+def budget_to_finish(report: dict) -> float | None:
+    """The budget that finishes the book: spent, the high estimate of the rest, and room for
+    the worst case one call reserves before it is sent (without it the last call is refused)."""
+    if report["high_usd"] is None or report["reserve_usd"] is None:
+        return None
+    return report["spent_usd"] + report["high_usd"] + report["reserve_usd"]
+
+
 def _text_lengths(source: StageSpec, book: Book, pages: list[int]) -> dict[int, int]:
     """The length of each page's text where a page stage's output has it."""
     texts = {p: _read(source, book, p) for p in pages}
