@@ -229,3 +229,20 @@ def test_after_clean_the_monitor_does_not_show_a_cost_per_page_of_zero(sim, book
     assert snapshot["stages"]["correct"]["cost_usd"] > 0 and snapshot["stages"]["correct"]["done"] == 0
     assert snapshot["cost_per_page_usd"] is None  # unknown, not $0.0000
     assert "-/page" in run_ar("monitor", "book", "--once", books_dir=books_dir).stdout
+
+
+def test_ar_log_reads_a_log_cut_by_a_kill_and_says_when_there_is_none(books_dir):
+    book = make_book(books_dir, "book", 2)
+    none = run_ar("log", "book", books_dir=books_dir)
+    assert none.returncode == 1
+    one_error_line(none, "book 'book' has no run log yet")
+    (book / "logs").mkdir()
+    lines = [{"ts": 1.0, "msg": "run started", "run_id": 1},
+             {"ts": 2.0, "msg": "page 1: attempt 1 with m: retried (HTTP 500)", "event": "attempt", "stage": "correct",
+              "page": 1, "outcome": "retried", "cause": "HTTP 500", "http_status": 500, "retry_after": None,
+              "wait_s": 0.5, "seconds": 0.1, "cost_usd": 0.0}]
+    text = "".join(json.dumps(e) + "\n" for e in lines) + '{"ts": 3.0, "msg": "page 1: attem'  # SIGKILL mid-line
+    (book / "logs" / "run-0001-20261126T000000.jsonl").write_text(text)
+    report = json.loads(run_ar("log", "book", "--json", books_dir=books_dir).stdout)
+    assert report["unreadable_lines"] == 1 and report["status"].startswith("not ended")
+    assert report["failed_attempts_by_cause"] == {"HTTP 500": 1} and report["failures_by_page"] == {"1": {"correct: HTTP 500": 1}}
