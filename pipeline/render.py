@@ -179,7 +179,7 @@ def run_log(r: dict) -> None:
     if r["slowest_pages"]:
         t = Table("stage", "page", "seconds", "outcome", title="slowest pages", title_justify="left")
         for p in r["slowest_pages"]:
-            t.add_row(p["stage"], str(p["page"]), f"{p['seconds']:.2f}", p["outcome"])
+            t.add_row(p["stage"], str(p["page"] or "the book"), f"{p['seconds']:.2f}", p["outcome"])
         console.print(t)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 
 from infra.errors import PageFailed, StopRun, exit_code
@@ -147,6 +148,7 @@ class Pipeline:
             return
         if not all(self._has(r, p) for r in stage.spec.reads for p in self.pages):
             return  # some page did not make it through: the book cannot be put together yet
+        started = time.monotonic()
         try:
             await stage.run_book()
         except StopRun as stop:
@@ -155,8 +157,10 @@ class Pipeline:
         except PageFailed as e:
             self.ctx.ledger.mark_failed(stage.name, BOOK_PAGE, self.ctx.run_id, str(e))
             self.outcome.failed[stage.name] = 1
+            stage.log_outcome(BOOK_PAGE, "failed", started, error=str(e))
             return
         stage.mark_book_done()
+        stage.log_outcome(BOOK_PAGE, "done", started)
         self.outcome.book_stages_done += 1
         self.done[stage.name].add(BOOK_PAGE)
         self.on_progress(stage)

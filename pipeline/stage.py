@@ -102,7 +102,7 @@ class Stage:
         except PageFailed as e:
             self.ctx.ledger.mark_failed(self.name, page, self.ctx.run_id, str(e))
             self.stats["pages_failed"] += 1
-            self._log_page(page, "failed", started, error=str(e))
+            self.log_outcome(page, "failed", started, error=str(e))
             return False
         path = self.spec.page_path(self.ctx.book, page)
         try:
@@ -111,11 +111,12 @@ class Stage:
             raise StopRun(f"cannot write {path}: {e.strerror or e}") from None
         self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id, result.get("flags"))
         self.stats["pages_done"] += 1
-        self._log_page(page, "done", started, flags=sorted(result.get("flags") or ()))
+        self.log_outcome(page, "done", started, flags=sorted(result.get("flags") or ()))
         return True
 
-    def _log_page(self, page: int, outcome: str, started: float, **fields) -> None:
-        """Each page's outcome in the run's log, with how long it took (`ar.py log`)."""
+    def log_outcome(self, page: int, outcome: str, started: float, **fields) -> None:
+        """Each page's outcome in the run's log (a book stage's: page 0), with how long it
+        took (`ar.py log`)."""
         log_event(log, f"page {page}: {self.name} {outcome}", event="page", stage=self.name, page=page,
                   outcome=outcome, seconds=round(time.monotonic() - started, 3), **fields)
 

@@ -120,7 +120,7 @@ def test_the_run_log_holds_every_attempt_and_page_and_ar_log_sums_it_up(sim, boo
     assert len(attempts) == cost["runs"][1]["calls"]
     assert sum(e["cost_usd"] for e in attempts) == pytest.approx(cost["runs"][1]["cost_usd"], abs=1e-12)
     page_events = {(e["stage"], e["page"]) for e in entries if e.get("event") == "page" and e["outcome"] == "done"}
-    assert page_events == {(s, p) for s in ("correct", "fix") for p in (1, 2, 3)}
+    assert page_events == {(s, p) for s in ("correct", "fix") for p in (1, 2, 3)} | {("merge", 0)}
 
     r = run_ar("log", "book", "--json", books_dir=books_dir)
     assert r.returncode == 0, r.stderr
