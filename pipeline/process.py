@@ -111,13 +111,14 @@ def process_book(
                 _close_run(book, ledger, run_id, outcome, handler)
             finally:
                 _release(held)
+    outcome.run_id = run_id
     return outcome
 
 
 def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome, handler) -> None:
     if run_id is not None:
         try:
-            ledger.end_run(run_id, outcome.status, outcome.message or None)
+            ledger.end_run(run_id, "idle" if outcome.idle else outcome.status, outcome.message or None)
         except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
             log.warning("cannot close run %d in %s (%s): the next run marks it crashed", run_id, book.ledger_path, e)
         log_event(log, "run ended", run_id=run_id, status=outcome.status,
