@@ -123,23 +123,53 @@ def page_lines(ocr: dict) -> tuple[list[Line], bool]:
 
 @dataclass
 class Metrics:
+    """A page's measures (or the book's, for a page with too few lines of its own)."""
     height: float  # body line height H
     gap: float  # the usual gap between two body lines
-    left: float  # the body column's left edge
-    right: float  # and right edge
+    columns: list[tuple[float, float]]  # each text column's left and right edges, left to right
+
+    @property
+    def left(self) -> float:
+        return self.columns[0][0]
+
+    @property
+    def right(self) -> float:
+        return self.columns[-1][1]
+
+    def column(self, ln: Line) -> tuple[float, float]:
+        """The column a line stands in: the last one starting left of it (an indent aside)."""
+        inside = [c for c in self.columns if c[0] <= ln.left + self.height]
+        return inside[-1] if inside else self.columns[0]
 
 
 def _metrics(pages: list[list[Line]]) -> Metrics | None:
+    """Body line height and gap, and the columns: lines of 3+ words grouped by where they
+    start (a new column starts over 10 line heights right of the last)."""
     lines = [ln for page in pages for ln in page if ln.box and len(ln.text.split()) >= 3]
     if not lines:
         return None
     height = median(ln.height for ln in lines)
     gaps = [b.top - a.bottom for page in pages for a, b in zip(page, page[1:])
             if a.box and b.box and a.block == b.block and 0 <= b.top - a.bottom < 2 * height]
-    lefts = sorted(ln.left for ln in lines)
-    rights = sorted(ln.right for ln in lines)
-    return Metrics(height, median(gaps) if gaps else height * 0.4,
-                   lefts[len(lefts) // 4], rights[(3 * len(rights)) // 4])
+    groups: list[list[Line]] = []
+    for ln in sorted(lines, key=lambda ln: ln.left):
+        if groups and ln.left - groups[-1][-1].left <= 10 * height:
+            groups[-1].append(ln)
+        else:
+            groups.append([ln])
+    big = [g for g in groups if len(g) >= 3] or groups
+    columns = []
+    for g in big:
+        lefts, rights = sorted(ln.left for ln in g), sorted(ln.right for ln in g)
+        columns.append((lefts[len(lefts) // 4], rights[(3 * len(rights)) // 4]))
+    return Metrics(height, median(gaps) if gaps else height * 0.4, columns)
+
+
+def _page_metrics(lines: list[Line], book: Metrics) -> Metrics:
+    """The page's own measures when it has enough lines (a book of mixed pages), else the book's."""
+    if sum(1 for ln in lines if len(ln.text.split()) >= 3) >= 5:
+        return _metrics([lines]) or book
+    return book
 
 
 def _apart_below(lines: list[Line], i: int, m: Metrics) -> bool:
@@ -179,28 +209,27 @@ def analyse(ocr_pages: dict[int, dict]) -> list[PageLayout]:
     numbers = sorted(ocr_pages)
     read = {p: page_lines(ocr_pages[p]) for p in numbers}
     layouts = {p: PageLayout(p, lines, geo) for p, (lines, geo) in read.items()}
-    geo_pages = [layouts[p].lines for p in numbers if layouts[p].geometry]
-    m = _metrics(geo_pages)
-    if m is not None:
-        _find_folios(layouts, numbers, m)
+    book_metrics = _metrics([layouts[p].lines for p in numbers if layouts[p].geometry])
+    if book_metrics is not None:
+        m = {p: _page_metrics(layouts[p].lines, book_metrics) for p in numbers if layouts[p].geometry}
+        _find_folios(layouts, m)
         _find_running_lines(layouts, m)
-        for layout in layouts.values():
-            if layout.geometry:
-                _label_page(layout, m)
-                _mark_verse(layout.lines, m)
+        for p, page_m in m.items():
+            _label_page(layouts[p], page_m)
+            _mark_verse(layouts[p].lines, page_m)
     for layout in layouts.values():
         _kept_breaks(layout)
-    if m is not None:
+    if book_metrics is not None:
         _find_continuations([layouts[p] for p in numbers], m)
     _infer_page_numbers([layouts[p] for p in numbers])
     return [layouts[p] for p in numbers]
 
 
-def _find_folios(layouts: dict[int, PageLayout], numbers: list[int], m: Metrics) -> None:
+def _find_folios(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -> None:
     """A number on a page's edge is a folio when its value less the scan page agrees with
     another page's: printed page numbers advance with the scan, a chart's axis labels or a
     section's "II" do not."""
-    found = {p: _folio_candidates(layouts[p].lines, m) for p in numbers if layouts[p].geometry}
+    found = {p: _folio_candidates(layouts[p].lines, page_m) for p, page_m in m.items()}
     offsets = Counter((kind, value - p) for p, cands in found.items() for _, _, kind, value, _ in cands)
     for p, cands in found.items():
         for i, token, kind, value, alone in cands:
@@ -211,7 +240,7 @@ def _find_folios(layouts: dict[int, PageLayout], numbers: list[int], m: Metrics)
                     line.label, line.why = "folio", f"page number {token}, in step with the scan on other pages"
 
 
-def _find_running_lines(layouts: dict[int, PageLayout], m: Metrics) -> None:
+def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -> None:
     """A page's first (last) line is a running header (footer) when it stands apart from the
     body and the same line, its page number aside, opens (closes) at least one other page."""
     for label, edge, apart in (("header", 0, _apart_below), ("footer", -1, _apart_above)):
@@ -221,7 +250,7 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: Metrics) -> None:
             if not layout.geometry or len(lines) < 2:
                 continue
             i = edge % len(lines)
-            if apart(lines, i, m):
+            if apart(lines, i, m[p]):
                 key = _key(lines[i].text, layout.printed)
                 if len(key) >= 2:
                     keys[p] = key
@@ -235,7 +264,6 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: Metrics) -> None:
 
 def _label_page(layout: PageLayout, m: Metrics) -> None:
     lines = [ln for ln in layout.lines if ln.label not in FURNITURE]
-    width = m.right - m.left
     # footnotes: smaller print under the body, apart from it, opening with a marker
     foot = len(lines)
     for i in range(len(lines) - 1, 0, -1):
@@ -263,10 +291,11 @@ def _label_page(layout: PageLayout, m: Metrics) -> None:
             ln.why += ", standing apart"
             continue
         prev = body[i - 1] if i else None
-        ln.paragraph = (prev is None or prev.label != "body" or ln.left - m.left >= INDENT * m.height
-                        or _apart_above(body, i, m) or (m.right - prev.right >= SHORT * m.height
-                                                        and ln.left < prev.left + width))
-        if prev is None and ln.left - m.left < INDENT * m.height:
+        left, right = m.column(ln)
+        indented = ln.left - left >= INDENT * m.height
+        ln.paragraph = (prev is None or prev.label != "body" or indented or _apart_above(body, i, m)
+                        or (m.column(prev) == (left, right) and right - prev.right >= SHORT * m.height))
+        if prev is None and not indented:
             ln.paragraph = False  # decided by _find_continuations
 
 
@@ -274,9 +303,9 @@ def _body(layout: PageLayout) -> list[Line]:
     return [ln for ln in layout.lines if ln.label in ("body", "verse", "list", "toc")]
 
 
-def _find_continuations(layouts: list[PageLayout], m: Metrics) -> None:
+def _find_continuations(layouts: list[PageLayout], m: dict[int, Metrics]) -> None:
     """A page's first paragraph goes on from the previous page when the previous page's last
-    body line runs to the column's end or has no sentence end, and this page's first line is
+    body line runs to its column's end or has no sentence end, and this page's first line is
     not indented: the case of its first letter says nothing."""
     for before, layout in zip(layouts, layouts[1:]):
         last, first = _body(before), [ln for ln in layout.lines if ln.label not in FURNITURE + ("footnote",)]
@@ -285,12 +314,14 @@ def _find_continuations(layouts: list[PageLayout], m: Metrics) -> None:
                 first[0].paragraph = True
             continue
         a, b = last[-1], first[0]
-        if a.box and b.box:
-            runs_on = m.right - a.right < SHORT * m.height and b.left - m.left < INDENT * m.height
+        ends = bool(re.search(r"[.!?:;\"'’”)\]]$", a.text.strip()))
+        if a.box and b.box and before.page in m and layout.page in m:
+            ma, mb = m[before.page], m[layout.page]
+            full = ma.column(a)[1] - a.right < SHORT * ma.height
+            indented = b.left - mb.column(b)[0] >= INDENT * mb.height
+            layout.continues = not indented and (full or not ends)
         else:
-            runs_on = False
-        no_end = not re.search(r"[.!?:;\"'’”)\]]$", a.text.strip())
-        layout.continues = runs_on or (no_end and (not b.box or b.left - m.left < INDENT * m.height))
+            layout.continues = not ends
         b.paragraph = not layout.continues
 
 
@@ -322,7 +353,8 @@ def _mark_verse(lines: list[Line], m: Metrics) -> None:
     """Verse: 3+ consecutive body lines of one block, all short, none hyphenated: lines the
     column's width did not break."""
     def short(ln: Line) -> bool:
-        return ln.label == "body" and m.right - ln.right >= 4 * m.height and not ln.text.rstrip().endswith("-")
+        return (ln.label == "body" and m.column(ln)[1] - ln.right >= 4 * m.height
+                and not ln.text.rstrip().endswith("-"))
     i = 0
     while i < len(lines):
         j = i

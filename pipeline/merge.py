@@ -275,6 +275,10 @@ def plain_text(book: Book) -> str:
     return "\n\n".join(out) + "\n"
 
 
+_ANCHOR = re.compile(r'id="page-(\d+)"')
+_BREAK = '<span epub:type="pagebreak"'
+
+
 def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str) -> bytes:
     """book.epub: a document per chapter (and one for what comes before the first), the notes
     in their own, and a page list of the printed page numbers."""
@@ -283,41 +287,41 @@ def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str) -> 
     pages: list[epub.PageTarget] = []
     parts: list[str] = []
 
-    def close(title: str) -> None:
+    def label(page: int) -> str:
+        return printed.get(page) or str(page)
+
+    def anchor(page: int) -> str:
+        return f'{_BREAK} role="doc-pagebreak" id="page-{page}" aria-label="{escape(label(page))}"></span>'
+
+    def close(title: str, last: bool = False) -> None:
+        """Ends the document so far; the page anchors at its end open the next one."""
+        carried = []
+        while parts and parts[-1].startswith(_BREAK) and not last:
+            carried.insert(0, parts.pop())
         if parts:
-            docs.append(epub.Document(f"c{len(docs) + 1:03d}.xhtml", title, "\n".join(parts)))
-            parts.clear()
-
-    def page_anchor(page: int) -> str:
-        name = f"c{len(docs) + 1:03d}.xhtml"
-        pages.append(epub.PageTarget(name, f"page-{page}", printed.get(page) or str(page)))
-        label = escape(printed.get(page) or str(page))
-        return f'<span epub:type="pagebreak" role="doc-pagebreak" id="page-{page}" aria-label="{label}"></span>'
-
-    def inline(text: str) -> str:
-        text = escape(text)
-        text = re.sub(r"&lt;!-- page (\d+) --&gt;", lambda m: marks.pop(int(m.group(1))), text)
-        return re.sub(r"\[\^(\d+)\]", r'<a epub:type="noteref" href="notes.xhtml#note-\1">\1</a>', text)
+            name, body = f"c{len(docs) + 1:03d}.xhtml", "\n".join(parts)
+            docs.append(epub.Document(name, title, body))
+            pages.extend(epub.PageTarget(name, f"page-{p}", label(int(p))) for p in _ANCHOR.findall(body))
+        parts[:] = carried
 
     title = named["title"]
-    marks: dict[int, str] = {}
     for block in book.blocks:
         if isinstance(block, Heading) and block.level == 1:
             close(title)
             title = block.text
         if isinstance(block, PageMark):
             if not block.missing:
-                parts.append(page_anchor(block.page))
+                parts.append(anchor(block.page))
         elif isinstance(block, Heading):
             parts.append(f"<h{block.level}>{escape(block.text)}</h{block.level}>")
         elif isinstance(block, Lines):
             parts.append("<p>" + "<br/>".join(escape(t) for t in block.lines) + "</p>")
         else:
-            def mark(page: int) -> str:
-                marks[page] = page_anchor(page)
-                return f"<!-- page {page} -->"
-            parts.append(f"<p>{inline(paragraph_text(block, book.words, mark))}</p>")
-    close(title)
+            text = escape(paragraph_text(block, book.words, lambda page: f"\x00{page}\x00"))
+            text = re.sub("\x00(\\d+)\x00", lambda m: anchor(int(m.group(1))), text)
+            text = re.sub(r"\[\^(\d+)\]", r'<a epub:type="noteref" href="notes.xhtml#note-\1">\1</a>', text)
+            parts.append(f"<p>{text}</p>")
+    close(title, last=True)
     if not docs:
         docs.append(epub.Document("c001.xhtml", title, "<p></p>"))
     if book.notes:
