@@ -14,17 +14,20 @@ not yet corrected is an HTML comment in its place.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from html import escape
 
+from infra.logs import log_event
 from infra.storage import atomic_write_bytes, atomic_write_json
 from pipeline import epub
 from pipeline.layout import FURNITURE, KEPT_BREAKS, Line, PageLayout, analyse, read_layout
 from pipeline.reports import status_report
 from pipeline.stage import Stage, kept_language
 
+log = logging.getLogger("ar.merge")
 _SENTENCE_END = re.compile(r"[.!?:;\"'’”)\]]$")
 SURE = 0.6  # a corrected line takes its OCR line's furniture label only when this similar
 
@@ -388,28 +391,34 @@ def book_markdown(pages: list[str], layouts: list[PageLayout] | None = None) -> 
 
 
 class MergeStage(Stage):
-    """Reads the pages' final text (fix) and the layout of every OCR line (layout)."""
+    """Reads the OCR pages (for a partial book's layout), the pages' final text (fix) and the
+    layout of every OCR line (layout)."""
 
-    def texts(self, pages: list[int]) -> dict[int, str]:
-        final = next(name for name in self.spec.reads if self.ctx.registry[name].per_page)
-        spec = self.ctx.registry[final]
-        return {p: spec.read_page(self.ctx.book, p)["text"] for p in pages}
+    def _page_stages(self):
+        first, *_, final = [self.ctx.registry[r] for r in self.spec.reads if self.ctx.registry[r].per_page]
+        return first, final
+
+    def texts(self, pages) -> dict[int, str]:
+        _, final = self._page_stages()
+        return {p: final.read_page(self.ctx.book, p)["text"] for p in pages}
 
     async def run_book(self) -> None:
         book = self.ctx.book
         pages = list(range(1, book.page_count() + 1))
         self.write(read_layout(book), self.texts(pages), partial=False)
 
-    async def run_partial(self, done: set[int]) -> None:
-        """The book over the pages done, after a stop: the layout from the OCR pages there
-        are, each page not yet corrected an HTML comment."""
+    async def run_partial(self, done: dict[str, set[int]]) -> None:
+        """The book over the pages done when a run stops: the layout of the OCR pages there
+        are, each page not yet corrected an HTML comment in its place."""
         book = self.ctx.book
-        ocr = self.ctx.registry["ocr"]
+        ocr, final = self._page_stages()
         pages = list(range(1, book.page_count() + 1))
-        read = {p: ocr.read_page(book, p) for p in pages if ocr.page_path(book, p).exists()}
-        layouts = analyse({p: read.get(p, {"text": ""}) for p in pages})
-        texts = self.texts(sorted(done))
-        self.write(layouts, {p: texts.get(p) for p in pages}, partial=True)
+        layouts = analyse({p: ocr.read_page(book, p) if p in done[ocr.name] else {"text": ""} for p in pages})
+        texts = self.texts(sorted(done[final.name]))
+        try:
+            self.write(layouts, {p: texts.get(p) for p in pages}, partial=True)
+        except OSError as e:  # the disk that stopped the run: the pages are safe, the book waits
+            log_event(log, f"cannot write the partial book: {e.strerror or e}", logging.WARNING, book=book.id)
 
     def write(self, layouts: list[PageLayout], texts: dict[int, str | None], partial: bool) -> None:
         book = self.ctx.book

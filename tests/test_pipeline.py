@@ -212,10 +212,10 @@ def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost
     made = [book / "corrected" / "page_0001.json", book / "fixed" / "page_0001.json", book / "book.md",
             book / "structured" / "metadata.json"]
     assert all(f.exists() for f in made)
+    old_book = (book / "book.md").read_bytes()
     r = run_ar("clean", "book", "correct", "--json", books_dir=books_dir)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    old_book = (book / "book.md").read_bytes()
     assert report["files_removed"] == 7 and report["total_cost_usd"] == pytest.approx(server.credits())
     assert not any(f.exists() for f in made) and (book / "ocr" / "page_0001.json").exists()
     # the old book does not vanish: it is put aside until a merge makes it again
