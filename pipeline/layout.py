@@ -41,7 +41,6 @@ LARGER = 1.25  # a heading's line is at least this much taller than body lines
 SMALLER = 0.88  # footnote print is at most this tall
 CENTRED = 1.0  # a centred line's left and right margins differ by at most this
 INDENT = 0.8  # a paragraph's first line starts at least this far right of the column
-SHORT = 2.0  # a line ending at least this far left of the column's right edge is short
 
 
 def roman_value(text: str) -> int | None:
@@ -161,7 +160,7 @@ def _metrics(pages: list[list[Line]]) -> Metrics | None:
     columns = []
     for g in big:
         lefts, rights = sorted(ln.left for ln in g), sorted(ln.right for ln in g)
-        columns.append((lefts[len(lefts) // 4], rights[(3 * len(rights)) // 4]))
+        columns.append((lefts[len(lefts) // 4], rights[(9 * len(rights)) // 10]))
     return Metrics(height, median(gaps) if gaps else height * 0.4, columns)
 
 
@@ -170,6 +169,15 @@ def _page_metrics(lines: list[Line], book: Metrics) -> Metrics:
     if sum(1 for ln in lines if len(ln.text.split()) >= 3) >= 5:
         return _metrics([lines]) or book
     return book
+
+
+def _room_after(ln: Line, m: Metrics, following: str) -> bool:
+    """Whether `following`'s first word would have fitted at the end of line `ln`: then the
+    line ended by choice (a paragraph's end), not because the column was full. Works for
+    justified and ragged-right setting alike."""
+    word = following.split()[0] if following.split() else ""
+    char = ln.box[2] / max(1, len(ln.text))
+    return m.column(ln)[1] - ln.right > (len(word) + 3) * char  # 3: room for a scan's noise
 
 
 def _apart_below(lines: list[Line], i: int, m: Metrics) -> bool:
@@ -291,10 +299,10 @@ def _label_page(layout: PageLayout, m: Metrics) -> None:
             ln.why += ", standing apart"
             continue
         prev = body[i - 1] if i else None
-        left, right = m.column(ln)
+        left, _ = m.column(ln)
         indented = ln.left - left >= INDENT * m.height
         ln.paragraph = (prev is None or prev.label != "body" or indented or _apart_above(body, i, m)
-                        or (m.column(prev) == (left, right) and right - prev.right >= SHORT * m.height))
+                        or (m.column(prev)[0] == left and _room_after(prev, m, ln.text)))
         if prev is None and not indented:
             ln.paragraph = False  # decided by _find_continuations
 
@@ -317,7 +325,7 @@ def _find_continuations(layouts: list[PageLayout], m: dict[int, Metrics]) -> Non
         ends = bool(re.search(r"[.!?:;\"'’”)\]]$", a.text.strip()))
         if a.box and b.box and before.page in m and layout.page in m:
             ma, mb = m[before.page], m[layout.page]
-            full = ma.column(a)[1] - a.right < SHORT * ma.height
+            full = not _room_after(a, ma, b.text)
             indented = b.left - mb.column(b)[0] >= INDENT * mb.height
             layout.continues = not indented and (full or not ends)
         else:

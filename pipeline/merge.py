@@ -355,25 +355,26 @@ def title_and_author(layouts: list[PageLayout], book_id: str) -> dict:
     found: dict = {"title": book_id, "title_from": "the book's id", "author": None, "author_from": None}
     first = [ln for ly in layouts[:3] for ln in ly.lines]
     for ln in first:
-        by = re.match(r"^by\s+([A-Z][\w.'’ -]+)$", ln.text.strip(), re.IGNORECASE)
+        by = re.match(r"^by\s+((?:[A-Z][\w.'’-]*\s*){1,5})$", ln.text.strip())
         if by and found["author"] is None:
             found["author"], found["author_from"] = by.group(1).strip(), f"a 'by' line: {ln.text.strip()!r}"
     geo = [ln for ly in layouts for ln in ly.lines if ln.box and ln.label == "body"]
-    tall = [ln for ln in first if ln.box and ln.label in ("heading", "body") and len(ln.text.split()) <= 12]
+    tall = [ln for ln in first if ln.box and ln.label == "heading" and len(ln.text.split()) <= 12]
     if geo and tall:
         body_height = sorted(ln.height for ln in geo)[len(geo) // 2]
         best = max(tall, key=lambda ln: ln.height)
-        if best.height >= 1.5 * body_height and not re.match(r"^(chapter|part|book)\b", best.text, re.I):
+        if best.height >= 1.5 * body_height and not re.match(r"^\W*(chapter|part|book)\b", best.text, re.I):
             found["title"], found["title_from"] = best.text.strip(), "the tallest line of the first pages"
             return found
-    headers: dict[str, int] = {}
+    headers: dict[str, int] = {}  # the book's title runs on the left-hand (even) pages
     for ly in layouts:
         for ln in ly.lines:
-            if ln.label == "header":
+            number = int(ly.printed) if ly.printed and ly.printed.isdigit() else ly.page
+            if ln.label == "header" and number % 2 == 0:
                 headers[ln.text.strip()] = headers.get(ln.text.strip(), 0) + 1
     if headers:
         text, count = max(sorted(headers.items()), key=lambda kv: kv[1])
-        if count * 3 >= len(layouts) and not any(c.isdigit() for c in text):
+        if count * 6 >= len(layouts) and not any(c.isdigit() for c in text):
             found["title"], found["title_from"] = text.title() if text.isupper() else text, \
                 f"the running header of {count} pages"
     return found
