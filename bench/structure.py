@@ -8,7 +8,7 @@ title with the page number beside it), folios at the foot or at the head, roman 
 matter and arabic after, a contents page, chapter openings, footnotes, paragraphs across
 pages (starting in lower case or with a capital), words hyphenated across lines and pages,
 real compounds ("well-known") at a line's end, "Yes." opening a page, a body line starting
-"Part of", and mild scanner damage (tools/make_sample.py's). Each book goes through
+"Part of", and mild scanner damage (specks, a slight tilt, blur). Each book goes through
 `ar.py add` and `ar.py process` against the local OpenRouter-compatible server
 (tools/openrouter_sim.py), then its book.md and structured/ files are scored against the truth.
 
@@ -28,11 +28,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from rapidfuzz import fuzz
 
 from tools.demo import DEMO_KEY, start_server
-from tools.make_sample import damage
 
 ROOT = Path(__file__).resolve().parents[1]
 FONTS = ["DejaVuSerif.ttf", "DejaVuSans.ttf", "DejaVuSerifCondensed.ttf"]
@@ -84,7 +83,7 @@ class Typesetter:
         self.rng = rng
         self.title = title
         font = FONTS[rng.randrange(len(FONTS))]
-        self.size = rng.choice((44, 48, 52))
+        self.size = rng.choice((54, 58, 62))
         self.font = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", self.size)
         self.small = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", int(self.size * 0.78))
         self.big = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", int(self.size * 1.6))
@@ -200,6 +199,16 @@ def make_book(seed: int, pages_wanted: int, folder: Path) -> list[TruePage]:
                 draw.text((t.margin, 500 + i * t.pitch), ln.text, font=t.font, fill=20)
         damage(page, random.Random(seed * 100 + n)).save(folder / f"p{n:03d}.png", dpi=(DPI, DPI))
     return truth
+
+
+def damage(page: Image.Image, rng: random.Random) -> Image.Image:
+    """Mild scanner damage: specks of dust, a tilt of under a degree, a little blur."""
+    draw = ImageDraw.Draw(page)
+    for _ in range(rng.randint(80, 200)):
+        x, y, r = rng.randrange(WIDTH), rng.randrange(HEIGHT), rng.choice((1, 1, 2, 3))
+        draw.ellipse((x, y, x + r, y + r), fill=rng.randint(60, 160))
+    page = page.rotate(rng.uniform(-0.8, 0.8), resample=Image.BICUBIC, fillcolor=250)
+    return page.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 0.8)))
 
 
 # ---- scoring --------------------------------------------------------------------------------

@@ -248,11 +248,24 @@ def _find_folios(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -> None:
                     line.label, line.why = "folio", f"page number {token}, in step with the scan on other pages"
 
 
+def _set_apart_as_running(ln: Line, m: Metrics, printed: str | None) -> bool:
+    """What marks a running line beside its place: centred, smaller print, capitals, or the
+    page's number on it. A body line ("Yes." alone at a page's top) has none of these."""
+    left, right = m.column(ln)
+    centred = abs((ln.left - left) - (right - ln.right)) <= CENTRED * m.height and ln.left - left > 2 * m.height
+    letters = [c for c in ln.text if c.isalpha()]
+    capitals = len(letters) >= 4 and all(c.isupper() for c in letters)
+    numbered = bool(printed) and printed.lower() in ln.text.lower().split()
+    return centred or ln.height <= SMALLER * m.height or capitals or numbered
+
+
 def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -> None:
     """A page's first (last) line is a running header (footer) when it stands apart from the
-    body and the same line, its page number aside, opens (closes) at least one other page."""
+    body and the same line, its page number aside, opens (closes) other pages: on 3 or more
+    pages, or on 2 when it is set apart as running lines are (centred, smaller, capitals,
+    numbered)."""
     for label, edge, apart in (("header", 0, _apart_below), ("footer", -1, _apart_above)):
-        keys: dict[int, str] = {}
+        found: dict[int, tuple[Line, str]] = {}
         for p, layout in layouts.items():
             lines = [ln for ln in layout.lines if ln.label != "folio"]
             if not layout.geometry or len(lines) < 2:
@@ -261,12 +274,10 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
             if apart(lines, i, m[p]):
                 key = _key(lines[i].text, layout.printed)
                 if len(key) >= 2:
-                    keys[p] = key
-        counts = Counter(keys.values())
-        for p, key in keys.items():
-            if counts[key] >= 2:
-                lines = [ln for ln in layouts[p].lines if ln.label != "folio"]
-                line = lines[edge]
+                    found[p] = (lines[i], key)
+        counts = Counter(key for _, key in found.values())
+        for p, (line, key) in found.items():
+            if counts[key] >= 3 or (counts[key] == 2 and _set_apart_as_running(line, m[p], layouts[p].printed)):
                 line.label, line.why = label, f"running {label}: stands apart and recurs on {counts[key] - 1} other pages"
 
 

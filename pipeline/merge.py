@@ -192,9 +192,7 @@ def build(layouts: list[PageLayout], texts: dict[int, str | None]) -> Book:
                 open_para = None
             elif ln.label in KEPT_BREAKS:
                 last = book.blocks[-1]
-                if isinstance(last, Lines) and last.kind == ln.label and not (ln.label == "verse" and ln.paragraph
-                                                                            and last.lines and i and
-                                                                            main[i - 1][1].label != "verse"):
+                if isinstance(last, Lines) and last.kind == ln.label and i and main[i - 1][1].label == ln.label:
                     last.lines.append(t)
                 else:
                     book.blocks.append(Lines(ln.label, [t]))

@@ -72,6 +72,10 @@ def test_words_that_read_as_roman_numerals_stay():
 def test_yes_at_the_top_of_two_pages_is_dialogue_not_a_header():
     md = merged(book(*novel(["Yes.", "", "Yes.", ""])))
     assert md.count("Yes.") == 2
+    # even where paragraphs are set with space between them, so that "Yes." stands apart
+    pages = [Page().body("Yes.", short=True)._space(2 * 30).body(PROSE[0]).body(PROSE[1]).folio(str(n))
+             for n in (1, 2)]
+    assert merged(book(*pages)).count("Yes.") == 2
 
 
 def test_chart_axis_labels_are_not_page_numbers():
