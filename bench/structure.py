@@ -62,7 +62,7 @@ NOTES = ["So the chroniclers of the time report it.", "A coat of the old cut, mu
 @dataclass
 class TrueLine:
     text: str
-    role: str  # header, folio, heading, body, footnote, toc, title
+    role: str  # header, folio, heading, body, footnote, toc
 
 
 @dataclass
@@ -151,7 +151,7 @@ def make_book(seed: int, pages_wanted: int, folder: Path) -> list[TruePage]:
     # the title page and the contents, in roman
     new_page(None, None)
     ops[-1] += [(WIDTH // 2, 700, title, t.big, "ma"), (WIDTH // 2, 900, "by Charles Twain", t.font, "ma")]
-    truth[-1].lines += [TrueLine(title, "title"), TrueLine("by Charles Twain", "title")]
+    truth[-1].lines += [TrueLine(title, "heading"), TrueLine("by Charles Twain", "body")]  # the title: a heading
     new_page(roman(2), None, roman_front=True)
     ops[-1].append((WIDTH // 2, 300, "CONTENTS", t.font, "ma"))
     truth[-1].lines.append(TrueLine("CONTENTS", "heading"))

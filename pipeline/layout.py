@@ -38,6 +38,7 @@ _CHAPTER_WORD = re.compile(r"^(chapter|book|part|canto|act)\b", re.IGNORECASE)
 # Evidence thresholds, in units of the book's body line height H.
 APART = 0.6  # a line stands apart when the gap to its neighbour exceeds the body's by this
 LARGER = 1.25  # a heading's line is at least this much taller than body lines
+WIDER = 1.5  # or its letters at least this much wider (capitals are about 1.3 times)
 SMALLER = 0.88  # footnote print is at most this tall
 CENTRED = 1.0  # a centred line's left and right margins differ by at most this
 INDENT = 0.8  # a paragraph's first line starts at least this far right of the column
@@ -125,6 +126,7 @@ class Metrics:
     """A page's measures (or the book's, for a page with too few lines of its own)."""
     height: float  # body line height H
     gap: float  # the usual gap between two body lines
+    char: float  # the usual width of a body character
     columns: list[tuple[float, float]]  # each text column's left and right edges, left to right
 
     @property
@@ -161,7 +163,8 @@ def _metrics(pages: list[list[Line]]) -> Metrics | None:
     for g in big:
         lefts, rights = sorted(ln.left for ln in g), sorted(ln.right for ln in g)
         columns.append((lefts[len(lefts) // 4], rights[(9 * len(rights)) // 10]))
-    return Metrics(height, median(gaps) if gaps else height * 0.4, columns)
+    char = median(ln.box[2] / len(ln.text) for ln in lines)
+    return Metrics(height, median(gaps) if gaps else height * 0.4, char, columns)
 
 
 def _page_metrics(lines: list[Line], book: Metrics) -> Metrics:
@@ -275,6 +278,12 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
                 key = _key(lines[i].text, layout.printed)
                 if len(key) >= 2:
                     found[p] = (lines[i], key)
+        heights: dict[str, list[int]] = {}
+        for line, key in found.values():
+            heights.setdefault(key, []).append(line.height)
+        # a line of another size (the title page's title, larger than the running title) is not one of them
+        found = {p: (line, key) for p, (line, key) in found.items()
+                 if abs(line.height - median(heights[key])) <= 0.25 * median(heights[key])}
         counts = Counter(key for _, key in found.values())
         for p, (line, key) in found.items():
             if counts[key] >= 3 or (counts[key] == 2 and _set_apart_as_running(line, m[p], layouts[p].printed)):
@@ -299,7 +308,8 @@ def _label_page(layout: PageLayout, m: Metrics) -> None:
     body = lines[:foot]
     for i, ln in enumerate(body):
         text = ln.text.strip()
-        larger = ln.height >= LARGER * m.height
+        # larger print: taller, or wider letters (a line in capitals is no taller than body text)
+        larger = ln.height >= LARGER * m.height or ln.box[2] / max(1, len(text)) >= WIDER * m.char
         margin_left, margin_right = ln.left - m.left, m.right - ln.right
         centred = abs(margin_left - margin_right) <= CENTRED * m.height and margin_left > 2 * m.height
         shape = (len(text) <= 70 and len(text.split()) <= 10 and any(c.isalpha() for c in text)
@@ -369,15 +379,17 @@ def _runs(lines: list[Line], test, least: int, label: str) -> None:
 
 
 def _mark_verse(lines: list[Line], m: Metrics) -> None:
-    """Verse: 3+ consecutive body lines of one block, all short, none hyphenated: lines the
-    column's width did not break."""
-    def short(ln: Line) -> bool:
+    """Verse: 3+ consecutive body lines of one block, each ending well short of the column
+    though the next line's first word would have fitted, none hyphenated."""
+    def short(ln: Line, nxt: Line | None) -> bool:
         return (ln.label == "body" and m.column(ln)[1] - ln.right >= 4 * m.height
-                and not ln.text.rstrip().endswith("-"))
+                and not ln.text.rstrip().endswith("-") and (nxt is None or _room_after(ln, m, nxt.text)))
     i = 0
     while i < len(lines):
         j = i
-        while j < len(lines) and short(lines[j]) and lines[j].block == lines[i].block:
+        while (j < len(lines) and lines[j].block == lines[i].block
+               and short(lines[j], lines[j + 1] if j + 1 < len(lines) and lines[j + 1].block == lines[i].block
+                         else None)):
             j += 1
         if j - i >= 3:
             for ln in lines[i:j]:

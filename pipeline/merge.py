@@ -214,10 +214,10 @@ def _attach_notes(book: Book, notes: list[tuple[str, Line]], paras: list[Paragra
     current: Note | None = None
     for t, ln in notes:
         if ln.marker and t.startswith(ln.marker) or current is None:
-            marker = ln.marker or ""
-            current = Note(len(book.notes) + 1, t[len(marker):].lstrip(" .)") if marker else t)
+            marker = ln.marker if ln.marker and t.startswith(ln.marker) else ""
+            current = Note(len(book.notes) + 1, t[len(marker):].lstrip(" .)"))
             book.notes.append(current)
-            if not _reference(paras, marker, current.number) and paras:
+            if not _reference(paras, ln.marker, current.number) and paras:
                 paras[-1].lines[-1] += f"[^{current.number}]"
         else:
             current.text = join_text(current.text, t, book.words)
