@@ -225,23 +225,35 @@ def score(book: Path, truth: list[TruePage]) -> dict:
     md = (book / "book.md").read_text()
     fixed = {int(p.stem[5:]): json.loads(p.read_text())["text"] for p in (book / "fixed").glob("page_*.json")}
     page_map = json.loads((book / "structured" / "page_map.json").read_text())["pages"]
-    furniture = [ln.text for page in truth for ln in page.lines if ln.role in ("header", "folio")]
+    furniture = [ln for page in truth for ln in page.lines if ln.role in ("header", "folio")]
     in_md = Counter(words(md_body(md)))
     # merge losses: words of the corrected pages, furniture lines aside, missing from book.md
-    kept = Counter()
-    for p, text in fixed.items():
+    # (a word split at a line's or page's end counts once, joined or, if book.md keeps its
+    # hyphen, as its two halves)
+    kept_lines = []
+    for p in sorted(fixed):
         fur = {re.sub(r"\W", "", ln.text.lower()) for ln in truth[p - 1].lines if ln.role in ("header", "folio")}
-        for line in text.splitlines():
-            if re.sub(r"\W", "", line.lower()) not in fur:
-                kept.update(words(line))
+        kept_lines += [line for line in fixed[p].splitlines() if re.sub(r"\W", "", line.lower()) not in fur]
+    kept = Counter()
+    for token in re.findall(r"[a-z0-9]+(?:-\s*\n\s*[a-z0-9]+)?", "\n".join(kept_lines).lower()):
+        halves = re.split(r"-\s*\n\s*", token)
+        joined = "".join(halves)
+        kept.update([joined] if len(halves) == 1 or in_md[joined] else halves)
     losses = sum((kept - in_md).values())
     truth_words = Counter(w for page in truth for ln in page.lines if ln.role not in ("header", "folio")
                           for w in words(ln.text))
     known = set(kept) | set(truth_words) | {w for t in fixed.values() for w in words(t)}
     invented = sum(n for w, n in in_md.items() if w not in known)
-    paragraphs = [b for b in md.split("\n\n") if b.strip() and not b.startswith("<!--")]
-    left = sum(1 for f in furniture if any(fuzz.ratio(f.lower(), b.strip().lower()) >= 90 for b in paragraphs)
-               or any(b.strip().lower().startswith(f.lower() + " ") for b in paragraphs if len(f) > 4))
+    # furniture left: a page's header or folio found in that page's stretch of book.md
+    parts = re.split(r"<!-- page (\d+)(?::[^>]*)? -->", md)
+    stretch = {int(n): text for n, text in zip(parts[1::2], parts[2::2])}
+    left = 0
+    for n, page in enumerate(truth, start=1):
+        blocks = [b.strip().lower() for b in stretch.get(n, "").split("\n\n") if b.strip()]
+        for ln in page.lines:
+            f = ln.text.lower()
+            if ln.role in ("header", "folio") and any(fuzz.ratio(f, b) >= 90 or b.startswith(f + " ") for b in blocks):
+                left += 1
     found_heads = [b[2:].strip() for b in md.splitlines() if b.startswith("# ") or b.startswith("## ")]
     true_heads = [ln.text for page in truth for ln in page.lines if ln.role == "heading"]
     hit = sum(1 for h in true_heads if any(fuzz.ratio(h.lower(), f.lower()) >= 85 for f in found_heads))

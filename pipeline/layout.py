@@ -33,7 +33,7 @@ _EDGE_NUMBER = re.compile(r"^(\d{1,4}|[ivxlcdm]{1,8})\s+\S|\S\s+(\d{1,4}|[ivxlcd
 _MARKER = re.compile(r"^([*†‡§¶]+|\d{1,2}|[¹²³⁴⁵⁶⁷⁸⁹⁰]+)[.)]?(?=\s|$)")
 _TOC_LINE = re.compile(r"^(?P<title>.*[^\s.…·])[\s.…·]{2,}(?P<page>\d{1,4}|[ivxlc]{1,7})$", re.IGNORECASE)
 _LIST_ITEM = re.compile(r"^([•·▪◦–—-]|\d{1,2}[.)]|\([a-z0-9]{1,3}\)|[a-z][.)])\s", re.IGNORECASE)
-_CHAPTER_WORD = re.compile(r"^(chapter|book|part|canto|act)\b", re.IGNORECASE)
+_CHAPTER_WORD = re.compile(r"^\W*(chapter|book|part|canto|act|section)\b", re.IGNORECASE)
 
 # Evidence thresholds, in units of the book's body line height H.
 APART = 0.6  # a line stands apart when the gap to its neighbour exceeds the body's by this
@@ -192,9 +192,10 @@ def _apart_above(lines: list[Line], i: int, m: Metrics) -> bool:
 
 
 def _key(text: str, folio: str | None) -> str:
-    """A running line's identity: its letters, its digits kept unless they are the folio."""
+    """A running line's identity: its letters, its digits kept unless they are the folio (a
+    chapter's number is never taken for one: "Chapter 2" on page 2)."""
     words = text.lower().split()
-    if folio and words and folio.lower() in (words[0].strip(".-—[]()"), words[-1].strip(".-—[]()")):
+    if folio and words and not _CHAPTER_WORD.match(text) and folio.lower() in (words[0].strip(".-—[]()"), words[-1].strip(".-—[]()")):
         words = [w for w in words if w.strip(".-—[]()") != folio.lower()]
     return re.sub(r"[^a-z0-9]", "", " ".join(words))
 
@@ -202,12 +203,13 @@ def _key(text: str, folio: str | None) -> str:
 def _folio_candidates(lines: list[Line], m: Metrics) -> list[tuple[int, str, str, int, bool]]:
     """(line index, token, kind, value, alone) for a number alone on the first or last line,
     or at either end of it when that line is no larger than body print (a header carrying
-    the page number, never a heading like "CHAPTER 2")."""
+    the page number, never a heading like "CHAPTER 2", large or not)."""
     out = []
     for i in sorted({0, len(lines) - 1}):
         text = lines[i].text.strip()
         alone = _NUMBER.match(text)
-        edge = None if alone or lines[i].height > 1.1 * m.height else _EDGE_NUMBER.search(text)
+        edge = (None if alone or lines[i].height > 1.1 * m.height or _CHAPTER_WORD.match(text)
+                else _EDGE_NUMBER.search(text))
         token = alone.group(1) if alone else (edge.group(1) or edge.group(2)) if edge else None
         parsed = number_of(token) if token else None
         if parsed:
@@ -266,7 +268,8 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
     """A page's first (last) line is a running header (footer) when it stands apart from the
     body and the same line, its page number aside, opens (closes) other pages: on 3 or more
     pages, or on 2 when it is set apart as running lines are (centred, smaller, capitals,
-    numbered)."""
+    numbered); or, once only (a short chapter's title), when it carries the page's number,
+    in step with the scan, at its start or end, in print no larger than the body's."""
     for label, edge, apart in (("header", 0, _apart_below), ("footer", -1, _apart_above)):
         found: dict[int, tuple[Line, str]] = {}
         for p, layout in layouts.items():
@@ -286,8 +289,14 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
                  if abs(line.height - median(heights[key])) <= 0.25 * median(heights[key])}
         counts = Counter(key for _, key in found.values())
         for p, (line, key) in found.items():
-            if counts[key] >= 3 or (counts[key] == 2 and _set_apart_as_running(line, m[p], layouts[p].printed)):
+            printed = layouts[p].printed
+            words = line.text.split()
+            numbered = (bool(printed) and printed in (words[0], words[-1]) and line.height <= 1.1 * m[p].height
+                        and not _CHAPTER_WORD.match(line.text))
+            if counts[key] >= 3 or (counts[key] == 2 and _set_apart_as_running(line, m[p], printed)):
                 line.label, line.why = label, f"running {label}: stands apart and recurs on {counts[key] - 1} other pages"
+            elif numbered:
+                line.label, line.why = label, f"running {label}: stands apart and carries page number {printed}"
 
 
 def _label_page(layout: PageLayout, m: Metrics) -> None:

@@ -168,3 +168,16 @@ def test_pages_without_geometry_keep_every_line():
 def test_merge_is_deterministic():
     pages = book(*novel(["", "Yes.", "", ""]))
     assert merged(pages) == merged(copy.deepcopy(pages))
+
+
+def test_a_body_size_chapter_line_in_step_with_the_scan_is_kept_and_a_numbered_header_goes():
+    pages = [Page().body(PROSE[0], indent=True).body("end.", short=True).folio("1")]
+    pages += [Page().body(f"Chapter {n}", short=True)._space(60).body(PROSE[0], indent=True).body(PROSE[1])
+              .folio(str(n)) for n in (2, 3, 4)]
+    md = merged(book(*pages))
+    assert all(f"Chapter {n}" in md for n in (2, 3, 4))
+    numbered = [Page().header(f"{n}  THE PERIOD" if n % 2 == 0 else f"THE WINE-SHOP  {n}")
+                .body(PROSE[0], indent=True).body(PROSE[1]) for n in (6, 7, 8)]
+    layouts = analyse(book(*numbered))
+    assert [ly.printed for ly in layouts] == ["6", "7", "8"]
+    assert [ly.lines[0].label for ly in layouts] == ["header"] * 3
