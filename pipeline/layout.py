@@ -268,8 +268,9 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
     """A page's first (last) line is a running header (footer) when it stands apart from the
     body and the same line, its page number aside, opens (closes) other pages: on 3 or more
     pages, or on 2 when it is set apart as running lines are (centred, smaller, capitals,
-    numbered); or, once only (a short chapter's title), when it carries the page's number,
-    in step with the scan, at its start or end, in print no larger than the body's."""
+    numbered); or a header once only (a short chapter's title) when it carries the page's
+    number, in step with the scan, at its start or end, in print no larger than the body's
+    (never a footer: a footnote may open with the page's number as its marker)."""
     for label, edge, apart in (("header", 0, _apart_below), ("footer", -1, _apart_above)):
         found: dict[int, tuple[Line, str]] = {}
         for p, layout in layouts.items():
@@ -291,8 +292,8 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
         for p, (line, key) in found.items():
             printed = layouts[p].printed
             words = line.text.split()
-            numbered = (bool(printed) and printed in (words[0], words[-1]) and line.height <= 1.1 * m[p].height
-                        and not _CHAPTER_WORD.match(line.text))
+            numbered = (label == "header" and bool(printed) and printed in (words[0], words[-1])
+                        and line.height <= 1.1 * m[p].height and not _CHAPTER_WORD.match(line.text))
             if counts[key] >= 3 or (counts[key] == 2 and _set_apart_as_running(line, m[p], printed)):
                 line.label, line.why = label, f"running {label}: stands apart and recurs on {counts[key] - 1} other pages"
             elif numbered:
