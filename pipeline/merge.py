@@ -23,7 +23,7 @@ from html import escape
 from infra.logs import log_event
 from infra.storage import atomic_write_bytes, atomic_write_json
 from pipeline import epub
-from pipeline.layout import FURNITURE, KEPT_BREAKS, Line, PageLayout, analyse, read_layout
+from pipeline.layout import FURNITURE, KEPT_BREAKS, Line, PageLayout, analyse, read_layout, write_layout
 from pipeline.reports import status_report
 from pipeline.stage import Stage, kept_language
 
@@ -67,7 +67,6 @@ class Note:
 class Book:
     blocks: list = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
-    removed: dict[int, list[dict]] = field(default_factory=dict)
     words: dict[str, int] = field(default_factory=dict)  # every in-line word: evidence for hyphens
 
 
@@ -170,8 +169,6 @@ def build(layouts: list[PageLayout], texts: dict[int, str | None]) -> Book:
             open_para = None
             continue
         lines = labelled(layout, text)
-        book.removed[layout.page] = [{"text": t, "label": ln.label, "why": ln.why}
-                                     for t, ln in lines if ln.label in FURNITURE]
         content = [(t, ln) for t, ln in lines if ln.label not in FURNITURE]
         notes = [(t, ln) for t, ln in content if ln.label == "footnote"]
         main = [(t, ln) for t, ln in content if ln.label != "footnote"]
@@ -415,6 +412,7 @@ class MergeStage(Stage):
         layouts = analyse({p: ocr.read_page(book, p) if p in done[ocr.name] else {"text": ""} for p in pages})
         texts = self.texts(sorted(done[final.name]))
         try:
+            write_layout(book, layouts)  # the record of what is removed, as the layout stage would write it
             self.write(layouts, {p: texts.get(p) for p in pages}, partial=True)
         except OSError as e:  # the disk that stopped the run: the pages are safe, the book waits
             log_event(log, f"cannot write the partial book: {e.strerror or e}", logging.WARNING, book=book.id)
