@@ -202,14 +202,15 @@ def _key(text: str, folio: str | None) -> str:
 
 def _folio_candidates(lines: list[Line], m: Metrics) -> list[tuple[int, str, str, int, bool]]:
     """(line index, token, kind, value, alone) for a number alone on the first or last line,
-    or at either end of it when that line is no larger than body print (a header carrying
-    the page number, never a heading like "CHAPTER 2", large or not)."""
+    or at either end of it (a header carrying the page number, never a heading like
+    "CHAPTER 2"), in print no larger than the body's."""
     out = []
     for i in sorted({0, len(lines) - 1}):
         text = lines[i].text.strip()
+        if lines[i].height > 1.1 * m.height:
+            continue  # a number in large print is a chapter's or a section's
         alone = _NUMBER.match(text)
-        edge = (None if alone or lines[i].height > 1.1 * m.height or _CHAPTER_WORD.match(text)
-                else _EDGE_NUMBER.search(text))
+        edge = None if alone or _CHAPTER_WORD.match(text) else _EDGE_NUMBER.search(text)
         token = alone.group(1) if alone else (edge.group(1) or edge.group(2)) if edge else None
         parsed = number_of(token) if token else None
         if parsed:
@@ -246,7 +247,9 @@ def _find_folios(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -> None:
     offsets = Counter((kind, value - p) for p, cands in found.items() for _, _, kind, value, _ in cands)
     for p, cands in found.items():
         for i, token, kind, value, alone in cands:
-            if offsets[(kind, value - p)] >= 2 and layouts[p].printed is None:
+            # roman page numbers are set in lower case; "II", "III" on pages in a row are sections
+            least = 3 if kind == "roman" and token.isupper() else 2
+            if offsets[(kind, value - p)] >= least and layouts[p].printed is None:
                 layouts[p].printed = token
                 if alone:
                     line = layouts[p].lines[i]

@@ -57,6 +57,11 @@ def test_a_lone_roman_section_number_is_not_a_page_number():
     pages[2] = Page().header("THE QUIET SHELF").centred("II").body(PROSE[0], indent=True).body(PROSE[1]).folio("13")
     md = merged(book(*pages))
     assert "\nII\n" in md or "# II\n" in md
+    # nor two sections opening pages in a row, numbered in step with the scan
+    pages = [Page().centred(numeral).body(PROSE[0], indent=True).body(PROSE[1]).folio(str(n))
+             for n, numeral in ((1, "i"), (2, "ii"), (3, "II"), (4, "III"), (5, "5"))]
+    md = merged(book(*pages))
+    assert ("\nII\n" in md or "# II\n" in md) and ("\nIII\n" in md or "# III\n" in md)
 
 
 def test_words_that_read_as_roman_numerals_stay():
