@@ -3,7 +3,7 @@ issue 13 found in the merge that went by text patterns, and the structure it lac
 import copy
 
 from pipeline.layout import analyse
-from pipeline.merge import book_markdown, build, markdown, plain_text
+from pipeline.merge import book_markdown, build, markdown, plain_text, title_and_author
 from tests.typeset import Page, book
 
 PROSE = ["The library opened at nine, and the first visitor was always the",
@@ -186,3 +186,16 @@ def test_a_body_size_chapter_line_in_step_with_the_scan_is_kept_and_a_numbered_h
     layouts = analyse(book(*numbered))
     assert [ly.printed for ly in layouts] == ["6", "7", "8"]
     assert [ly.lines[0].label for ly in layouts] == ["header"] * 3
+
+
+def test_title_and_author_come_from_evidence_not_the_first_heading():
+    title_page = Page(top=500).centred("THE QUIET SHELF", size=60).centred("by Anna Baker")
+    body = Page().body("By the time I was a child the shelf had become a", indent=True).body(PROSE[0]).body(PROSE[1])
+    named = title_and_author(analyse(book(title_page, body, Page().heading("CHAPTER I").body(PROSE[0]))), "b")
+    assert (named["title"], named["author"]) == ("THE QUIET SHELF", "Anna Baker")
+    # no title page: the running header of the left-hand pages, never a chapter heading
+    pages = [Page().heading("Chapter One").body(PROSE[0], indent=True).body(PROSE[1]).folio("1")]
+    pages += [Page().header("THE QUIET SHELF" if n % 2 == 0 else "A Village Library").body(PROSE[0]).body(PROSE[1])
+              .folio(str(n)) for n in (2, 3, 4, 5)]
+    named = title_and_author(analyse(book(*pages)), "b")
+    assert (named["title"], named["author"]) == ("The Quiet Shelf", None)
