@@ -306,11 +306,14 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
 def _label_page(layout: PageLayout, m: Metrics) -> None:
     lines = [ln for ln in layout.lines if ln.label not in FURNITURE]
     # footnotes: smaller print under the body, apart from it, opening with a marker
+    def small(ln: Line) -> bool:  # shorter, or narrower letters: a scan's heights are noisy
+        return ln.height <= SMALLER * m.height or ln.box[2] / max(1, len(ln.text)) <= SMALLER * m.char
+
     foot = len(lines)
     for i in range(len(lines) - 1, 0, -1):
-        if lines[i].height > SMALLER * m.height:
+        if not small(lines[i]):
             break
-        if _MARKER.match(lines[i].text) and _apart_above(lines, i, m) and lines[i - 1].height > SMALLER * m.height:
+        if _MARKER.match(lines[i].text) and _apart_above(lines, i, m):
             foot = i
             break
     for ln in lines[foot:]:
