@@ -306,14 +306,18 @@ def _find_running_lines(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -
 def _label_page(layout: PageLayout, m: Metrics) -> None:
     lines = [ln for ln in layout.lines if ln.label not in FURNITURE]
     # footnotes: smaller print under the body, apart from it, opening with a marker
-    def small(ln: Line) -> bool:  # shorter, or narrower letters: a scan's heights are noisy
-        return ln.height <= SMALLER * m.height or ln.box[2] / max(1, len(ln.text)) <= SMALLER * m.char
+    def shorter(ln: Line) -> bool:
+        return ln.height <= SMALLER * m.height
+
+    def narrower(ln: Line) -> bool:
+        return ln.box[2] / max(1, len(ln.text)) <= SMALLER * m.char
 
     foot = len(lines)
     for i in range(len(lines) - 1, 0, -1):
-        if not small(lines[i]):
+        if not (shorter(lines[i]) or narrower(lines[i])):  # either: a scan's line heights are noisy
             break
-        if _MARKER.match(lines[i].text) and _apart_above(lines, i, m):
+        # where it stands apart from the body, or is smaller both ways (no room left above it)
+        if _MARKER.match(lines[i].text) and (_apart_above(lines, i, m) or shorter(lines[i]) and narrower(lines[i])):
             foot = i
             break
     for ln in lines[foot:]:
