@@ -12,6 +12,8 @@ _BOOK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 PAGE_GLOB = "page_*.png"
 BOOK_TEXT = "book.md"
 METADATA = "structured/metadata.json"
+READING_FILES = (BOOK_TEXT, "book.txt", "book.epub")  # the book as its reader has it
+PREVIOUS = "previous"  # where clean puts them aside: the old book stays readable until remade
 
 
 def validate_book_id(book_id: str) -> str:

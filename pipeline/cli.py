@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from infra.books import Library, book_id_from_path, validate_book_id
+from infra.books import BOOK_TEXT, PREVIOUS, Library, book_id_from_path, validate_book_id
 from infra.checkpoint import Ledger
 from infra.config import Settings, load_settings
 from infra.errors import ArError, BudgetReached, UsageError, exit_code
@@ -337,14 +337,18 @@ def cmd_clean(args, settings: Settings, library: Library) -> int:
     (stage,) = STAGES.select([args.stage])
     with WriterLock(book.lock_path, book.id):
         ledger = Ledger.open_writer(book.ledger_path)
+        had_text = book.text_path.exists()
         try:
             removed = clean_stage(book, ledger, stage.name)
             kept = ledger.total_cost()
         finally:
             ledger.close()
-    _emit(args, {"book": book.id, "stage": args.stage, "files_removed": removed, "total_cost_usd": kept},
-          lambda r: print(f"cleaned {r['stage']} of {r['book']}: {r['files_removed']} files removed; "
-                          f"recorded cost kept: ${r['total_cost_usd']:.4f}"))
+    previous = f"{PREVIOUS}/{BOOK_TEXT}" if had_text and not book.text_path.exists() else None
+    _emit(args, {"book": book.id, "stage": args.stage, "files_removed": removed, "previous": previous,
+                 "total_cost_usd": kept},
+          lambda r: print(f"cleaned {r['stage']} of {r['book']}: {r['files_removed']} files removed"
+                          + (f" (the last book.md is kept in {r['previous']})" if r["previous"] else "")
+                          + f"; recorded cost kept: ${r['total_cost_usd']:.4f}"))
     return 0
 
 

@@ -16,7 +16,7 @@ import sqlite3
 import sys
 from contextlib import nullcontext
 
-from infra.books import Book
+from infra.books import PREVIOUS, READING_FILES, Book
 from infra.checkpoint import Ledger
 from infra.errors import ArError, LedgerError, exit_code
 from infra.lock import WriterLock
@@ -38,11 +38,17 @@ log = logging.getLogger("ar.process")
 
 def clean_stage(book: Book, ledger: Ledger, stage: str, registry: Registry = STAGES) -> int:
     """Remove the outputs and page status of `stage` and of every stage made from it;
-    every recorded cost stays. Returns the files removed."""
+    every recorded cost stays. The book's reading files (book.md, .txt, .epub) are put aside
+    in previous/, not deleted: the old book stays readable until the next merge. Returns the
+    files removed from their place."""
     removed = 0
     for spec in registry.downstream(stage):
         for f in spec.outputs(book):
-            f.unlink()
+            if f.parent == book.root and f.name in READING_FILES:
+                (book.root / PREVIOUS).mkdir(exist_ok=True)
+                f.replace(book.root / PREVIOUS / f.name)
+            else:
+                f.unlink()
             removed += 1
         ledger.clear_stage(spec.name)
     return removed

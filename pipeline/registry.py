@@ -18,6 +18,8 @@ from pathlib import Path
 from infra.books import BOOK_TEXT, METADATA, Book, page_file
 from infra.errors import UsageError
 
+LAYOUT_FILES = ("structured/layout.json", "structured/page_map.json", "structured/furniture.json")
+BOOK_FILES = (BOOK_TEXT, "book.txt", "book.epub", METADATA, "structured/chapters.json", "structured/toc.json")
 BOOK_PAGE = 0  # a book stage's one unit of work, in the ledger's pages table
 
 
@@ -136,7 +138,8 @@ class Registry:
 
 STAGES = Registry([
     StageSpec("ocr", "pipeline.ocr:OcrStage", writes="ocr"),
+    StageSpec("layout", "pipeline.layout:LayoutStage", reads=("ocr",), writes=LAYOUT_FILES, per_page=False),
     StageSpec("correct", "pipeline.correct:CorrectStage", reads=("ocr",), writes="corrected", model="correct_model"),
     StageSpec("fix", "pipeline.fix:FixStage", reads=("ocr", "correct"), writes="fixed", model="fix_model"),
-    StageSpec("merge", "pipeline.merge:MergeStage", reads=("fix",), writes=(BOOK_TEXT, METADATA), per_page=False),
+    StageSpec("merge", "pipeline.merge:MergeStage", reads=("ocr", "fix", "layout"), writes=BOOK_FILES, per_page=False),
 ])

@@ -144,10 +144,13 @@ class Pipeline:
 
     async def _run_book_stage(self, stage: Stage) -> None:
         await self._after_inputs(stage)
-        if self.ctx.stopping.is_set() or BOOK_PAGE in self.done[stage.name]:
+        if BOOK_PAGE in self.done[stage.name]:
             return
-        if not all(self._has(r, p) for r in stage.spec.reads for p in self.pages):
-            return  # some page did not make it through: the book cannot be put together yet
+        if self.ctx.stopping.is_set() or not all(self._has(r, p) for r in stage.spec.reads for p in self.pages):
+            # stopped, or some page did not make it through: not done, but a stage that can
+            # (merge) puts together what there is
+            await stage.run_partial({r: set(self.done[r]) for r in stage.spec.reads})
+            return
         started = time.monotonic()
         try:
             await stage.run_book()

@@ -124,6 +124,11 @@ class Stage:
         """Book stages (per_page = False) do their work here."""
         raise NotImplementedError
 
+    async def run_partial(self, done: dict[str, set[int]]) -> None:
+        """A book stage's work over what there is when the run stops before all its inputs
+        are done (`done`: each stage it reads -> its pages done); not marked done. Most have
+        nothing to do."""
+
     def mark_book_done(self) -> None:
         """A book stage's one unit of work (ledger page BOOK_PAGE) is done."""
         self.ctx.ledger.mark_done(self.name, BOOK_PAGE, self.ctx.run_id)

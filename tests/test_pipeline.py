@@ -10,6 +10,7 @@ import pytest
 
 from infra.checkpoint import Ledger
 from tests.conftest import REAL_SCANS, llm_env, run_ar, start_ar
+from tests.test_epub import epubcheck
 
 KEY = "sk-or-v1-e2e-RECOGNISABLE-0123456789"
 
@@ -42,6 +43,12 @@ def test_a_real_scan_goes_through_all_four_stages(sim, books_dir, tmp_path, scan
                                                 for n in range(1, pages + 1)]
     if scan == "c02-22.pdf":  # Huckleberry Finn, chapter II: Tesseract really read it
         assert "tip-toeing" in ocr[0] and "Jim" in ocr[0]
+    else:  # pages 5 and 6 open with the same line, the real first line of a column: not a header
+        assert "with a plain face, on the throne of England;" in ocr[4] and ocr[5]
+        assert (book / "book.md").read_text().count("with a plain face, on the throne of England;") == 2
+        assert not any(page["removed"] for page in json.loads((book / "structured" / "furniture.json").read_text())["pages"])
+    checked = epubcheck(book / "book.epub")
+    assert checked.returncode == 0, checked.stdout
     markdown = (book / "book.md").read_text()
     assert markdown.count("<!-- page ") == pages and "tip-toeing along a path" in markdown
     metadata = json.loads((book / "structured" / "metadata.json").read_text())
@@ -205,11 +212,14 @@ def test_clean_removes_what_the_stage_and_those_after_it_made_and_keeps_the_cost
     made = [book / "corrected" / "page_0001.json", book / "fixed" / "page_0001.json", book / "book.md",
             book / "structured" / "metadata.json"]
     assert all(f.exists() for f in made)
+    old_book = (book / "book.md").read_bytes()
     r = run_ar("clean", "book", "correct", "--json", books_dir=books_dir)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["files_removed"] == 4 and report["total_cost_usd"] == pytest.approx(server.credits())
+    assert report["files_removed"] == 7 and report["total_cost_usd"] == pytest.approx(server.credits())
     assert not any(f.exists() for f in made) and (book / "ocr" / "page_0001.json").exists()
+    # the old book does not vanish: it is put aside until a merge makes it again
+    assert report["previous"] == "previous/book.md" and (book / "previous" / "book.md").read_bytes() == old_book
     status = json.loads(run_ar("status", "book", "--json", books_dir=books_dir).stdout)
     assert {s: status["stages"][s]["done"] for s in ("ocr", "correct", "fix", "merge")} == \
         {"ocr": 1, "correct": 0, "fix": 0, "merge": 0}

@@ -42,14 +42,14 @@ def test_a_stage_added_by_one_module_and_one_line_runs_and_is_known_to_status_an
     assert done_at[("first_lines", 0)] > max(t for (s, _), t in done_at.items() if s == "ocr")
 
     status = status_report(book, WITH_FIRST_LINES)
-    assert list(status["stages"]) == ["ocr", "first_lines", "correct", "fix", "merge"]
+    assert list(status["stages"]) == ["ocr", "layout", "first_lines", "correct", "fix", "merge"]
     assert status["stages"]["first_lines"] == {**status["stages"]["first_lines"], "done": 1, "total": 1}
     # what is made from OCR goes with it: clean knows the new stage from its declaration
     led = Ledger.open_writer(book.ledger_path)
     removed = clean_stage(book, led, "ocr", WITH_FIRST_LINES)
     led.close()
     assert removed == 4 and not (book.root / "structured" / "first_lines.json").exists()
-    assert STAGES.names == ["ocr", "correct", "fix", "merge"]  # ar's own stages are untouched
+    assert STAGES.names == ["ocr", "layout", "correct", "fix", "merge"]  # ar's own stages are untouched
 
 
 def test_a_book_stage_between_page_stages_waits_for_every_page_and_its_readers_wait_for_it(books_dir):
@@ -89,12 +89,13 @@ def test_a_declaration_reads_only_stages_declared_before_it_and_names_each_stage
 def test_clean_removes_what_is_made_from_a_stage_as_the_declarations_say():
     assert [s.name for s in STAGES.downstream("correct")] == ["correct", "fix", "merge"]
     assert [s.name for s in STAGES.downstream("merge")] == ["merge"]
+    assert [s.name for s in STAGES.downstream("ocr")] == ["ocr", "layout", "correct", "fix", "merge"]
     assert [s.name for s in WITH_FIRST_LINES.downstream("first_lines")] == ["first_lines"]
 
 
 def test_unknown_stage_names_are_a_usage_error_naming_the_stages(books_dir):
     r = run_ar("process", "nobook", "--stages", "ocr,polish", books_dir=books_dir)
-    assert r.returncode == 2 and "unknown stage polish: choose from ocr,correct,fix,merge" in r.stderr
+    assert r.returncode == 2 and "unknown stage polish: choose from ocr,layout,correct,fix,merge" in r.stderr
 
 
 def _imports(path: Path, module: str) -> set[str]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ar needs on a fresh Debian machine: system tools (Tesseract with its English,
-# orientation (osd) and French language data, tmux), then a virtual environment with the
+# orientation (osd) and French language data, tmux, epubcheck to validate book.epub in the
+# tests), then a virtual environment with the
 # project, its test dependencies and the local server's (the `sim` extra).
 set -euo pipefail
 venv=${1:-.venv}
@@ -18,6 +19,7 @@ need=()
 command -v tesseract >/dev/null || need+=(tesseract-ocr)
 for lang in $(missing_langs); do need+=("tesseract-ocr-$lang"); done
 command -v tmux >/dev/null || need+=(tmux)
+command -v epubcheck >/dev/null || need+=(epubcheck)  # a jar: brings a Java runtime with it
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing system packages: ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -34,17 +34,19 @@ def quality_report() -> None:
     """The character error rate of the whole book's text, merged the same way from the
     pages as each stage left them, against the true text."""
     from infra.books import Book
+    from pipeline.layout import read_layout
     from pipeline.merge import book_markdown
     from pipeline.registry import STAGES
     from tools.quality import book_cer
 
     book = Book(BOOK)
+    layouts = read_layout(book)
     truth = (BOOK / "truth" / "book.md").read_text()
     rates = []
     for spec in STAGES:
         if spec.per_page:
             texts = [spec.read_page(book, p)["text"] for p in range(1, book.page_count() + 1)]
-            rates.append(f"after {spec.name} {book_cer(book_markdown(texts), truth):.2%}")
+            rates.append(f"after {spec.name} {book_cer(book_markdown(texts, layouts), truth):.2%}")
     print("character error rate of the book's text against the true text: " + ", ".join(rates))
 
 
