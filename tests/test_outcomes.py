@@ -28,8 +28,10 @@ def ocr_done(books_dir, tmp_path) -> Book:
 
 @pytest.mark.parametrize("stages, needs, run", [
     ("correct", "correct needs ocr (3 of 3 not done)", "--stages ocr,correct"),
-    ("merge", "merge needs fix (3 of 3 not done)", "--stages ocr,correct,fix,merge"),
-    ("fix,merge", "fix needs ocr (3 of 3 not done) and correct (3 of 3 not done)", "--stages ocr,correct,fix,merge"),
+    ("merge", "merge needs ocr (3 of 3 not done) and fix (3 of 3 not done) and layout (1 of 1 not done)",
+     "--stages ocr,layout,correct,fix,merge"),
+    ("fix,merge", "fix needs ocr (3 of 3 not done) and correct (3 of 3 not done); merge needs ocr (3 of 3 not done)"
+     " and layout (1 of 1 not done)", "--stages ocr,layout,correct,fix,merge"),
 ])
 def test_a_stage_whose_inputs_are_missing_is_an_error_naming_what_to_run_first(books_dir, stages, needs, run):
     make_book(books_dir, "book", 3)
@@ -120,7 +122,7 @@ def test_the_run_log_holds_every_attempt_and_page_and_ar_log_sums_it_up(sim, boo
     assert len(attempts) == cost["runs"][1]["calls"]
     assert sum(e["cost_usd"] for e in attempts) == pytest.approx(cost["runs"][1]["cost_usd"], abs=1e-12)
     page_events = {(e["stage"], e["page"]) for e in entries if e.get("event") == "page" and e["outcome"] == "done"}
-    assert page_events == {(s, p) for s in ("correct", "fix") for p in (1, 2, 3)} | {("merge", 0)}
+    assert page_events == {(s, p) for s in ("correct", "fix") for p in (1, 2, 3)} | {("layout", 0), ("merge", 0)}
 
     r = run_ar("log", "book", "--json", books_dir=books_dir)
     assert r.returncode == 0, r.stderr
