@@ -114,6 +114,8 @@ class PendingCall:
 class Ledger:
     """One book's checkpoint.db. Use `open_writer` (after taking the book's lock) or `open_reader`."""
 
+    write_errors = (sqlite3.Error,)  # what a refused record raises (a full disk)
+
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self._db = conn
         self.path = path

@@ -16,6 +16,7 @@ import statistics
 from infra.books import Book
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
+from infra.ledgers import read_ledger
 from infra.pricing import ModelPrice, PricingCache
 from pipeline.llm_stage import BookState, max_tokens_for
 from pipeline.registry import STAGES, Registry, StageSpec
@@ -70,7 +71,7 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
 
     nothing = ({spec.name: set() for spec in registry}, {s.name: [] for s in llm_stages}, 0.0,
                kept_budget(None, default_budget_usd))
-    done, observed, spent, budget = Ledger.read(book.ledger_path, queries, nothing)
+    done, observed, spent, budget = read_ledger(book, queries, nothing)
     state = BookState(pages, done, lambda stage, page: _read(registry[stage], book, page))
     stages = {spec.name: _stage_estimate(spec, state, pricing.get(models[spec.name]), models[spec.name],
                                          observed[spec.name], _text_lengths(registry[spec.reads[0]], state))

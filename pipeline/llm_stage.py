@@ -11,7 +11,6 @@ import bisect
 import difflib
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -226,5 +225,5 @@ async def _note_key_usage(ctx: RunContext, column: str) -> None:
         return
     try:
         ctx.ledger.set_key_usage(ctx.run_id, column, usage)
-    except sqlite3.Error as e:  # a full disk: the run's own records say so; this one only informs
+    except ctx.ledger.write_errors as e:  # a full disk: the run's own records say so; this one only informs
         log.warning("cannot note the key's usage in %s: %s", ctx.ledger.path, e)

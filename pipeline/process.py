@@ -12,12 +12,12 @@ import logging
 import os
 import shlex
 import signal
-import sqlite3
 import sys
 from contextlib import nullcontext
 
 from infra.books import Book
 from infra.checkpoint import Ledger
+from infra.ledgers import open_ledger
 from infra.errors import ArError, LedgerError, exit_code
 from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
@@ -76,14 +76,14 @@ def process_book(
     """
     with WriterLock(book.lock_path, book.id), (progress or nullcontext()):
         on_progress = progress.update if progress is not None else None
-        ledger = Ledger.open_writer(book.ledger_path)
+        ledger = open_ledger(book)
         run_id = handler = None
         outcome = Outcome(status="failed")
         held = _hold_stop_signals()  # until the run is on record and its closing assured
         try:
             try:
                 run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
-            except sqlite3.Error as e:  # a full disk: not even the run's first record fits
+            except ledger.write_errors as e:  # a full disk: not even the run's first record fits
                 raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
             handler = open_run_log(book.logs_dir, run_id)
             log_event(log, "run started", run_id=run_id, book=book.id, stages=[s.name for s in stages])
@@ -94,7 +94,7 @@ def process_book(
         except ArError as e:
             outcome = Outcome(status=getattr(e, "status", "failed"), message=str(e))
             raise
-        except sqlite3.Error as e:  # a record the ledger refused (a full disk): say which file
+        except ledger.write_errors as e:  # a record the ledger refused (a full disk): say which file
             outcome = Outcome(status="failed", message=f"cannot write {book.ledger_path}: {e}")
             raise LedgerError(outcome.message) from None
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
@@ -118,7 +118,7 @@ def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome,
     if run_id is not None:
         try:
             ledger.end_run(run_id, outcome.status, outcome.message or None)
-        except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
+        except ledger.write_errors as e:  # the full disk that stopped the run: its reason is the error to show
             log.warning("cannot close run %d in %s (%s): the next run marks it crashed", run_id, book.ledger_path, e)
         log_event(log, "run ended", run_id=run_id, status=outcome.status,
                   message=outcome.message, total_cost_usd=ledger.total_cost())

@@ -6,6 +6,7 @@ from collections import Counter
 
 from infra.books import Book, Library
 from infra.checkpoint import Ledger
+from infra.ledgers import read_ledger
 from pipeline.registry import STAGES, Registry
 
 
@@ -75,7 +76,7 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
 
 def review_report(book: Book, registry: Registry = STAGES) -> dict:
     """`ar.py review BOOK`: each flagged page with its flags, and where its scan and text are."""
-    flagged = Ledger.read(book.ledger_path, lambda ledger: flagged_pages(ledger, registry), {})
+    flagged = read_ledger(book, lambda ledger: flagged_pages(ledger, registry), {})
     page_stages = [spec for spec in registry if spec.per_page]
     pages = []
     for page, flags in flagged.items():
@@ -86,14 +87,14 @@ def review_report(book: Book, registry: Registry = STAGES) -> dict:
 
 
 def status_report(book: Book, registry: Registry = STAGES) -> dict:
-    return status_from(book, Ledger.read(book.ledger_path, status_figures, {}), registry)
+    return status_from(book, read_ledger(book, status_figures, {}), registry)
 
 
 def cost_report(book: Book) -> dict:
     report = {"book": book.id, "pages": book.page_count(), "total_cost_usd": 0.0,
               "computed_cost_usd": 0.0, "provider_cost_usd": 0.0,
               "runs": [], "stages": {}, "models": {}}
-    report.update(Ledger.read(book.ledger_path, lambda ledger: {
+    report.update(read_ledger(book, lambda ledger: {
         "total_cost_usd": ledger.total_cost(), "runs": ledger.runs(),
         "stages": ledger.costs_by("stage"), "models": ledger.costs_by("model")}, {}))
     report["computed_cost_usd"] = sum(m["computed_cost_usd"] for m in report["models"].values())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +90,7 @@ class Stage:
         """Do one page; True when it is done (output durable, then ledger updated)."""
         try:
             return await self._run_page(page)
-        except sqlite3.Error as e:  # the ledger cannot be written (disk full): nothing can be recorded
+        except self.ctx.ledger.write_errors as e:  # the ledger cannot be written (disk full): nothing can be recorded
             raise StopRun(f"cannot write {self.ctx.ledger.path}: {e}") from None
 
     async def _run_page(self, page: int) -> bool:

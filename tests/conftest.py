@@ -110,3 +110,30 @@ def ocr_book(tmp_path_factory):
 
 
 from tests.simserver import sim  # noqa: E402,F401  (the `sim` fixture, for every test module)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server shared by the whole test run (tests/pgserver.py)."""
+    from tests.pgserver import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh database on the shared server, for one test."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_backend(request, monkeypatch) -> str:
+    """Each test that takes it runs twice: on each book's checkpoint.db, and with every ledger
+    in PostgreSQL (AR_LEDGER set, as `--ledger` sets it)."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("AR_LEDGER", request.getfixturevalue("pg_url"))
+    else:
+        monkeypatch.delenv("AR_LEDGER", raising=False)
+    return request.param
