@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
 from infra.checkpoint import Ledger
+from infra.lock import WriterLock
 
 T = TypeVar("T")
 
@@ -37,6 +39,12 @@ def open_ledger(book) -> Ledger:
     from infra.pg_ledger import PgLedger  # psycopg: only for a fleet
 
     return PgLedger.open_writer(url, book.id)
+
+
+def writer_lock(book):
+    """One writer per book: its lock file with a book's checkpoint.db; none with PostgreSQL,
+    where each page is claimed with a lease and an epoch instead (PgLedger.claim_page)."""
+    return WriterLock(book.lock_path, book.id) if ledger_url() is None else nullcontext()
 
 
 def read_ledger(book, queries: Callable[[Ledger], T], absent: T) -> T:

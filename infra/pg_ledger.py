@@ -23,13 +23,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from infra.checkpoint import CALL_COST, CALL_FINAL_STATUSES, RUN_STATUSES, PendingCall, _token_columns
-from infra.errors import LedgerError
+from infra.budget import LedgerBudget, NotYet
+from infra.errors import BudgetReached, LeaseLost, LedgerError
 
 log = logging.getLogger("ar.ledger")
 T = TypeVar("T")
@@ -37,6 +39,8 @@ T = TypeVar("T")
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock, as the epoch seconds SQLite keeps
 LEASE_S = float(os.environ.get("AR_LEASE_S", "30"))
 RECONNECT_MAX_S = 5.0
+ADMIT_POLL_S = 0.05  # a call waiting for room in a budget asks again this often
+LIBRARY = "library"  # the budget row every call falls under; a book's is f"book:{id}"
 
 # Each entry upgrades the schema from version i to i + 1. Append, never edit.
 MIGRATIONS: list[str] = [
@@ -159,6 +163,11 @@ def migrate(conn: psycopg.Connection) -> None:
         conn.execute("INSERT INTO ar_schema VALUES (%s)", (SCHEMA_VERSION,))
 
 
+def _usd(amount: float | None) -> Decimal | None:
+    """A float amount as the decimal it reads as (0.1 is 0.1, not 0.1000000000000000055...)."""
+    return None if amount is None else Decimal(repr(float(amount)))
+
+
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -172,6 +181,8 @@ class PgLedger:
         self.url, self.book, self._db = url, book, conn
         self.path = f"ledger {describe(url)} (book {book!r})"  # what messages name
         self.holder_id = holder_id
+        self.scopes = sorted([LIBRARY, f"book:{book}"])  # the budgets its calls fall under, in lock order
+        self._epochs: dict[tuple[str, int], int] = {}  # the pages this writer holds: their claim's epoch
         self._reader = conn.read_only
         self._in_snapshot = False
         self._lease = _Lease(self) if holder_id is not None else None
@@ -184,6 +195,7 @@ class PgLedger:
         migrate(conn)
         with conn.transaction():
             conn.execute(f"INSERT INTO books (book, added_at) VALUES (%s, {NOW}) ON CONFLICT DO NOTHING", (book,))
+            conn.execute("INSERT INTO budgets (scope) VALUES (%s), (%s) ON CONFLICT DO NOTHING", (LIBRARY, f"book:{book}"))
             holder = conn.execute(
                 "INSERT INTO holders (book, pid, host, lease_until) VALUES"
                 " (%s, %s, %s, clock_timestamp() + make_interval(secs => %s)) RETURNING holder_id",
@@ -339,13 +351,89 @@ class PgLedger:
         self._set_page(stage, page, run_id, "failed", error, None)
 
     def _set_page(self, stage, page, run_id, status, error, flags) -> None:
-        self._write(
-            f"INSERT INTO pages (book, stage, page, status, attempts, error, run_id, updated_at, flags)"
-            f" VALUES (%s, %s, %s, %s, 1, %s, %s, {NOW}, %s)"
-            f" ON CONFLICT (book, stage, page) DO UPDATE SET status = excluded.status,"
-            f" attempts = pages.attempts + 1, error = excluded.error, run_id = excluded.run_id,"
-            f" updated_at = excluded.updated_at, flags = excluded.flags",
-            (self.book, stage, page, status, error, run_id, flags))
+        """A done- or failed-mark counts only under the page's current claim (its epoch), by a
+        writer whose lease holds: a zombie (a worker stopped past its lease, a task Ray ran
+        twice) marks nothing. A page not claimed yet (a book stage's) is claimed first."""
+        if (stage, page) not in self._epochs and not self.claim_page(stage, page):
+            raise LeaseLost(f"page {page} of {stage} is held by another writer")
+        epoch = self._epochs.pop((stage, page))
+
+        def work(conn):
+            with conn.transaction():
+                self._fence(conn)
+                marked = conn.execute(
+                    f"UPDATE pages SET status = %s, attempts = attempts + 1, error = %s, run_id = %s,"
+                    f" updated_at = {NOW}, flags = %s WHERE book = %s AND stage = %s AND page = %s"
+                    f" AND holder_id = %s AND epoch = %s",
+                    (status, error, run_id, flags, self.book, stage, page, self.holder_id, epoch)).rowcount
+                if not marked:
+                    raise LeaseLost(f"page {page} of {stage} was taken by another writer (its lease lapsed)")
+        self._retrying(work)
+
+    # ---- leases and claims: one writer per page, fenced by epochs -------------------
+
+    def claim_page(self, stage: str, page: int) -> bool:
+        """Take `page` of `stage` for this writer, unless it is done or held by another writer
+        whose lease holds; each claim raises the page's epoch. False: not ours."""
+        self.check_lease()
+        row = self._one(
+            f"INSERT INTO pages AS p (book, stage, page, status, updated_at, holder_id, epoch)"
+            f" VALUES (%s, %s, %s, 'claimed', {NOW}, %s, 1)"
+            f" ON CONFLICT (book, stage, page) DO UPDATE SET holder_id = excluded.holder_id, epoch = p.epoch + 1"
+            f" WHERE p.status != 'done' AND (p.holder_id IS NULL OR p.holder_id = excluded.holder_id"
+            f"  OR NOT EXISTS (SELECT 1 FROM holders h WHERE h.holder_id = p.holder_id"
+            f"   AND h.lease_until > clock_timestamp()))"
+            f" RETURNING epoch", (self.book, stage, page, self.holder_id))
+        if row is None:
+            return False
+        self._epochs[(stage, page)] = row[0]
+        return True
+
+    def check_lease(self) -> None:
+        """LeaseLost once this writer's lease has lapsed, or may have: it must stop."""
+        if self._lease is not None and not self._lease.valid():
+            raise LeaseLost(f"the lease of writer {self.holder_id} on book {self.book!r} lapsed (stopped, or the "
+                            "ledger out of reach for too long): another writer may have its pages; it stops here")
+
+    def _fence(self, conn) -> None:
+        """Inside a transaction: LeaseLost unless the database still holds this writer's lease."""
+        if not conn.execute("SELECT 1 FROM holders WHERE holder_id = %s AND lease_until > clock_timestamp()",
+                            (self.holder_id,)).fetchone():
+            self._lease.lost.set()
+            self.check_lease()
+
+    # ---- budgets: running sums beside the calls, checked against them ---------------
+
+    def run_budget(self, limit_usd: float | None) -> LedgerBudget:
+        """The book's cap (None: none) kept on its budget row; every call admitted through the
+        ledger, capped or not, so that every budget row counts it."""
+        self._write("UPDATE budgets SET limit_usd = %s WHERE scope = %s", (_usd(limit_usd), f"book:{self.book}"))
+        return LedgerBudget()
+
+    def set_budget_limit(self, scope: str, limit_usd: float | None) -> None:
+        """The cap of a budget row: `library` (all books together), or `book:ID`."""
+        self._write("INSERT INTO budgets (scope, limit_usd) VALUES (%s, %s)"
+                    " ON CONFLICT (scope) DO UPDATE SET limit_usd = excluded.limit_usd", (scope, _usd(limit_usd)))
+
+    def set_rate(self, per_minute: float) -> None:
+        """The fleet's rate limit: calls a minute, all writers together (0: none)."""
+        if not per_minute:
+            self._write("DELETE FROM rate WHERE name = 'provider'")
+            return
+        self._write("INSERT INTO rate (name, per_second, burst, tokens) VALUES ('provider', %s, 1, 1)"
+                    " ON CONFLICT (name) DO UPDATE SET per_second = excluded.per_second", (per_minute / 60,))
+
+    def budgets(self) -> dict[str, dict]:
+        """Every budget row, beside what the calls it covers add up to (invariant 4: the rows
+        are running sums, written in the transactions of the calls; this is their check)."""
+        rows = self._all(
+            f"SELECT b.scope, b.limit_usd::float8, b.spent_usd::float8, b.reserved_usd::float8,"
+            f" d.spent::float8, d.reserved::float8, d.spent = b.spent_usd AND d.reserved = b.reserved_usd"
+            f" FROM budgets b CROSS JOIN LATERAL (SELECT COALESCE(SUM({CALL_COST}), 0) AS spent,"
+            f"  COALESCE(SUM(reserved_usd), 0) AS reserved FROM calls"
+            f"  WHERE b.scope = %s OR b.scope = 'book:' || calls.book) d ORDER BY b.scope", (LIBRARY,))
+        keys = ("limit_usd", "spent_usd", "reserved_usd", "calls_spent_usd", "calls_reserved_usd", "agrees")
+        return {row[0]: dict(zip(keys, row[1:])) for row in rows}
 
     def page_flags(self, stages: list[str]) -> dict[int, dict[str, str]]:
         order = {stage: i for i, stage in enumerate(stages)}
@@ -366,20 +454,63 @@ class PgLedger:
 
     # ---- calls ---------------------------------------------------------------------
 
-    def begin_call(self, run_id: int, stage: str, page: int | None, model: str, attempt: int) -> int:
-        """Record a call as pending before it is sent. A request key makes the insert safe to
-        repeat when the database's answer was lost."""
+    def begin_call(self, run_id: int, stage: str, page: int | None, model: str, attempt: int,
+                   reserve_usd: float = 0.0) -> int:
+        """Admit a call, in one transaction, before it is sent: record it pending, reserve its
+        worst case (`reserve_usd`) against every budget it falls under (the book's, the
+        library's: their rows locked in one fixed order, so that two admissions never wait
+        on each other crosswise) and take a token of the fleet's rate limit. NotYet when the
+        budgets' room is held by calls in flight or the tokens are out; BudgetReached when
+        the call cannot fit even with nothing in flight; LeaseLost when this writer's lease
+        has lapsed. A request key makes it safe to repeat when the answer was lost."""
         key = uuid.uuid4().hex
+        self.check_lease()
 
         def work(conn):
             with conn.transaction():
-                conn.execute(
+                done = conn.execute("SELECT call_id FROM calls WHERE request_key = %s", (key,)).fetchone()
+                if done:  # the commit whose answer was lost
+                    return done[0]
+                self._fence(conn)
+                budgets = conn.execute(
+                    "SELECT scope, limit_usd, spent_usd, reserved_usd FROM budgets WHERE scope = ANY(%s)"
+                    " ORDER BY scope FOR UPDATE", (self.scopes,)).fetchall()
+                reserve = _usd(reserve_usd)
+                for scope, limit, spent, reserved in budgets:
+                    if limit is not None and spent + reserved + reserve > limit:
+                        if reserved > 0:
+                            raise NotYet(ADMIT_POLL_S)
+                        raise BudgetReached(
+                            f"budget reached ({scope}): ${spent:.4f} of ${limit:.4f} spent; the next call "
+                            f"could cost up to ${reserve:.4f} and only ${max(0, limit - spent):.4f} is left")
+                self._take_token(conn)
+                call_id = conn.execute(
                     f"INSERT INTO calls (book, run_id, holder_id, request_key, stage, page, model, attempt,"
-                    f" status, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', {NOW})"
-                    f" ON CONFLICT (request_key) DO NOTHING",
-                    (self.book, run_id, self.holder_id, key, stage, page, model, attempt))
-                return conn.execute("SELECT call_id FROM calls WHERE request_key = %s", (key,)).fetchone()[0]
+                    f" status, reserved_usd, started_at)"
+                    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, {NOW}) RETURNING call_id",
+                    (self.book, run_id, self.holder_id, key, stage, page, model, attempt, reserve)).fetchone()[0]
+                if reserve:
+                    conn.execute("UPDATE budgets SET reserved_usd = reserved_usd + %s WHERE scope = ANY(%s)",
+                                 (reserve, self.scopes))
+                return call_id
         return self._retrying(work)
+
+    def _take_token(self, conn) -> None:
+        """One token of the fleet's rate limit (a bucket refilled at `per_second`), unless the
+        fleet is paused (a provider's 429 with Retry-After): NotYet until then."""
+        row = conn.execute(
+            "SELECT LEAST(burst, tokens + per_second * extract(epoch from clock_timestamp() - refilled_at)),"
+            " per_second, extract(epoch from paused_until - clock_timestamp())"
+            " FROM rate WHERE name = 'provider' FOR UPDATE").fetchone()
+        if row is None:  # no limit of the fleet's own
+            return
+        tokens, per_second, paused = row
+        if paused is not None and paused > 0:
+            raise NotYet(float(paused))
+        if tokens < 1:
+            raise NotYet((1 - tokens) / per_second)
+        conn.execute("UPDATE rate SET tokens = %s - 1, refilled_at = clock_timestamp() WHERE name = 'provider'",
+                     (tokens,))
 
     def set_generation_id(self, call_id: int, generation_id: str) -> None:
         self._write("UPDATE calls SET generation_id = %s WHERE call_id = %s", (generation_id, call_id))
@@ -387,22 +518,47 @@ class PgLedger:
     def finish_call(self, call_id: int, status: str, usage=None, computed_cost: float | None = None,
                     provider_cost: float | None = None, error: str | None = None,
                     generation_id: str | None = None) -> float:
-        """Close a call with what it cost; returns the cost as the ledger counts it."""
+        """Settle a call, in one transaction: its cost recorded, its reservation replaced by
+        that cost in every budget it fell under. Returns the cost as the ledger counts it.
+        Settling twice changes nothing, except that a call released as lost (a sweeper found
+        its writer's lease lapsed and no id) takes the cost its writer brings after all."""
         assert status in CALL_FINAL_STATUSES, status
         tokens = _token_columns(usage)
-        upstream = usage.upstream_cost if usage else None
-        row = self._one(
-            f"UPDATE calls SET status = %s, prompt_tokens = %s, completion_tokens = %s,"
-            f" cached_tokens = %s, cache_write_tokens = %s, reasoning_tokens = %s, images = %s,"
-            f" computed_cost_usd = %s, provider_cost_usd = %s, upstream_cost_usd = %s, error = %s,"
-            f" generation_id = COALESCE(%s, generation_id), ended_at = {NOW} WHERE call_id = %s"
-            f" RETURNING {CALL_COST}::float8",
-            (status, *tokens, computed_cost, provider_cost, upstream, error, generation_id, call_id))
-        return row[0]
+        money = (_usd(computed_cost), _usd(provider_cost), _usd(usage.upstream_cost if usage else None))
+
+        def work(conn):
+            with conn.transaction():
+                was, before, reserved = conn.execute(
+                    f"SELECT status, {CALL_COST}, reserved_usd FROM calls WHERE call_id = %s FOR UPDATE",
+                    (call_id,)).fetchone()
+                if was != "pending" and not (was == "lost" and status != "lost"):
+                    return float(before)
+                cost = conn.execute(
+                    f"UPDATE calls SET status = %s, prompt_tokens = %s, completion_tokens = %s,"
+                    f" cached_tokens = %s, cache_write_tokens = %s, reasoning_tokens = %s, images = %s,"
+                    f" computed_cost_usd = %s, provider_cost_usd = %s, upstream_cost_usd = %s, error = %s,"
+                    f" generation_id = COALESCE(%s, generation_id), reserved_usd = 0, ended_at = {NOW}"
+                    f" WHERE call_id = %s RETURNING {CALL_COST}",
+                    (status, *tokens, *money, error, generation_id, call_id)).fetchone()[0]
+                conn.execute("SELECT 1 FROM budgets WHERE scope = ANY(%s) ORDER BY scope FOR UPDATE", (self.scopes,))
+                conn.execute("UPDATE budgets SET reserved_usd = reserved_usd - %s, spent_usd = spent_usd + %s"
+                             " WHERE scope = ANY(%s)", (reserved, cost - before, self.scopes))
+                return float(cost)
+        return self._retrying(work)
 
     def pending_calls(self) -> list[PendingCall]:
         rows = self._all("SELECT call_id, run_id, stage, page, model, generation_id, started_at FROM calls"
                          " WHERE book = %s AND status = 'pending' ORDER BY call_id", (self.book,))
+        return [PendingCall(*r) for r in rows]
+
+    def orphaned_calls(self) -> list[PendingCall]:
+        """The book's pending calls whose writer's lease has lapsed: no one else will settle
+        them (the sweeper's work; a live writer's calls in flight are its own)."""
+        rows = self._all(
+            "SELECT call_id, run_id, stage, page, model, generation_id, started_at FROM calls c"
+            " WHERE book = %s AND status = 'pending' AND c.holder_id IS DISTINCT FROM %s AND NOT EXISTS ("
+            "  SELECT 1 FROM holders h WHERE h.holder_id = c.holder_id AND h.lease_until > clock_timestamp())"
+            " ORDER BY call_id", (self.book, self.holder_id))
         return [PendingCall(*r) for r in rows]
 
     def calls_with_generation(self) -> list[dict]:
@@ -567,8 +723,14 @@ def import_book(url: str, book) -> dict:
                 cur.executemany(f"INSERT INTO calls (book, run_id, {', '.join(CALL_COLUMNS)}) VALUES"
                                 f" (%s, %s, {', '.join(['%s'] * len(CALL_COLUMNS))})", rows)
             calls = len(rows)
-            total = conn.execute(f"SELECT COALESCE(SUM({CALL_COST}), 0)::float8 FROM calls WHERE book = %s",
+            total = conn.execute(f"SELECT COALESCE(SUM({CALL_COST}), 0) FROM calls WHERE book = %s",
                                  (book.id,)).fetchone()[0]
+            conn.execute("INSERT INTO budgets (scope) VALUES (%s), (%s) ON CONFLICT DO NOTHING", (LIBRARY, f"book:{book.id}"))
+            conn.execute("SELECT 1 FROM budgets WHERE scope = ANY(%s) ORDER BY scope FOR UPDATE",
+                         ([LIBRARY, f"book:{book.id}"],))
+            conn.execute("UPDATE budgets SET spent_usd = spent_usd + %s WHERE scope IN (%s, %s)",
+                         (total, LIBRARY, f"book:{book.id}"))
+            total = float(total)
             if abs(total - source.total_cost()) > 1e-9:
                 raise LedgerError(f"book {book.id!r}: imported total ${total} differs from checkpoint.db's "
                                   f"${source.total_cost()}: nothing imported")

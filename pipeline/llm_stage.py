@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from infra.budget import Budget, book_budget
+from infra.budget import book_budget
 from infra.checkpoint import Ledger
 from infra.config import Settings
 from infra.errors import InvalidAnswer, TruncatedAnswer
@@ -99,8 +99,8 @@ class LedgerRecorder:
         self.ledger, self.run_id, self.stage, self.page = ledger, run_id, stage, page
         self.on_cost = on_cost
 
-    def begin(self, model: str, attempt: int) -> int:
-        return self.ledger.begin_call(self.run_id, self.stage, self.page, model, attempt)
+    def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
+        return self.ledger.begin_call(self.run_id, self.stage, self.page, model, attempt, reserve_usd)
 
     def generation(self, handle: int, generation_id: str) -> None:
         self.ledger.set_generation_id(handle, generation_id)
@@ -187,7 +187,7 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
 
     async def before_run(ctx: RunContext) -> None:
         limit = book_budget(ctx.ledger, budget_usd, settings.budget_usd)
-        pending = ctx.ledger.pending_calls()
+        pending = ctx.ledger.orphaned_calls()
         needs_llm = any(spec.uses_llm for spec in selected)
         if not needs_llm and not pending:
             return
@@ -205,7 +205,7 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
             for spec in selected:  # a model whose price is known only from the bill: VariablePrice
                 if spec.uses_llm:
                     ctx.llm.costs.worst_case(ctx.models[spec.name], 0, 0, ceiling=ctx.llm.ceiling)
-            ctx.llm.budget = Budget(limit, ctx.ledger.total_cost())
+        ctx.llm.budget = ctx.ledger.run_budget(limit)
 
     return before_run
 

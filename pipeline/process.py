@@ -17,9 +17,8 @@ from contextlib import nullcontext
 
 from infra.books import Book
 from infra.checkpoint import Ledger
-from infra.ledgers import open_ledger
+from infra.ledgers import open_ledger, writer_lock
 from infra.errors import ArError, LedgerError, exit_code
-from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
 from pipeline.llm_stage import close_llm
@@ -74,7 +73,7 @@ def process_book(
     refused second writer prints nothing but its error.
     `before_run(ctx)` runs first, inside the run (e.g. to resolve calls a crash left pending).
     """
-    with WriterLock(book.lock_path, book.id), (progress or nullcontext()):
+    with writer_lock(book), (progress or nullcontext()):
         on_progress = progress.update if progress is not None else None
         ledger = open_ledger(book)
         run_id = handler = None

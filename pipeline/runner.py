@@ -167,6 +167,8 @@ class Pipeline:
                 self._stop(stop)
                 queue.put_nowait(_CLOSED)
                 return
+            if ok is None:  # another writer of the fleet has it
+                continue
             self.on_progress(stage)
             if not ok:
                 self.outcome.failed[stage.name] = self.outcome.failed.get(stage.name, 0) + 1
