@@ -361,12 +361,14 @@ class PgLedger:
         def work(conn):
             with conn.transaction():
                 self._fence(conn)
+                where = ("book = %s AND stage = %s AND page = %s AND holder_id = %s AND epoch = %s",
+                         (self.book, stage, page, self.holder_id, epoch))
                 marked = conn.execute(
                     f"UPDATE pages SET status = %s, attempts = attempts + 1, error = %s, run_id = %s,"
-                    f" updated_at = {NOW}, flags = %s WHERE book = %s AND stage = %s AND page = %s"
-                    f" AND holder_id = %s AND epoch = %s",
-                    (status, error, run_id, flags, self.book, stage, page, self.holder_id, epoch)).rowcount
-                if not marked:
+                    f" updated_at = {NOW}, flags = %s WHERE {where[0]} AND (status, run_id) IS DISTINCT FROM (%s, %s)",
+                    (status, error, run_id, flags, *where[1], status, run_id)).rowcount
+                # nothing marked: already ours (this mark again, its commit's answer lost), else taken
+                if not marked and not conn.execute(f"SELECT 1 FROM pages WHERE {where[0]}", where[1]).fetchone():
                     raise LeaseLost(f"page {page} of {stage} was taken by another writer (its lease lapsed)")
         self._retrying(work)
 
