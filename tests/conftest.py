@@ -137,3 +137,30 @@ def ledger_backend(request, monkeypatch) -> str:
     else:
         monkeypatch.delenv("AR_LEDGER", raising=False)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real Ray cluster shared by the whole test run: a head with no CPU of its own and two
+    worker nodes of one core each, on 127.0.0.1 (kept as it is: not rewritten to the host's
+    address), without token auth (loopback only). On the worker nodes `tesseract` is the real
+    one behind a wrapper that notes each image it reads in `cluster.tesseract_log`, so a test
+    sees which pages the nodes read."""
+    import shutil
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from ray.cluster_utils import Cluster
+
+    wrapper = tmp_path_factory.mktemp("node-bin")
+    log = wrapper / "tesseract.log"
+    (wrapper / "tesseract").write_text(f'#!/bin/sh\necho "$1" >> {log}\nexec {shutil.which("tesseract")} "$@"\n')
+    (wrapper / "tesseract").chmod(0o755)
+    node_env = {"PATH": f"{wrapper}:{os.environ['PATH']}"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars=node_env)
+    cluster.wait_for_nodes()
+    cluster.tesseract_log = log
+    yield cluster
+    cluster.shutdown()
