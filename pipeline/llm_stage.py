@@ -24,6 +24,7 @@ from infra.errors import InvalidAnswer, TruncatedAnswer
 from infra.llm_client import LLMClient, Result, image_part
 from infra.logs import log_event
 from infra.pricing import Usage
+from pipeline.executor import llm_runner
 from pipeline.registry import StageSpec
 from pipeline.stage import RunContext, Stage, kept_language
 
@@ -195,7 +196,7 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
             log.warning("%d calls of an earlier run are still pending: they will be resolved "
                         "by a run with an API key", len(pending))
             return
-        ctx.llm = LLMClient.from_settings(settings, ctx.workers)
+        ctx.llm = llm_runner(LLMClient.from_settings(settings, ctx.workers), ctx.book.id, ctx.workers)
         await _note_key_usage(ctx, "key_usage_start")
         if pending:
             counts = await ctx.llm.resolve_pending(

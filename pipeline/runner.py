@@ -27,6 +27,7 @@ class Outcome:
     message: str = ""
     pages_processed: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)  # pages another writer of the fleet held
 
     @property
     def exit_code(self) -> int:
@@ -104,6 +105,11 @@ class Pipeline:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.failed.items())
             self.outcome.status = "failed"
             self.outcome.message = f"pages failed ({summary}): see `ar.py status`; run again to retry them"
+        elif self.outcome.status == "done" and self.outcome.held:
+            summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.held.items())
+            self.outcome.status = "failed"
+            self.outcome.message = (f"pages held by another writer ({summary}), alive or until its lease "
+                                    "lapses (AR_LEASE_S): run again to do what it leaves")
         return self.outcome
 
     def _stop(self, stop: StopRun) -> None:
@@ -168,6 +174,7 @@ class Pipeline:
                 queue.put_nowait(_CLOSED)
                 return
             if ok is None:  # another writer of the fleet has it
+                self.outcome.held[stage.name] = self.outcome.held.get(stage.name, 0) + 1
                 continue
             self.on_progress(stage)
             if not ok:

@@ -75,7 +75,7 @@ def done_pages(url: str, book: str, stage: str = "correct") -> dict[int, int]:
 def test_a_writer_stopped_past_its_lease_marks_nothing_when_it_goes_on(sim, books_dir, tmp_path, pg_url):
     fleet_book(books_dir, tmp_path, pg_url, "b", 4)
     server = sim("--api-key", KEY, "--latency-ms", "1500")
-    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url, "AR_LEASE_S": "3"}
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url, "AR_LEASE_S": "6"}
     zombie = start_ar("process", "b", "--stages", "correct", books_dir=books_dir, env=env,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
