@@ -136,11 +136,16 @@ def describe(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
+_reached = False  # the database answered this process once: from then on, out of reach is an outage
+
+
 def connect(url: str, read_only: bool = False) -> psycopg.Connection:
+    global _reached
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="ar")
     except psycopg.Error as e:
         raise LedgerError(f"ledger {describe(url)} cannot be reached: {_first_line(e)}") from None
+    _reached = True
     if read_only:  # one consistent snapshot per report (Ledger.snapshot), never a write
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -161,6 +166,16 @@ def migrate(conn: psycopg.Connection) -> None:
             conn.execute(MIGRATIONS[target - 1])
         conn.execute("DELETE FROM ar_schema")
         conn.execute("INSERT INTO ar_schema VALUES (%s)", (SCHEMA_VERSION,))
+
+
+def _wait_for_database(waited: float, where: str, error: Exception) -> float:
+    """Sleep a little longer each time (up to RECONNECT_MAX_S) while the database is out of
+    reach; returns the time waited so far. The fleet pauses; it goes on when it is back."""
+    if waited == 0:
+        log.warning("%s is out of reach (%s): waiting for it", where, _first_line(error))
+    pause = min(RECONNECT_MAX_S, 0.2 + waited / 4)
+    time.sleep(pause)
+    return waited + pause
 
 
 def _usd(amount: float | None) -> Decimal | None:
@@ -219,14 +234,29 @@ class PgLedger:
 
     @classmethod
     def read(cls, url: str, book: str, queries: Callable[[PgLedger], T], absent: T) -> T:
-        ledger = cls.open_reader(url, book)
-        if ledger is None:
-            return absent
-        try:
-            with ledger.snapshot():
-                return queries(ledger)
-        finally:
-            ledger.close()
+        """What `queries` read from one snapshot of the book's ledger. A connection lost on the
+        way (an outage once the database was reached) is waited for and the read done again:
+        it changed nothing."""
+        waited = 0.0
+        while True:
+            try:
+                ledger = cls.open_reader(url, book)
+            except LedgerError as e:
+                if not _reached:
+                    raise  # never reached from this process: a wrong URL, said at once
+                waited = _wait_for_database(waited, describe(url), e)
+                continue
+            if ledger is None:
+                return absent
+            try:
+                with ledger.snapshot():
+                    return queries(ledger)
+            except psycopg.OperationalError as e:
+                if not (ledger._db.closed or ledger._db.broken):
+                    raise
+                waited = _wait_for_database(waited, ledger.path, e)
+            finally:
+                ledger.close()
 
     def close(self) -> None:
         if self._lease is not None:
@@ -269,13 +299,9 @@ class PgLedger:
             except (psycopg.OperationalError, LedgerError) as e:
                 lost = isinstance(e, LedgerError) or self._db.closed or self._db.broken
                 if not lost or self._in_snapshot:
-                    raise  # a real error, or a lost snapshot: not ours to repeat
-                if waited == 0:
-                    log.warning("%s is out of reach (%s): waiting for it", self.path, _first_line(e))
-                pause = min(RECONNECT_MAX_S, 0.2 + waited / 4)
-                time.sleep(pause)
-                waited += pause
+                    raise  # a real error, or a lost snapshot (PgLedger.read does it again)
                 self._db.close()
+                waited = _wait_for_database(waited, self.path, e)
 
     # ---- meta ----------------------------------------------------------------------
 
