@@ -48,6 +48,60 @@ class Budget:
         self.spent += cost_usd
         self._settled.set()
 
+    async def admit(self, recorder, model: str, attempt: int, worst_case_usd: float):
+        """Reserve, then record the call pending: (the recorder that settles the reservation
+        with the call's cost, the call's handle)."""
+        reserved = Reserved(recorder, self, await self.reserve(worst_case_usd))
+        return reserved, reserved.begin(model, attempt)
+
+
+class Reserved:
+    """A recorder whose call holds a budget reservation until its cost is recorded."""
+
+    def __init__(self, inner, budget: Budget, reservation: float):
+        self.inner, self.budget, self.reservation = inner, budget, reservation
+        self.page = inner.page
+
+    def begin(self, model: str, attempt: int) -> int:
+        return self.inner.begin(model, attempt)
+
+    def generation(self, handle: int, generation_id: str) -> None:
+        self.inner.generation(handle, generation_id)
+
+    def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
+        cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
+        self.budget.settle(self.reservation, cost)
+        return cost
+
+    def unresolved(self, handle: int) -> None:
+        """Unknown cost: count the worst case as spent, so the budget still holds."""
+        self.inner.unresolved(handle)
+        self.budget.settle(self.reservation, self.reservation)
+
+
+class NotYet(Exception):
+    """A call the fleet's ledger cannot admit yet (the budgets are held by calls in flight, or
+    the rate limit's tokens are out): ask again in `seconds`."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"not yet: {seconds:.3f} s")
+        self.seconds = seconds
+
+
+class LedgerBudget:
+    """The fleet's budgets and rate limit, kept in PostgreSQL (infra/pg_ledger.py): a call is
+    admitted by one transaction of the ledger (recorded pending, its worst case reserved
+    against every budget it falls under, a rate token taken) and settled by another, when its
+    cost is recorded (PgLedger.finish_call). Nothing is held in this process: a cut call
+    keeps its reservation in the database until the provider says what it billed."""
+
+    async def admit(self, recorder, model: str, attempt: int, worst_case_usd: float):
+        while True:
+            try:
+                return recorder, recorder.begin(model, attempt, reserve_usd=worst_case_usd)
+            except NotYet as wait:
+                await asyncio.sleep(wait.seconds)
+
 
 def book_budget(ledger, given_usd: float | None, default_usd: float | None) -> float | None:
     """The book's cap: the one given now (kept in the ledger for the runs after), else the

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from infra.budget import Budget
 from infra.errors import LedgerError
 
 SCHEMA_VERSION = 3
@@ -114,6 +115,8 @@ class PendingCall:
 
 class Ledger:
     """One book's checkpoint.db. Use `open_writer` (after taking the book's lock) or `open_reader`."""
+
+    write_errors = (sqlite3.Error,)  # what a refused record raises (a full disk)
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self._db = conn
@@ -293,8 +296,11 @@ class Ledger:
 
     # ---- calls: what the LLM client reports, attempt by attempt ---------------------
 
-    def begin_call(self, run_id: int, stage: str, page: int | None, model: str, attempt: int) -> int:
-        """Record a call as pending before it is sent (docs/architecture.md, invariant 1)."""
+    def begin_call(self, run_id: int, stage: str, page: int | None, model: str, attempt: int,
+                   reserve_usd: float = 0.0) -> int:
+        """Record a call as pending before it is sent (docs/architecture.md, invariant 1). Its
+        reservation, `reserve_usd`, is held by the run's Budget (run_budget), in memory: the
+        book has one writer."""
         cur = self._db.execute(
             "INSERT INTO calls (run_id, stage, page, model, attempt, status, started_at)"
             " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
@@ -343,6 +349,22 @@ class Ledger:
             " WHERE status = 'pending' ORDER BY call_id"
         )
         return [PendingCall(*r) for r in rows]
+
+    def orphaned_calls(self) -> list[PendingCall]:
+        """Pending calls that no writer will settle: all of them, the book's writer being us."""
+        return self.pending_calls()
+
+    def run_budget(self, limit_usd: float | None):
+        """What admits this run's calls under the book's cap (None: no cap)."""
+        return Budget(limit_usd, self.total_cost()) if limit_usd is not None else None
+
+    # ---- the fleet's page claims: one writer per book here (its lock), so every page is ours
+
+    def claim_page(self, stage: str, page: int) -> bool:
+        return True
+
+    def check_lease(self) -> None:
+        """(PostgreSQL: LeaseLost when the writer's lease has lapsed.)"""
 
     def calls_with_generation(self) -> list[dict]:
         rows = self._db.execute(

@@ -17,7 +17,8 @@
     │           └── TruncatedAnswer  cut at max_tokens (finish_reason length), even with more room
     └── StopRun                nothing more can be done in this run; it ends with `status`
         ├── FatalLLMError      the key is refused, or the credits are gone
-        └── BudgetReached      the book's budget would be passed (status budget, exit 3)
+        ├── BudgetReached      the book's budget would be passed (status budget, exit 3)
+        └── LeaseLost          a fleet writer's lease lapsed: it stops (infra/pg_ledger.py)
 
 A run ends with one of RUN_EXIT's statuses; `exit_code` maps each to the process's exit code.
 """
@@ -116,3 +117,8 @@ class FatalLLMError(StopRun):
 
 class BudgetReached(StopRun):
     status = "budget"
+
+
+class LeaseLost(StopRun):
+    """A writer of the fleet could not renew its lease (PostgreSQL ledger): another may have its
+    pages now, so it stops itself: no new call, no output, no done-mark."""

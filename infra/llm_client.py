@@ -46,7 +46,7 @@ import orjson
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from infra.budget import Budget
+from infra.budget import Budget, LedgerBudget
 from infra.config import Settings
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, PricingError, RetryableError, TruncatedAnswer
 from infra.images import data_url, image_tokens_bound
@@ -78,7 +78,9 @@ class CallRecorder(Protocol):
 
     page: int | None  # the page the call is for, named in warnings (None: not a page's call)
 
-    def begin(self, model: str, attempt: int) -> int: ...
+    def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
+        """Record the attempt pending; with `reserve_usd`, the fleet's ledger reserves it too
+        (infra.budget.LedgerBudget)."""
     def generation(self, handle: int, generation_id: str) -> None: ...
     def finish(self, handle: int, status: str, usage: Usage | None, computed: float | None,
                provider: float | None, error: str | None, generation_id: str | None) -> float: ...
@@ -267,7 +269,7 @@ class LLMClient:
         self._slots = asyncio.Semaphore(concurrency)
         self._pacer = _Pacer(requests_per_minute)
         self._late: set[asyncio.Task] = set()
-        self.budget: Budget | None = None  # set by the run when the book has a cap
+        self.budget: Budget | LedgerBudget | None = None  # set by the run (a cap, or a fleet's ledger)
         self.ceiling = Rates.from_max_price(self.max_price)  # what no request may pass: its worst case
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
@@ -410,9 +412,10 @@ class LLMClient:
         model, traced = body["model"], recorder
         async with self._slots:
             await self._pacer.wait()
-            if self.budget is not None:  # BudgetReached here: the call is not sent
-                recorder = _Reserved(recorder, self.budget, await self.budget.reserve(self.worst_case(body)))
-            handle = recorder.begin(model, attempt)  # pending before a byte is sent
+            if self.budget is not None:  # reserved, then pending; BudgetReached here: the call is not sent
+                recorder, handle = await self.budget.admit(recorder, model, attempt, self.worst_case(body))
+            else:
+                handle = recorder.begin(model, attempt)  # pending before a byte is sent
             generation_id: str | None = None
             parts: list[str] = []
             # what the stream said about its end: an error (top-level, or a choice's), the finish reason
@@ -606,29 +609,6 @@ class LLMClient:
 
         await asyncio.gather(*(one(c) for c in pending))
         return counts
-
-
-class _Reserved:
-    """A recorder whose call holds a budget reservation until its cost is recorded."""
-
-    def __init__(self, inner: CallRecorder, budget: Budget, reservation: float):
-        self.inner, self.budget, self.reservation = inner, budget, reservation
-
-    def begin(self, model: str, attempt: int) -> int:
-        return self.inner.begin(model, attempt)
-
-    def generation(self, handle: int, generation_id: str) -> None:
-        self.inner.generation(handle, generation_id)
-
-    def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
-        cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
-        self.budget.settle(self.reservation, cost)
-        return cost
-
-    def unresolved(self, handle: int) -> None:
-        """Unknown cost: count the worst case as spent, so the budget still holds."""
-        self.inner.unresolved(handle)
-        self.budget.settle(self.reservation, self.reservation)
 
 
 class _Traced:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
 from pathlib import Path
 
 from infra.books import BOOK_TEXT, PREVIOUS, Library, book_id_from_path, validate_book_id
-from infra.checkpoint import Ledger
+from infra.ledgers import ledger_errors, ledger_url, open_ledger, read_ledger
 from infra.config import Settings, load_settings
 from infra.errors import ArError, BudgetReached, UsageError, exit_code
 from infra.lock import WriterLock
@@ -56,6 +57,8 @@ def _common(json_flag: bool = True) -> argparse.ArgumentParser:
     # SUPPRESS: given after the command it counts, absent it leaves the one before the command
     p.add_argument("--books-dir", type=Path, default=argparse.SUPPRESS,
                    help="where books live (default ./books, or $AR_BOOKS_DIR)")
+    p.add_argument("--ledger", metavar="URL", default=argparse.SUPPRESS,
+                   help="keep every book's ledger in this PostgreSQL database ($AR_LEDGER)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument("--books-dir", type=Path, help="where books live (default ./books, or $AR_BOOKS_DIR)")
+    parser.add_argument("--ledger", metavar="URL", help="keep every book's ledger in this PostgreSQL "
+                        "database, postgresql://... ($AR_LEDGER; default: each book's checkpoint.db)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("add", parents=[_common()], help="add a book from a PDF or a folder of page images")
@@ -131,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_refresh_interval, default=0.5, metavar="SECONDS",
                    help="seconds between refreshes of the live view (default 0.5)")
 
+    p = sub.add_parser("ledger", parents=[_common()], help="move a book's ledger (checkpoint.db) into "
+                       "the PostgreSQL ledger given by --ledger or $AR_LEDGER")
+    p.add_argument("action", choices=("import",))
+    p.add_argument("book")
+
     p = sub.add_parser("pricing", parents=[_common()], help="the prices ar uses (provider's model list, cached 24 h)")
     p.add_argument("model", nargs="?", help="a model id, e.g. google/gemini-2.5-flash")
     p.add_argument("--list", action="store_true", help="every model with its prices")
@@ -170,7 +180,7 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
         raise
     if args.lang is not None:  # in the ledger's meta, beside the budget: the book's settings, in one place
         with WriterLock(book.lock_path, book.id):
-            ledger = Ledger.open_writer(book.ledger_path)
+            ledger = open_ledger(book)
             try:
                 ledger.set_meta("lang", args.lang)
             finally:
@@ -226,7 +236,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
     if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
-        check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
+        check_languages(args.lang or read_ledger(book, kept_language, DEFAULT_LANG))
     before = status_report(book)["stages"]
     _check_inputs(book, selected, before, args.fresh)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
@@ -280,7 +290,7 @@ def _has_budget(args, book, settings: Settings) -> bool:
 
     if args.budget is not None:
         return True
-    kept = Ledger.read(book.ledger_path, lambda ledger: kept_budget(ledger, settings.budget_usd),
+    kept = read_ledger(book, lambda ledger: kept_budget(ledger, settings.budget_usd),
                        settings.budget_usd)
     return kept is not None
 
@@ -336,7 +346,7 @@ def cmd_clean(args, settings: Settings, library: Library) -> int:
     book = library.existing(args.book)
     (stage,) = STAGES.select([args.stage])
     with WriterLock(book.lock_path, book.id):
-        ledger = Ledger.open_writer(book.ledger_path)
+        ledger = open_ledger(book)
         had_text = book.text_path.exists()
         try:
             removed = clean_stage(book, ledger, stage.name)
@@ -396,8 +406,24 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
     return 0
 
 
+def cmd_ledger(args, settings: Settings, library: Library) -> int:
+    book = library.existing(args.book)
+    url = ledger_url()
+    if url is None:
+        raise UsageError("ledger import: give the PostgreSQL ledger with --ledger URL or $AR_LEDGER")
+    from infra.pg_ledger import import_book
+
+    with WriterLock(book.lock_path, book.id):
+        report = import_book(url, book)
+    _emit(args, report, lambda r: print(
+        f"imported {r['book']} into {r['ledger']}: {r['runs']} runs, {r['calls']} calls, {r['pages']} pages, "
+        f"${r['total_cost_usd']:.4f}; its checkpoint.db is now {r['kept_as']}"))
+    return 0
+
+
 COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,
-            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "log": cmd_log, "monitor": cmd_monitor, "pricing": cmd_pricing}
+            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "log": cmd_log, "monitor": cmd_monitor,
+            "pricing": cmd_pricing, "ledger": cmd_ledger}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,13 +452,15 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_console(args.verbose)
+    if getattr(args, "ledger", None):  # an environment variable, so that every process of the run sees it
+        os.environ["AR_LEDGER"] = args.ledger
     try:
         settings = load_settings(books_dir=args.books_dir)
         library = Library(settings.books_dir)
         if getattr(args, "book", None) is not None:
             validate_book_id(args.book)
         return COMMANDS[args.command](args, settings, library)
-    except (ArError, sqlite3.Error, OSError) as e:
+    except (ArError, OSError, *ledger_errors()) as e:
         print(f"ar: error: {redact(_one_line(e))}", file=sys.stderr)
         return getattr(e, "exit_code", ArError.exit_code)
 
@@ -441,6 +469,8 @@ def _one_line(error: Exception) -> str:
     """What went wrong and where: an expected error's message, a disk's or a database's."""
     if isinstance(error, sqlite3.Error):
         return f"checkpoint: {error}"
+    if isinstance(error, ledger_errors()):
+        return f"ledger: {str(error).strip().splitlines()[0]}"
     if isinstance(error, OSError):
         return f"{error.filename}: {error.strerror or error}" if error.filename else str(error.strerror or error)
     return str(error)

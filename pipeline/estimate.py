@@ -26,6 +26,7 @@ from infra.books import Book
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
 from infra.images import image_tokens, sent_size
+from infra.ledgers import read_ledger
 from infra.pricing import CostCalculator, ModelPrice, PricingCache
 from pipeline.llm_stage import BookState, max_tokens_for
 from pipeline.registry import STAGES, Registry, StageSpec
@@ -100,7 +101,7 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
 
     nothing = ({spec.name: set() for spec in registry}, {s.name: [] for s in llm_stages}, 0.0,
                kept_budget(None, default_budget_usd))
-    done, observed, spent, budget = Ledger.read(book.ledger_path, queries, nothing)
+    done, observed, spent, budget = read_ledger(book, queries, nothing)
     texts = {spec.name: _text_lengths(spec, book, pages) for spec in registry if spec.per_page}
     for name in fresh:  # what the run discards first
         done.update({spec.name: set() for spec in registry.downstream(name)})

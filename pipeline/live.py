@@ -12,7 +12,6 @@ keeps its last good snapshot on screen, marked stale. Ctrl-C leaves with exit 0.
 """
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from rich.console import Console, Group, RenderableType
@@ -23,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infra.books import Library
+from infra.ledgers import ledger_errors
 from infra.errors import ArError
 from pipeline.monitor import book_snapshot, library_snapshot
 from pipeline.render import to_review, usd
@@ -153,7 +153,7 @@ class Watcher:
             try:
                 self.last[book.id] = book_snapshot(book, self.default_budget_usd)
                 self.stale.pop(book.id, None)
-            except (sqlite3.Error, ArError) as e:
+            except (*ledger_errors(), ArError) as e:
                 self.stale[book.id] = str(e)
         shown = [self.last[b.id] for b in books if b.id in self.last]
         if len(self.named) == 1 and shown:

@@ -12,20 +12,20 @@ import bisect
 import difflib
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import BaseModel
 
-from infra.budget import Budget, book_budget
+from infra.budget import book_budget
 from infra.checkpoint import Ledger
 from infra.config import Settings
 from infra.errors import InvalidAnswer, TruncatedAnswer
 from infra.llm_client import LLMClient, Result, image_part
 from infra.logs import log_event
 from infra.pricing import Usage
+from pipeline.executor import llm_runner
 from pipeline.registry import StageSpec
 from pipeline.stage import RunContext, Stage, kept_language
 
@@ -101,8 +101,8 @@ class LedgerRecorder:
         self.ledger, self.run_id, self.stage, self.page = ledger, run_id, stage, page
         self.on_cost = on_cost
 
-    def begin(self, model: str, attempt: int) -> int:
-        return self.ledger.begin_call(self.run_id, self.stage, self.page, model, attempt)
+    def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
+        return self.ledger.begin_call(self.run_id, self.stage, self.page, model, attempt, reserve_usd)
 
     def generation(self, handle: int, generation_id: str) -> None:
         self.ledger.set_generation_id(handle, generation_id)
@@ -193,7 +193,7 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
 
     async def before_run(ctx: RunContext) -> None:
         limit = book_budget(ctx.ledger, budget_usd, settings.budget_usd)
-        pending = ctx.ledger.pending_calls()
+        pending = ctx.ledger.orphaned_calls()
         needs_llm = any(spec.uses_llm for spec in selected)
         if not needs_llm and not pending:
             return
@@ -201,7 +201,7 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
             log.warning("%d calls of an earlier run are still pending: they will be resolved "
                         "by a run with an API key", len(pending))
             return
-        ctx.llm = LLMClient.from_settings(settings, ctx.workers)
+        ctx.llm = llm_runner(LLMClient.from_settings(settings, ctx.workers), ctx.book.id, ctx.workers)
         await _note_key_usage(ctx, "key_usage_start")
         if pending:
             counts = await ctx.llm.resolve_pending(
@@ -211,7 +211,7 @@ def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float
             for spec in selected:  # a model whose price is known only from the bill: VariablePrice
                 if spec.uses_llm:
                     ctx.llm.costs.worst_case(ctx.models[spec.name], 0, 0, ceiling=ctx.llm.ceiling)
-            ctx.llm.budget = Budget(limit, ctx.ledger.total_cost())
+        ctx.llm.budget = ctx.ledger.run_budget(limit)
 
     return before_run
 
@@ -231,5 +231,5 @@ async def _note_key_usage(ctx: RunContext, column: str) -> None:
         return
     try:
         ctx.ledger.set_key_usage(ctx.run_id, column, usage)
-    except sqlite3.Error as e:  # a full disk: the run's own records say so; this one only informs
+    except ctx.ledger.write_errors as e:  # a full disk: the run's own records say so; this one only informs
         log.warning("cannot note the key's usage in %s: %s", ctx.ledger.path, e)

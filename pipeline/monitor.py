@@ -19,6 +19,7 @@ import time
 from infra.books import Book, Library
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
+from infra.ledgers import read_ledger
 from pipeline.registry import STAGES
 from pipeline.reports import status_figures, status_from
 
@@ -37,7 +38,7 @@ def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
         figures["budget"] = kept_budget(ledger, default_budget_usd)
         return figures
 
-    figures = Ledger.read(book.ledger_path, queries, {})
+    figures = read_ledger(book, queries, {})
     now = time.time()
     report = status_from(book, figures)
     run = figures["runs"][-1] if figures.get("runs") else None

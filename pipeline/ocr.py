@@ -28,6 +28,7 @@ from PIL import Image
 from infra.errors import OcrError, UsageError
 from infra.logs import log_event
 from pipeline import orientation
+from pipeline.executor import page_runner
 from pipeline.stage import Stage, kept_language
 
 log = logging.getLogger("ar.ocr")
@@ -274,6 +275,7 @@ class OcrStage(Stage):
         kept = kept_language(ctx.ledger)
         self.lang = ctx.options.get("lang") or kept
         self.text_layer = ctx.options.get("text_layer") or "auto"
+        self.read_page, self.cores = page_runner(ocr_page, ctx.workers)  # here, or on Ray (pipeline/executor.py)
         if self.lang != kept:
             ctx.ledger.set_meta("lang", self.lang)
             done = len(ctx.ledger.done_pages(self.name))
@@ -284,7 +286,7 @@ class OcrStage(Stage):
 
     @property
     def concurrency(self) -> int:
-        return max(1, min(self.ctx.workers, os.cpu_count() or 1))
+        return self.cores
 
     async def process_page(self, page: int) -> dict:
         image = self.ctx.book.source_image(page)
@@ -295,4 +297,4 @@ class OcrStage(Stage):
                 return {"page": page, "text": text.strip(), "text_source": "text_layer", "lang": self.lang,
                         "mean_confidence": None, "blocks": [],
                         "flags": {} if text.strip() else {"no_text": "the page's text layer is empty"}}
-        return {"page": page, **await ocr_page(image, self.lang)}
+        return {"page": page, **await self.read_page(image, self.lang)}

@@ -12,14 +12,13 @@ import logging
 import os
 import shlex
 import signal
-import sqlite3
 import sys
 from contextlib import nullcontext
 
 from infra.books import PREVIOUS, READING_FILES, Book
 from infra.checkpoint import Ledger
+from infra.ledgers import open_ledger, writer_lock
 from infra.errors import ArError, LedgerError, exit_code
-from infra.lock import WriterLock
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
 from pipeline.llm_stage import close_llm
@@ -80,16 +79,16 @@ def process_book(
     refused second writer prints nothing but its error.
     `before_run(ctx)` runs first, inside the run (e.g. to resolve calls a crash left pending).
     """
-    with WriterLock(book.lock_path, book.id), (progress or nullcontext()):
+    with writer_lock(book), (progress or nullcontext()):
         on_progress = progress.update if progress is not None else None
-        ledger = Ledger.open_writer(book.ledger_path)
+        ledger = open_ledger(book)
         run_id = handler = None
         outcome = Outcome(status="failed")
         held = _hold_stop_signals()  # until the run is on record and its closing assured
         try:
             try:
                 run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
-            except sqlite3.Error as e:  # a full disk: not even the run's first record fits
+            except ledger.write_errors as e:  # a full disk: not even the run's first record fits
                 raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
             handler = open_run_log(book.logs_dir, run_id)
             log_event(log, "run started", run_id=run_id, book=book.id, stages=[s.name for s in stages])
@@ -100,7 +99,7 @@ def process_book(
         except ArError as e:
             outcome = Outcome(status=getattr(e, "status", "failed"), message=str(e))
             raise
-        except sqlite3.Error as e:  # a record the ledger refused (a full disk): say which file
+        except ledger.write_errors as e:  # a record the ledger refused (a full disk): say which file
             outcome = Outcome(status="failed", message=f"cannot write {book.ledger_path}: {e}")
             raise LedgerError(outcome.message) from None
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
@@ -125,7 +124,7 @@ def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome,
     if run_id is not None:
         try:
             ledger.end_run(run_id, "idle" if outcome.idle else outcome.status, outcome.message or None)
-        except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
+        except ledger.write_errors as e:  # the full disk that stopped the run: its reason is the error to show
             log.warning("cannot close run %d in %s (%s): the next run marks it crashed", run_id, book.ledger_path, e)
         log_event(log, "run ended", run_id=run_id, status=outcome.status,
                   message=outcome.message, total_cost_usd=ledger.total_cost())

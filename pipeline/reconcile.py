@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from infra.books import Book
-from infra.checkpoint import Ledger
+from infra.ledgers import read_ledger
 from infra.config import Settings
 from infra.llm_client import LLMClient
 from infra.pricing import same_cost
@@ -24,7 +24,7 @@ from infra.pricing import same_cost
 def reconcile(book: Book, settings: Settings) -> dict:
     """Every recorded generation whose cost the provider states otherwise, or does not know;
     and the unattributed spend (None: the endpoint keeps no key counter)."""
-    calls, runs = Ledger.read(book.ledger_path, lambda ledger: (ledger.calls_with_generation(), ledger.runs()),
+    calls, runs = read_ledger(book, lambda ledger: (ledger.calls_with_generation(), ledger.runs()),
                               ([], []))
     billed = asyncio.run(_provider_costs(settings, [c["generation_id"] for c in calls]))
     differences, unknown = [], []

@@ -6,6 +6,7 @@ from collections import Counter
 
 from infra.books import Book, Library
 from infra.checkpoint import Ledger
+from infra.ledgers import read_ledger
 from pipeline.registry import STAGES, Registry
 
 
@@ -79,7 +80,7 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
 
 def review_report(book: Book, registry: Registry = STAGES) -> dict:
     """`ar.py review BOOK`: each flagged page with its flags, and where its scan and text are."""
-    flagged = Ledger.read(book.ledger_path, lambda ledger: flagged_pages(ledger, registry), {})
+    flagged = read_ledger(book, lambda ledger: flagged_pages(ledger, registry), {})
     page_stages = [spec for spec in registry if spec.per_page]
     pages = []
     for page, flags in flagged.items():
@@ -93,7 +94,7 @@ def other_models(book: Book, models: dict[str, str]) -> dict[str, dict]:
     """Per LLM stage of `models` (stage -> the model asked for now) whose done pages were made
     with another model: {"model": asked, "made_with": {model: pages}}. Done pages are never
     redone on their own, whatever the model now: the run says so."""
-    made = Ledger.read(book.ledger_path, lambda ledger: {s: ledger.page_models(s) for s in models}, {})
+    made = read_ledger(book, lambda ledger: {s: ledger.page_models(s) for s in models}, {})
     out: dict[str, dict] = {}
     for stage, pages in made.items():
         for page, model in sorted(pages.items()):
@@ -106,7 +107,7 @@ def other_models(book: Book, models: dict[str, str]) -> dict[str, dict]:
 def run_summary(book: Book, run_id: int) -> dict:
     """What one run's calls and pages came to: its failed calls and invalid answers (each a
     count, and its pages), its failed pages by stage, and its done pages by flag."""
-    found = Ledger.read(book.ledger_path, lambda ledger: ledger.run_outcomes(run_id), None)
+    found = read_ledger(book, lambda ledger: ledger.run_outcomes(run_id), None)
     if found is None:
         return {}
     calls = {kind: {"count": len(pages), "pages": sorted(set(pages))} for kind, pages in found["calls"].items()}
@@ -115,14 +116,14 @@ def run_summary(book: Book, run_id: int) -> dict:
 
 
 def status_report(book: Book, registry: Registry = STAGES) -> dict:
-    return status_from(book, Ledger.read(book.ledger_path, status_figures, {}), registry)
+    return status_from(book, read_ledger(book, status_figures, {}), registry)
 
 
 def cost_report(book: Book) -> dict:
     report = {"book": book.id, "pages": book.page_count(), "total_cost_usd": 0.0,
               "computed_cost_usd": 0.0, "provider_cost_usd": 0.0,
               "runs": [], "stages": {}, "models": {}}
-    report.update(Ledger.read(book.ledger_path, lambda ledger: {
+    report.update(read_ledger(book, lambda ledger: {
         "total_cost_usd": ledger.total_cost(), "runs": ledger.runs(),
         "stages": ledger.costs_by("stage"), "models": ledger.costs_by("model")}, {}))
     report["computed_cost_usd"] = sum(m["computed_cost_usd"] for m in report["models"].values())

@@ -35,6 +35,7 @@ class Outcome:
     def idle(self) -> bool:
         """It ended with nothing done and nothing failed: every page asked for was done."""
         return self.status == "done" and not (self.pages_processed or self.book_stages_done or self.failed)
+    held: dict[str, int] = field(default_factory=dict)  # pages another writer of the fleet held
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +113,11 @@ class Pipeline:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.failed.items())
             self.outcome.status = "failed"
             self.outcome.message = f"pages failed ({summary}): see `ar.py status`; run again to retry them"
+        elif self.outcome.status == "done" and self.outcome.held:
+            summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.held.items())
+            self.outcome.status = "failed"
+            self.outcome.message = (f"pages held by another writer ({summary}), alive or until its lease "
+                                    "lapses (AR_LEASE_S): run again to do what it leaves")
         return self.outcome
 
     def _stop(self, stop: StopRun) -> None:
@@ -182,6 +188,9 @@ class Pipeline:
                 self._stop(stop)
                 queue.put_nowait(_CLOSED)
                 return
+            if ok is None:  # another writer of the fleet has it
+                self.outcome.held[stage.name] = self.outcome.held.get(stage.name, 0) + 1
+                continue
             self.on_progress(stage)
             if not ok:
                 self.outcome.failed[stage.name] = self.outcome.failed.get(stage.name, 0) + 1

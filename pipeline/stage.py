@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,15 +87,18 @@ class Stage:
     async def process_page(self, page: int) -> dict:
         raise NotImplementedError
 
-    async def run_page(self, page: int) -> bool:
-        """Do one page; True when it is done (output durable, then ledger updated)."""
+    async def run_page(self, page: int) -> bool | None:
+        """Do one page; True when it is done (output durable, then ledger updated), None when
+        another writer of the fleet holds it."""
         try:
             return await self._run_page(page)
-        except sqlite3.Error as e:  # the ledger cannot be written (disk full): nothing can be recorded
+        except self.ctx.ledger.write_errors as e:  # the ledger cannot be written (disk full): nothing can be recorded
             raise StopRun(f"cannot write {self.ctx.ledger.path}: {e}") from None
 
-    async def _run_page(self, page: int) -> bool:
+    async def _run_page(self, page: int) -> bool | None:
         started = time.monotonic()
+        if not self.ctx.ledger.claim_page(self.name, page):
+            return None  # a fleet's other writer has it (PostgreSQL ledger)
         try:
             result = await self.process_page(page)
         except PageFailed as e:
@@ -105,6 +107,7 @@ class Stage:
             self.log_outcome(page, "failed", started, error=str(e))
             return False
         path = self.spec.page_path(self.ctx.book, page)
+        self.ctx.ledger.check_lease()  # a writer whose lease lapsed writes no output
         try:
             atomic_write_json(path, result)
         except OSError as e:  # disk full, read-only: no page can be saved, stop cleanly

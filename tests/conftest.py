@@ -110,3 +110,69 @@ def ocr_book(tmp_path_factory):
 
 
 from tests.simserver import sim  # noqa: E402,F401  (the `sim` fixture, for every test module)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server shared by the whole test run (tests/pgserver.py)."""
+    from tests.pgserver import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh database on the shared server, for one test."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_backend(request, monkeypatch) -> str:
+    """Each test that takes it runs twice: on each book's checkpoint.db, and with every ledger
+    in PostgreSQL (AR_LEDGER set, as `--ledger` sets it)."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("AR_LEDGER", request.getfixturevalue("pg_url"))
+    else:
+        monkeypatch.delenv("AR_LEDGER", raising=False)
+    return request.param
+
+
+RAY_NODE_KEY = "sk-or-v1-ray-node-0123456789abcdef"  # the key the Ray nodes' environment holds
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, pg_server):
+    """A real Ray cluster shared by the whole test run: a head with no CPU of its own and two
+    worker nodes of one core each, on 127.0.0.1 (kept as it is: not rewritten to the host's
+    address), without token auth (loopback only). On the worker nodes `tesseract` is the real
+    one behind a wrapper that notes each image it reads in `cluster.tesseract_log`, so a test
+    sees which pages the nodes read."""
+    import shutil
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from ray.cluster_utils import Cluster
+
+    wrapper = tmp_path_factory.mktemp("node-bin")
+    log = wrapper / "tesseract.log"
+    (wrapper / "tesseract").write_text(f'#!/bin/sh\necho "$1" >> {log}\nexec {shutil.which("tesseract")} "$@"\n')
+    (wrapper / "tesseract").chmod(0o755)
+    # what each node's environment gives the LLM actors: the key and the ledger (never task arguments)
+    import psycopg
+
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE fleet TEMPLATE template0")
+    node_env = {"PATH": f"{wrapper}:{os.environ['PATH']}", "OPENROUTER_API_KEY": RAY_NODE_KEY,
+                "AR_LEDGER": pg_server.url("fleet"), "AR_CACHE_DIR": str(wrapper / "cache"),
+                "AR_ACTOR_IDLE_S": "20"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
+                                                            "env_vars": node_env})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars=node_env)
+    cluster.wait_for_nodes()
+    cluster.tesseract_log = log
+    cluster.ledger_url = node_env["AR_LEDGER"]
+    yield cluster
+    cluster.shutdown()

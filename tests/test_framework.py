@@ -10,6 +10,7 @@ import pytest
 
 from infra.books import Book
 from infra.checkpoint import Ledger
+from infra.ledgers import open_ledger
 from pipeline.process import clean_stage, process_book
 from pipeline.reports import cost_report, status_report
 from tests.conftest import ROOT, make_book, run_ar
@@ -29,6 +30,12 @@ def start_driver(book_dir, delay):
 
 
 def read_ledger(book_dir):
+    """The book's ledger, read-only, wherever it is kept (AR_LEDGER: PostgreSQL)."""
+    url = os.environ.get("AR_LEDGER")
+    if url:
+        from infra.pg_ledger import PgLedger
+
+        return PgLedger.open_reader(url, book_dir.name)
     return Ledger.open_reader(book_dir / "checkpoint.db")
 
 
@@ -51,7 +58,7 @@ def done_count(book_dir, stage="echo"):
         led.close()
 
 
-def test_all_pages_flow_through_both_stages(books_dir):
+def test_all_pages_flow_through_both_stages(books_dir, ledger_backend):
     book = Book(make_book(books_dir, "b", 12))
     outcome = run_in_process(book)
     assert outcome.status == "done" and outcome.pages_processed == 24
@@ -75,7 +82,7 @@ def test_second_stage_starts_before_the_first_has_finished(books_dir):
     assert first_shout < last_echo
 
 
-def test_costs_of_every_run_are_kept_and_added_to_even_after_clean(books_dir):
+def test_costs_of_every_run_are_kept_and_added_to_even_after_clean(books_dir, ledger_backend):
     book = Book(make_book(books_dir, "b", 6))
     all_pages = sum(page_cost(p) for p in range(1, 7))
     # run 1: pages 5 and 6 fail (their failed calls cost nothing here)
@@ -95,7 +102,7 @@ def test_costs_of_every_run_are_kept_and_added_to_even_after_clean(books_dir):
     assert seen["loaded"] == pytest.approx(spent_1)
     assert status_report(book)["total_cost_usd"] == pytest.approx(all_pages)
     # clean removes outputs and page status, never the costs
-    led = Ledger.open_writer(book.ledger_path)
+    led = open_ledger(book)
     clean_stage(book, led, "echo", ECHO_STAGES)
     led.close()
     assert not list((book.root / "echo").glob("*.json"))
@@ -157,7 +164,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(books_dir):
         first.wait()
 
 
-def test_status_read_during_a_run_is_consistent_and_moves_forward(books_dir):
+def test_status_read_during_a_run_is_consistent_and_moves_forward(books_dir, ledger_backend):
     book_dir = make_book(books_dir, "b", 40)
     first = start_driver(book_dir, 0.15)  # a run of 1.5 s: several snapshots even on a loaded machine
     snapshots = []
@@ -184,7 +191,7 @@ def test_status_read_during_a_run_is_consistent_and_moves_forward(books_dir):
     assert final["total_cost_usd"] == pytest.approx(sum(page_cost(p) for p in range(1, 41)))
 
 
-def test_sigint_finishes_in_flight_pages_and_exits_130(books_dir):
+def test_sigint_finishes_in_flight_pages_and_exits_130(books_dir, ledger_backend):
     book_dir = make_book(books_dir, "b", 60)
     proc = start_driver(book_dir, 0.1)
     wait_for(lambda: done_count(book_dir) >= 4)

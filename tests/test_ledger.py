@@ -1,19 +1,35 @@
+"""The ledger's own tests: those that take `ledger_backend` run on SQLite and on PostgreSQL."""
 import sqlite3
 
 import pytest
 
+from infra.books import Book
 from infra.checkpoint import SCHEMA_VERSION, Ledger, LedgerError
+from infra.ledgers import ledger_errors, open_ledger, read_ledger
 from infra.pricing import Usage
 
 
 @pytest.fixture
-def ledger(tmp_path):
+def book(tmp_path):
+    (tmp_path / "b").mkdir()
+    return Book(tmp_path / "b")
+
+
+@pytest.fixture
+def ledger(ledger_backend, book):
+    led = open_ledger(book)
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path):
     led = Ledger.open_writer(tmp_path / "checkpoint.db")
     yield led
     led.close()
 
 
-def test_new_ledger_is_wal_with_current_schema(ledger, tmp_path):
+def test_new_ledger_is_wal_with_current_schema(sqlite_ledger, tmp_path):
     conn = sqlite3.connect(tmp_path / "checkpoint.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -76,16 +92,34 @@ def test_a_new_run_closes_runs_left_running_as_crashed(ledger):
     assert runs[second]["status"] == "running"
 
 
-def test_reader_of_a_missing_ledger_creates_nothing(tmp_path):
-    assert Ledger.open_reader(tmp_path / "checkpoint.db") is None
-    assert not (tmp_path / "checkpoint.db").exists()
+def test_reader_of_a_missing_ledger_creates_nothing(ledger_backend, book):
+    assert read_ledger(book, lambda led: led.runs(), None) is None
+    assert not book.ledger_path.exists()
 
 
-def test_reader_cannot_write(ledger, tmp_path):
-    reader = Ledger.open_reader(tmp_path / "checkpoint.db")
-    with pytest.raises(sqlite3.OperationalError):
-        reader.start_run(1, "x")
-    reader.close()
+def test_reader_cannot_write(ledger, book):
+    ledger.start_run(1, "x")
+    with pytest.raises(ledger_errors()):
+        read_ledger(book, lambda reader: reader.start_run(1, "x"), None)
+    assert len(read_ledger(book, lambda led: led.runs(), None)) == 1
+
+
+def test_with_a_postgresql_ledger_no_checkpoint_db_is_written(ledger, ledger_backend, book):
+    run = ledger.start_run(1, "t")
+    ledger.mark_done("ocr", 1, run)
+    assert book.ledger_path.exists() == (ledger_backend == "sqlite")
+
+
+def test_money_is_exact_in_postgresql(pg_url, monkeypatch, book):
+    """A million-fold sum of a tenth of a cent: numeric keeps every digit (a float sum drifts)."""
+    monkeypatch.setenv("AR_LEDGER", pg_url)
+    led = open_ledger(book)
+    run = led.start_run(1, "t")
+    for page in range(1, 11):
+        led.finish_call(led.begin_call(run, "correct", page, "m", 1), "ok", computed_cost=0.001)
+    exact = led._db.execute("SELECT SUM(computed_cost_usd)::text FROM calls").fetchone()[0]
+    led.close()
+    assert exact == "0.010"
 
 
 def test_corrupt_checkpoint_is_reported_and_left_untouched(tmp_path):
@@ -141,12 +175,11 @@ def test_a_ledger_of_an_older_schema_is_read_as_it_is_and_migrated_by_the_next_w
     led.close()
 
 
-def test_reopening_keeps_everything(tmp_path):
-    path = tmp_path / "checkpoint.db"
-    led = Ledger.open_writer(path)
+def test_reopening_keeps_everything(ledger_backend, book):
+    led = open_ledger(book)
     run = led.start_run(1, "t")
     led.finish_call(led.begin_call(run, "s", 1, "m", 1), "ok", computed_cost=1.5)
     led.close()
-    again = Ledger.open_writer(path)
+    again = open_ledger(book)
     assert again.total_cost() == 1.5
     again.close()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what ar needs on a fresh Debian machine: system tools (Tesseract with its English,
 # orientation (osd) and French language data, tmux, epubcheck to validate book.epub in the
-# tests), then a virtual environment with the
-# project, its test dependencies and the local server's (the `sim` extra).
+# tests, PostgreSQL for the fleet's tests), then a virtual environment with the project, its
+# test dependencies, the local server's (the `sim` extra) and the fleet's (the `fleet` extra:
+# psycopg, Ray).
 set -euo pipefail
 venv=${1:-.venv}
 langs=(eng osd fra)  # Tesseract's traineddata files, each from the package tesseract-ocr-LANG
@@ -20,6 +21,8 @@ command -v tesseract >/dev/null || need+=(tesseract-ocr)
 for lang in $(missing_langs); do need+=("tesseract-ocr-$lang"); done
 command -v tmux >/dev/null || need+=(tmux)
 command -v epubcheck >/dev/null || need+=(epubcheck)  # a jar: brings a Java runtime with it
+# the tests start their own server (tests/pgserver.py) with initdb and pg_ctl
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing system packages: ${need[*]}"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -38,4 +41,4 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 echo "bootstrap: installing the project into $venv"
-"$venv/bin/pip" install -q -e '.[test,sim]'
+"$venv/bin/pip" install -q -e '.[test,sim,fleet]'

@@ -1,0 +1,84 @@
+"""OCR pages per second through Ray against bare tesseract on the same cores.
+
+A local Ray cluster (ray.cluster_utils.Cluster: a head with no CPU, and one worker node of
+one core per core of this machine, on 127.0.0.1) runs ar's OCR stage (process_book with
+AR_EXECUTOR=ray: each page a Ray task of one core). The nodes share this machine's cores, so
+this measures what Ray costs (task submission, scheduling, object transfer, the worker's
+Python), not a speed-up. The reference: the bare `tesseract IMG stdout -l eng tsv`, one
+thread each (OMP_THREAD_LIMIT=1), as many at a time as there are cores; and ar's OCR stage
+run here without Ray (AR_EXECUTOR unset), as a second reference.
+
+The sample book's pages (tools.make_sample), repeated to about 20 pages. ar connects to the
+cluster and warms its workers once before anything is timed (a run of 2 pages): a fleet's
+run lasts hours, its start-up is not its throughput. Each configuration runs RUNS times,
+alternating; the best run counts. Goal: Ray >= 0.9 of the bare command.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ocr_throughput import CORES, ROOT, SAMPLE, bare, make_book
+from infra.books import Book
+from pipeline.process import process_book
+from pipeline.registry import STAGES
+
+RUNS = 3
+
+
+def ar_ocr(book: Book) -> float:
+    start = time.perf_counter()
+    outcome = process_book(book, STAGES.select(["ocr"]), workers=CORES)
+    seconds = time.perf_counter() - start
+    if outcome.status != "done":
+        raise RuntimeError(f"ar: {outcome.status} {outcome.message}")
+    return seconds
+
+
+def main() -> None:
+    if not SAMPLE.is_dir() or not list(SAMPLE.glob("page_*.png")):
+        subprocess.run([sys.executable, "-m", "tools.make_sample"], cwd=ROOT, check=True)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    for _ in range(CORES):
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    print(f"{CORES} cores, {CORES} one-core Ray nodes; load average before: %.2f" % os.getloadavg()[0])
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-fleet-ocr-") as d:
+            books = Path(d)
+            pages = sorted(SAMPLE.glob("page_*.png"))
+            images = make_book(books, "bare", pages).source_pages()
+            n = len(images)
+            os.environ["RAY_ADDRESS"] = cluster.address
+            os.environ["AR_EXECUTOR"] = "ray"
+            ar_ocr(make_book(books, "warm", pages[:2]))  # connect and warm the workers, untimed
+            rates: dict[str, list[float]] = {}
+            for i in range(RUNS):
+                rates.setdefault("bare tesseract", []).append(n / bare(images, CORES, True))
+                os.environ["AR_EXECUTOR"] = "ray"
+                rates.setdefault("ar, OCR as Ray tasks", []).append(n / ar_ocr(make_book(books, f"ray{i}", pages)))
+                os.environ["AR_EXECUTOR"] = "local"
+                rates.setdefault("ar, OCR here", []).append(n / ar_ocr(make_book(books, f"here{i}", pages)))
+            best = {name: max(r) for name, r in rates.items()}
+            for name, r in rates.items():
+                print(f"  {name:<22} {best[name]:6.2f} pages/s  (runs: {' '.join(f'{x:.2f}' for x in r)}; {n} pages)")
+            print(f"Ray / bare tesseract: {best['ar, OCR as Ray tasks'] / best['bare tesseract']:.2f} (goal >= 0.9); "
+                  f"Ray / ar here: {best['ar, OCR as Ray tasks'] / best['ar, OCR here']:.2f}")
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+    print("load average after: %.2f" % os.getloadavg()[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Which ledger a book's records go to: its own checkpoint.db (infra/checkpoint.py, the
+default), or, with AR_LEDGER=postgresql://... (or `--ledger`), the fleet's PostgreSQL database
+(infra/pg_ledger.py). Nothing above this seam knows which: both have the same interface."""
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import TypeVar
+
+from infra.checkpoint import Ledger
+from infra.lock import WriterLock
+
+T = TypeVar("T")
+
+
+def ledger_url() -> str | None:
+    """Where every book's ledger lives when it is not each book's own checkpoint.db: a
+    PostgreSQL URL (AR_LEDGER, or `--ledger`), for a fleet (infra/pg_ledger.py)."""
+    return os.environ.get("AR_LEDGER") or None
+
+
+def ledger_errors() -> tuple[type[Exception], ...]:
+    """What the ledger in use raises when it refuses a record or a read."""
+    if ledger_url() is None:
+        return (sqlite3.Error,)
+    import psycopg
+
+    return (sqlite3.Error, psycopg.Error)
+
+
+def open_ledger(book) -> Ledger:
+    """The ledger of `book` (infra.books.Book), open for writing: its checkpoint.db (after
+    taking the book's lock), or its rows in the fleet's PostgreSQL database."""
+    url = ledger_url()
+    if url is None:
+        return Ledger.open_writer(book.ledger_path)
+    from infra.pg_ledger import PgLedger  # psycopg: only for a fleet
+
+    return PgLedger.open_writer(url, book.id)
+
+
+def writer_lock(book):
+    """One writer per book: its lock file with a book's checkpoint.db; none with PostgreSQL,
+    where each page is claimed with a lease and an epoch instead (PgLedger.claim_page)."""
+    return WriterLock(book.lock_path, book.id) if ledger_url() is None else nullcontext()
+
+
+def read_ledger(book, queries: Callable[[Ledger], T], absent: T) -> T:
+    """What `queries(ledger)` returns from one consistent state of `book`'s ledger; `absent`
+    when it has none yet (see Ledger.read)."""
+    url = ledger_url()
+    if url is None:
+        return Ledger.read(book.ledger_path, queries, absent)
+    from infra.pg_ledger import PgLedger
+
+    return PgLedger.read(url, book.id, queries, absent)
