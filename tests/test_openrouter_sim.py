@@ -299,3 +299,15 @@ def test_generation_answers_with_fields_openrouter_documents(sim):
     assert set(record) <= set(fixture("generation_doc_example.json")["data"])
     assert record["provider_name"] == "Google AI Studio" and record["is_byok"] is False
     assert record["upstream_inference_cost"] == record["total_cost"] == record["usage"] > 0
+
+
+def test_the_same_request_gets_the_same_answer_whatever_the_servers_hash_seed(sim):
+    """The corrector's ties (words of equal frequency) are broken by the words themselves, not
+    by the order of a set, which changes with each process's hash seed."""
+    tied = "<ocr_text>\nThe gummiteq boratek amqler deteqter koqos reszwed zanoid shjol hktted.\n</ocr_text>"
+    request = {**body(stream=False), "messages": [{"role": "user", "content": tied}]}
+    answers = set()
+    for seed in ("1", "2", "3", "4"):
+        server = sim(env={"PYTHONHASHSEED": seed})
+        answers.add(post(server, request).json()["choices"][0]["message"]["content"])
+    assert len(answers) == 1, answers

@@ -196,16 +196,22 @@ def correct_word(word: str) -> str:
                 candidates.append(candidate)
             start = lower.find(wrong.lower(), start + 1)
     if candidates:
-        speller = _speller()
-        best = max(candidates, key=lambda w: (speller.word_usage_frequency(w), w))
-        return _recase(best, word)
+        return _recase(_likeliest(candidates), word)
     split = _split_in_two(lower)
     if split:  # OCR lost the space between two words: "nota" -> "not a"
         return _recase(split, word)
     if any(ch.isdigit() for ch in word):
         return word
-    guess = _speller().correction(lower)
+    guess = _likeliest(_speller().candidates(lower) or ())
     return _recase(guess, word) if guess else word
+
+
+def _likeliest(words) -> str | None:
+    """The most frequent of `words`; a tie goes to the first in alphabetical order, never to
+    the order of a set (pyspellchecker's own `correction` takes that one: it changes with
+    the process's hash seed, so two runs could differ by a word)."""
+    speller = _speller()
+    return min(words, key=lambda w: (-speller.word_usage_frequency(w), w), default=None)
 
 
 def _split_in_two(word: str) -> str | None:
