@@ -311,3 +311,16 @@ def test_the_same_request_gets_the_same_answer_whatever_the_servers_hash_seed(si
         server = sim(env={"PYTHONHASHSEED": seed})
         answers.add(post(server, request).json()["choices"][0]["message"]["content"])
     assert len(answers) == 1, answers
+
+
+def test_the_corrector_fixes_misreadings_but_keeps_dialect_archaic_spelling_and_punctuation(sim):
+    """As ar's prompts ask: a word no misreading of letter shapes explains ("warn't",
+    "scrouched", "druther": Huckleberry Finn's own) is the page's spelling, not an OCR error;
+    curly apostrophes and compound hyphens are the page's punctuation."""
+    server = sim()
+    page = ("He warn’t there to-day, so we scrouched down; I’d druther go, says I.\n"
+            "Tbe qnick widow’s cat was nota well-known sight.")
+    request = {**body(stream=False), "messages": [{"role": "user", "content": f"<ocr_text>\n{page}\n</ocr_text>"}]}
+    answer = post(server, request).json()["choices"][0]["message"]["content"]
+    assert answer == ("He warn’t there to-day, so we scrouched down; I’d druther go, says I.\n"
+                      "The quick widow’s cat was not a well-known sight.")
