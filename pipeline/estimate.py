@@ -7,7 +7,7 @@ Two sources, the better one first:
   prices: the prompt (instructions and text) and an answer of about the text's length.
 Pages without text yet are taken as long as the book's other pages (or a typical page).
 Which pages will need a call is each stage's own estimate (LLMStage.pages_to_call): fix, for
-one, takes only the pages correction flags.
+one, takes only the pages correction flags or the OCR doubted, each with its image.
 """
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ def _tokens(chars: float) -> float:
     return chars / CHARS_PER_TOKEN
 
 
-def page_cost_range(model_price: ModelPrice, system: str, chars: float, copies: int = 1) -> tuple[float, float]:
-    """Low and high cost of one page of `chars` characters of text, sent `copies` times (the
-    high one at the dearest of the model's prices, long-context ones included)."""
+def page_cost_range(model_price: ModelPrice, system: str, chars: float, copies: int = 1,
+                    images: int = 0) -> tuple[float, float]:
+    """Low and high cost of one page of `chars` characters of text, sent `copies` times with
+    `images` images (the high one at the dearest of the model's prices, long-context ones
+    included)."""
     if chars == 0:
         return 0.0, 0.0
     price, dearest = model_price.at(0), model_price.dearest()
@@ -45,8 +47,8 @@ def page_cost_range(model_price: ModelPrice, system: str, chars: float, copies: 
     # high: the answer as long as max_tokens allows when the model reasons, else 1.5x the text
     out_rate = max(dearest.completion, dearest.internal_reasoning or 0)
     answer_high = min(max_tokens_for("x" * int(chars)), 1.5 * _tokens(chars) + ANSWER_OVERHEAD_TOKENS[1]) * out_rate
-    return ((prompt_low + answer_low + price.request) * (1 - price.discount),
-            (prompt_high + answer_high + dearest.request) * (1 - dearest.discount))
+    return ((prompt_low + answer_low + price.request + images * price.image) * (1 - price.discount),
+            (prompt_high + answer_high + dearest.request + images * dearest.image) * (1 - dearest.discount))
 
 
 def _read(spec: StageSpec, book: Book, page: int) -> dict | None:
@@ -108,8 +110,8 @@ def _stage_estimate(spec: StageSpec, book: BookState, price: ModelPrice, model: 
             low += 0.8 * mean * len(group.pages) * group.share[0]
             high += 1.25 * mean * len(group.pages) * group.share[1]
         else:
-            ranges = [page_cost_range(price, stage.system, chars.get(p, typical), stage.text_copies)
-                      for p in group.pages]
+            ranges = [page_cost_range(price, stage.system, chars.get(p, typical), stage.text_copies,
+                                      int(stage.sees_image)) for p in group.pages]
             low += sum(r[0] for r in ranges) * group.share[0]
             high += sum(r[1] for r in ranges) * group.share[1]
     return {"model": model, "pages": pages, "low_usd": low, "high_usd": high, "method": method}
