@@ -38,16 +38,17 @@ or changed more than a correction explains. Give the page's faithful transcripti
         first = f"\nThe first pass proposed:\n<first_pass>\n{corrected['text']}\n</first_pass>" if shown else ""
         try:
             result = await self.ask(page, ocr_message(ocr["text"]) + first, max_tokens_for(ocr["text"]))
-        except InvalidAnswer as e:  # keep the first pass (the OCR text, if it had no valid one), its flags, and this one's
+        except InvalidAnswer as e:  # keep the first pass's text (the OCR's, if it had none to use) and flags
             return {**corrected, "fixed": False, "fix_error": str(e),
                     "flags": {**corrected.get("flags", {}), **failure_flags(e)}}
         answer = result.response.model_dump()
         flags = {**scan_flags(corrected), **answer_flags(ocr, answer)}
-        if "changed_too_much" in flags:  # fix could not do better: the text that passed the guard stays
-            kept = "the first pass's" if shown else "the OCR"
-            return {**corrected, "fixed": False, "fix_rejected_text": answer["text"], "flags": {
-                **corrected.get("flags", {}), "changed_too_much": f"{flags['changed_too_much']}, fix's answer too: "
-                                                                  f"{kept} text is kept"}}
+        if "changed_too_much" in flags:  # fix could not do better: the text that passed the check stays
+            why = flags["changed_too_much"]
+            note = (f"fix's answer: {why}; the first pass's text is kept" if shown
+                    else f"{why}, fix's answer too: the OCR text is kept")
+            return {**corrected, "fixed": False, "fix_rejected_text": answer["text"],
+                    "flags": {**corrected.get("flags", {}), "changed_too_much": note}}
         return {"page": page, "model": self.model, **answer, "fixed": True, "cost_usd": result.cost, "flags": flags}
 
     @classmethod

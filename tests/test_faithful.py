@@ -83,7 +83,8 @@ def test_pages_the_ocr_doubted_go_to_fix_with_their_image_and_the_estimate_count
     log = tmp_path / "requests.jsonl"
     server = sim("--api-key", KEY, "--log-requests", str(log))
     env = llm_env(server, tmp_path)
-    doubted, clear = ocr_book(books_dir, REAL_SCANS / "c02-22.pdf", "huck"), ocr_book(books_dir, REAL_SCANS / "linn.pdf", "linn")
+    doubted = ocr_book(books_dir, REAL_SCANS / "c02-22.pdf", "huck")
+    clear = ocr_book(books_dir, REAL_SCANS / "linn.pdf", "linn")
     for book, sure in ((doubted, True), (clear, False)):
         r = run_ar("estimate", book.id, "--json", books_dir=books_dir, env=env)
         assert r.returncode == 0, r.stderr
@@ -112,3 +113,16 @@ def test_both_prompts_keep_the_pages_spelling_and_punctuation_and_name_the_answe
         assert all(f'"{key}":' in keys for key in ("text", "confidence", "changes", "unsure"))
         assert set(request["response_format"]["json_schema"]["schema"]["properties"]) == \
             {"text", "confidence", "changes", "unsure"}
+
+
+def test_a_page_sent_to_fix_keeps_the_first_pass_when_fixs_answer_changed_too_much(sim, books_dir, tmp_path):
+    """The OCR's doubts send Huckleberry Finn's page to fix; fix's model drops the page's end:
+    the first pass, which passed the check, stays."""
+    server = sim("--api-key", KEY, "--fail-truncate", "1", "--faults-model", SECOND_PASS)
+    book = ocr_book(books_dir, REAL_SCANS / "c02-22.pdf")
+    assert run_ar("process", "book", books_dir=books_dir, env=llm_env(server, tmp_path)).returncode == 0
+    corrected, fixed = page(book, "correct"), page(book, "fix")
+    assert "changed_too_much" not in corrected["flags"] and "rejected_text" not in corrected
+    assert fixed["text"] == corrected["text"] and not fixed["fixed"] and "tip-toeing" in fixed["text"]
+    assert fixed["flags"]["changed_too_much"].startswith("fix's answer: ")
+    assert fixed["flags"]["changed_too_much"].endswith("the first pass's text is kept")
