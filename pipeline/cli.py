@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-layer", choices=("use", "ignore", "auto"), default="auto",
                    help="a PDF page's text layer (source/page_NNNN.txt) instead of OCR: always, never, "
                    "or when it looks like text (default auto)")
-    p.add_argument("--vision", action="store_true", help="send the page image with its text to the LLM stages")
+    p.add_argument("--vision", action="store_true", help="send the page image with its text to correct too (fix always sends it)")
     p.add_argument("--budget", type=usd_amount, metavar="USD",
                    help="the most the book may cost, all runs together; kept for later runs ($AR_BUDGET_USD)")
     p.add_argument("--dry-run", action="store_true", help="print what the rest will cost, spend nothing")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from infra.errors import InvalidAnswer
-from pipeline.llm_stage import LLMStage, answer_flags, failure_flags, max_tokens_for, ocr_message, scan_flags
+from pipeline.llm_stage import (FAITHFUL, LLMStage, answer_flags, answer_keys, failure_flags, max_tokens_for,
+                                ocr_message, scan_flags)
 
 TYPICAL_PAGE_CHARS = 2000
 NO_TEXT_MESSAGE = ("The OCR found no text on this page, though the scan has ink on it: transcribe the "
@@ -21,13 +22,7 @@ class CorrectedPage(BaseModel):
 
 
 class CorrectStage(LLMStage):
-    system = """You correct the OCR text of one scanned book page.
-Fix recognition errors (wrong letters, split or merged words, stray symbols) and nothing else:
-do not rewrite, modernise or summarise. Keep every line in its place, including running
-headers and page numbers; keep paragraph breaks; join a word hyphenated across two lines
-of the page into one word on the first line. Answer with the JSON object the schema asks
-for: the corrected text, your confidence (0..1), the list of changes ("old -> new"), and
-unsure=true when parts of the page cannot be read with confidence."""
+    system = f"You correct the OCR text of one scanned book page.\n{FAITHFUL}\n{answer_keys(CorrectedPage)}"
     answer = CorrectedPage
 
     async def process_page(self, page: int) -> dict:
@@ -47,4 +42,8 @@ unsure=true when parts of the page cannot be read with confidence."""
             return {**base, "text": text, "confidence": 0.0, "changes": [], "unsure": True,
                     "invalid_answer": str(e), "flags": {**flags, **failure_flags(e)}}
         answer = result.response.model_dump()
-        return {**base, **answer, "cost_usd": result.cost, "flags": {**flags, **answer_flags(text, answer)}}
+        flags = {**flags, **answer_flags(ocr, answer)}
+        if "changed_too_much" in flags:  # the OCR's words stay; fix looks again, with the image
+            return {**base, **answer, "text": text, "rejected_text": answer["text"], "cost_usd": result.cost,
+                    "flags": flags}
+        return {**base, **answer, "cost_usd": result.cost, "flags": flags}

@@ -8,7 +8,7 @@ Two sources, the better one first:
   prices: the prompt (instructions and text) and an answer of about the text's length.
 Pages without text yet are taken as long as the book's other pages (or a typical page).
 Which pages will need a call is each stage's own estimate (LLMStage.pages_to_call): fix, for
-one, takes only the pages correction flags.
+one, takes only the pages correction flags or the OCR doubted, each with its image.
 
 Between low and high, a likely figure: from what the stage's pages really cost once there
 are some (their mean); before that, the prior of `page_cost_range`: every token at the
@@ -96,7 +96,7 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
 
     def queries(ledger: Ledger):
         done = {spec.name: ledger.done_pages(spec.name) for spec in registry}
-        observed = {s.name: ledger.answered_page_costs(s.name, vision) for s in llm_stages}
+        observed = {s.name: ledger.answered_page_costs(s.name, vision or s.load().sees_image) for s in llm_stages}
         return done, observed, ledger.total_cost(), kept_budget(ledger, default_budget_usd)
 
     nothing = ({spec.name: set() for spec in registry}, {s.name: [] for s in llm_stages}, 0.0,
@@ -106,12 +106,13 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
     for name in fresh:  # what the run discards first
         done.update({spec.name: set() for spec in registry.downstream(name)})
     state = BookState(pages, done, lambda stage, page: _read(registry[stage], book, page))
-    images = {p: sent_size(book.source_image(p)) for p in pages} if vision else {}
+    seeing = vision or any(spec.load().sees_image for spec in llm_stages)
+    images = {p: sent_size(book.source_image(p)) for p in pages} if seeing else {}
     stages = {}
     for spec in llm_stages:
         model = models[spec.name]
         stages[spec.name] = _stage_estimate(spec, state, pricing.get(model), model, observed[spec.name],
-                                            texts[spec.reads[0]], images, CostCalculator(pricing))
+                                            texts[spec.reads[0]], images, CostCalculator(pricing), vision)
     return {"book": book.id, "pages": len(pages), "vision": vision, "stages": stages,
             **total_range(stages.values()), "spent_usd": spent, "budget_usd": budget}
 
@@ -141,8 +142,10 @@ def _text_lengths(source: StageSpec, book: Book, pages: list[int]) -> dict[int, 
 
 
 def _stage_estimate(spec: StageSpec, book: BookState, price: ModelPrice, model: str, observed: list[float],
-                    chars: dict[int, int], images: dict[int, tuple[int, int]], costs: CostCalculator) -> dict:
+                    chars: dict[int, int], images: dict[int, tuple[int, int]], costs: CostCalculator,
+                    vision: bool) -> dict:
     stage = spec.load()
+    sees = vision or stage.sees_image  # each page's image goes with its text
     typical = statistics.mean(chars.values()) if chars else TYPICAL_PAGE_CHARS
     method = "observed" if len(observed) >= MIN_OBSERVED_PAGES else "tokens"
     low = likely = high = 0.0
@@ -160,13 +163,13 @@ def _stage_estimate(spec: StageSpec, book: BookState, price: ModelPrice, model: 
             high += 1.25 * mean * len(group.pages) * group.share[1]
         else:
             ranges = [page_cost_range(price, stage.system, chars.get(p, typical), stage.text_copies,
-                                      image_tokens(*images[p]) if images else None) for p in group.pages]
+                                      image_tokens(*images[p]) if sees else None) for p in group.pages]
             low += sum(r[0] for r in ranges) * group.share[0]
             likely += sum(r[1] for r in ranges) * middle
             high += sum(r[2] for r in ranges) * group.share[1]
     called = [p for g in groups for p in g.pages]
     longest = max((chars.get(p, typical) for p in called), default=0)
-    largest = max((image_tokens(*images[p])[2] for p in called), default=0) if images else None
+    largest = max((image_tokens(*images[p])[2] for p in called), default=0) if sees else None
     if not called:
         reserve = 0.0
     elif price.variable:  # no worst case to reserve (a budget refuses such a model, infra/pricing.py)

@@ -1,10 +1,13 @@
-"""fix: a second, stronger model, only on the pages correct flagged or could not validate."""
+"""fix: a second, stronger model that sees the page's image, only on the pages that need it:
+those correct was unsure of, could not validate or changed more than a correction explains,
+and those whose OCR doubted many words (pipeline/faithful.py)."""
 from __future__ import annotations
 
 from infra.errors import InvalidAnswer
 from pipeline.correct import CorrectedPage
-from pipeline.llm_stage import (BookState, LLMStage, PagesToCall, answer_flags, failure_flags, max_tokens_for,
-                                ocr_message, scan_flags)
+from pipeline.faithful import ocr_doubts
+from pipeline.llm_stage import (FAITHFUL, BookState, LLMStage, PagesToCall, answer_flags, answer_keys,
+                                failure_flags, max_tokens_for, ocr_message, scan_flags)
 from pipeline.registry import StageSpec
 
 
@@ -12,43 +15,53 @@ class FixedPage(CorrectedPage):
     """The answer fix must give: the same fields as a first pass's."""
 
 
-def needs_fix(corrected: dict) -> bool:
-    return bool(corrected.get("unsure") or corrected.get("invalid_answer"))
+def needs_fix(ocr: dict, corrected: dict) -> bool:
+    return bool(corrected.get("unsure") or corrected.get("invalid_answer") or corrected.get("rejected_text")
+                or ocr_doubts(ocr))
 
 
 class FixStage(LLMStage):
-    system = """You are the second, careful pass over the OCR text of one scanned book page.
-A first pass was unsure of its correction. Produce the best faithful transcription: fix
-recognition errors only, keep every line (running headers and page numbers included) and
-the paragraph breaks, join words hyphenated across lines of the page. Answer with the JSON
-object the schema asks for: corrected text, confidence (0..1), the list of changes
-("old -> new"), and unsure=true if parts still cannot be read."""
+    system = f"""You are the second, careful pass over one scanned book page: its OCR text, and its image
+to read it from. The OCR doubted many words, or a first pass was unsure, gave no valid answer
+or changed more than a correction explains. Give the page's faithful transcription.
+{FAITHFUL}
+{answer_keys(FixedPage)}"""
     answer = FixedPage
     text_copies = 2  # the OCR text and the first pass
+    sees_image = True
 
     async def process_page(self, page: int) -> dict:
         ocr, corrected = self.inputs(page)
-        if not needs_fix(corrected):
+        if not needs_fix(ocr, corrected):
             return {**corrected, "fixed": False}
-        first = "" if corrected.get("invalid_answer") else (
-            f"\nThe first pass proposed:\n<first_pass>\n{corrected['text']}\n</first_pass>")
+        shown = not (corrected.get("invalid_answer") or corrected.get("rejected_text"))
+        first = f"\nThe first pass proposed:\n<first_pass>\n{corrected['text']}\n</first_pass>" if shown else ""
         try:
             result = await self.ask(page, ocr_message(ocr["text"]) + first, max_tokens_for(ocr["text"]))
-        except InvalidAnswer as e:  # keep the first pass, its flags, and this one's
+        except InvalidAnswer as e:  # keep the first pass's text (the OCR's, if it had none to use) and flags
             return {**corrected, "fixed": False, "fix_error": str(e),
                     "flags": {**corrected.get("flags", {}), **failure_flags(e)}}
         answer = result.response.model_dump()
-        return {"page": page, "model": self.model, **answer, "fixed": True, "cost_usd": result.cost,
-                "flags": {**scan_flags(corrected), **answer_flags(ocr["text"], answer)}}
+        flags = {**scan_flags(corrected), **answer_flags(ocr, answer)}
+        if "changed_too_much" in flags:  # fix could not do better: the text that passed the check stays
+            why = flags["changed_too_much"]
+            note = (f"fix's answer: {why}; the first pass's text is kept" if shown
+                    else f"{why}, fix's answer too: the OCR text is kept")
+            return {**corrected, "fixed": False, "fix_rejected_text": answer["text"],
+                    "flags": {**corrected.get("flags", {}), "changed_too_much": note}}
+        return {"page": page, "model": self.model, **answer, "fixed": True, "cost_usd": result.cost, "flags": flags}
 
     @classmethod
     def pages_to_call(cls, spec: StageSpec, book: BookState) -> list[PagesToCall]:
-        """The pages the first pass flagged, and of those it has still to do, between half
-        and twice the share it flagged so far (none to all when nothing is known yet)."""
-        first_pass = spec.reads[1]
+        """The pages that need it: those the first pass did (or the OCR doubted), and of the
+        first pass's others, between half and twice the share it sent so far (none to all when
+        nothing is known yet)."""
+        ocr_stage, first_pass = spec.reads
+        ocr = {p: book.read(ocr_stage, p) for p in book.done[ocr_stage]}
         answers = {p: book.read(first_pass, p) for p in book.done[first_pass]}
-        flagged = {p for p, a in answers.items() if a is not None and needs_fix(a)}
+        flagged = {p for p, a in answers.items() if a is not None and needs_fix(ocr.get(p) or {}, a)}
+        doubted = {p for p, o in ocr.items() if p not in answers and o is not None and ocr_doubts(o)}
         share = len(flagged) / len(answers) if answers else None
         guess = (0.0, 1.0) if share is None else (share / 2, min(1.0, 2 * share + 0.1))
-        return [PagesToCall(sorted(flagged - book.done[spec.name])),
-                PagesToCall([p for p in book.pages if p not in book.done[first_pass]], guess)]
+        return [PagesToCall(sorted((flagged | doubted) - book.done[spec.name])),
+                PagesToCall([p for p in book.pages if p not in book.done[first_pass] and p not in doubted], guess)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import difflib
 import json
 import logging
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from infra.llm_client import LLMClient, Result, image_part
 from infra.logs import log_event
 from infra.pricing import Usage
 from pipeline.executor import llm_runner
+from pipeline.faithful import unexplained
 from pipeline.registry import StageSpec
 from pipeline.stage import RunContext, Stage, kept_language
 
@@ -36,8 +36,6 @@ MEDIAN_AFTER_PAGES = 5
 
 # What the scan itself is (the OCR stage sees it): carried by every later stage's page output.
 SCAN_FLAGS = ("blank", "no_text", "low_confidence", "rotated")
-# A correction keeping fewer of the OCR's words than this changed more than OCR errors explain.
-KEPT_WORDS_AT_LEAST = 0.6
 LANGUAGES = {"eng": "English", "fra": "French", "deu": "German", "spa": "Spanish", "ita": "Italian",
              "por": "Portuguese", "nld": "Dutch", "lat": "Latin", "dan": "Danish", "swe": "Swedish"}
 
@@ -51,14 +49,29 @@ def scan_flags(page_output: dict) -> dict[str, str]:
     return {k: v for k, v in (page_output.get("flags") or {}).items() if k in SCAN_FLAGS}
 
 
-def answer_flags(ocr_text: str, answer: dict) -> dict[str, str]:
+# What both LLM stages are told of faithfulness: the page's words as printed, only misreadings fixed.
+FAITHFUL = """Fix recognition errors (wrong letters, split or merged words, stray symbols) and nothing
+else: do not rewrite, modernise, complete or summarise. Keep the page's own spelling: dialect,
+archaic and regional forms ("warn't", "to-day", "connexion", "'em") are printed so on purpose.
+Keep the original punctuation as printed (curly or straight quotes and apostrophes, dashes).
+Keep every line in its place, including running headers and page numbers, and the paragraph
+breaks. A word broken by a hyphen at a line's end only because the line ended is joined into
+one word on the first line; a real compound ("well-known", "to-morrow") keeps its hyphen."""
+
+
+def answer_keys(schema: type[BaseModel]) -> str:
+    """The prompt's sentence naming the keys of the answer, from the schema itself."""
+    keys = "; ".join(f'"{name}": {field.description}' for name, field in schema.model_fields.items())
+    return f"Answer with one JSON object with exactly these keys: {keys}."
+
+
+def answer_flags(ocr_page: dict, answer: dict) -> dict[str, str]:
     """What a person should check in a model's answer: its own doubt, and a change larger than
-    OCR errors explain (a rewrite, a page modernised or summarised)."""
+    a correction of the OCR text explains (pipeline/faithful.py)."""
     flags = {"unsure": "the model was unsure of parts of the page"} if answer.get("unsure") else {}
-    before, after = ocr_text.split(), answer["text"].split()
-    kept = difflib.SequenceMatcher(None, before, after, autojunk=False).ratio() if before else 1.0
-    if kept < KEPT_WORDS_AT_LEAST:  # (no OCR text, the image read: nothing to compare with)
-        flags["changed_too_much"] = f"only {kept:.0%} of the OCR's words kept"
+    why = unexplained(ocr_page, answer["text"])
+    if why:
+        flags["changed_too_much"] = why
     return flags
 
 
@@ -71,8 +84,7 @@ def language_line(lang: str | None) -> str:
     if not lang:
         return ""
     names = " and ".join(LANGUAGES.get(code, code) for code in lang.split("+"))
-    return (f"\nThe page is in {names}: keep its spelling as printed, old, regional and dialect "
-            "forms included (do not modernise them).")
+    return f"\nThe page is in {names}: keep its spelling as printed (do not modernise it)."
 
 
 @dataclass(frozen=True)
@@ -125,11 +137,12 @@ class LLMStage(Stage):
     system: ClassVar[str]
     answer: ClassVar[type[BaseModel]]
     text_copies: ClassVar[int] = 1
+    sees_image: ClassVar[bool] = False  # the page's image goes with its text even without --vision
 
     def __init__(self, ctx: RunContext, spec: StageSpec):
         super().__init__(ctx, spec)
         self.model = ctx.models[self.name]
-        self.vision = bool(ctx.options.get("vision"))
+        self.vision = self.sees_image or bool(ctx.options.get("vision"))
         # the book's languages: given for this run, else kept with the book (see pipeline/ocr.py)
         self.language = language_line(ctx.options.get("lang") or kept_language(ctx.ledger))
         self._page_costs: list[float] = []  # sorted, for the median

@@ -1,6 +1,7 @@
 """The local OpenRouter-compatible server (tools/openrouter_sim.py) as a real process, for tests."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,14 +12,14 @@ from tests.conftest import ROOT
 
 
 class Sim:
-    def __init__(self, *args: str):
-        self.args = args
+    def __init__(self, *args: str, env: dict | None = None):
+        self.args, self.env = args, None if env is None else {**os.environ, **env}
         self.key = args[args.index("--api-key") + 1] if "--api-key" in args else "sk-or-any"
         self._start("0")
 
     def _start(self, port: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tools.openrouter_sim", "--port", port, *self.args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("listening on "):
             self.proc.kill()
@@ -64,11 +65,12 @@ class Sim:
 
 @pytest.fixture
 def sim():
-    """A factory: sim("--latency-ms", "50") starts a server; all are stopped at teardown."""
+    """A factory: sim("--latency-ms", "50") starts a server (`env=`: variables added to its
+    environment); all are stopped at teardown."""
     started: list[Sim] = []
 
-    def start(*args: str) -> Sim:
-        server = Sim(*args)
+    def start(*args: str, env: dict | None = None) -> Sim:
+        server = Sim(*args, env=env)
         started.append(server)
         return server
 

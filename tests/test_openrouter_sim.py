@@ -299,3 +299,28 @@ def test_generation_answers_with_fields_openrouter_documents(sim):
     assert set(record) <= set(fixture("generation_doc_example.json")["data"])
     assert record["provider_name"] == "Google AI Studio" and record["is_byok"] is False
     assert record["upstream_inference_cost"] == record["total_cost"] == record["usage"] > 0
+
+
+def test_the_same_request_gets_the_same_answer_whatever_the_servers_hash_seed(sim):
+    """The corrector's ties (words of equal frequency) are broken by the words themselves, not
+    by the order of a set, which changes with each process's hash seed."""
+    tied = "<ocr_text>\nThe gummiteq boratek amqler deteqter koqos reszwed zanoid shjol hktted.\n</ocr_text>"
+    request = {**body(stream=False), "messages": [{"role": "user", "content": tied}]}
+    answers = set()
+    for seed in ("1", "2", "3", "4"):
+        server = sim(env={"PYTHONHASHSEED": seed})
+        answers.add(post(server, request).json()["choices"][0]["message"]["content"])
+    assert len(answers) == 1, answers
+
+
+def test_the_corrector_fixes_misreadings_but_keeps_dialect_archaic_spelling_and_punctuation(sim):
+    """As ar's prompts ask: a word no misreading of letter shapes explains ("warn't",
+    "scrouched", "druther": Huckleberry Finn's own) is the page's spelling, not an OCR error;
+    curly apostrophes and compound hyphens are the page's punctuation."""
+    server = sim()
+    page = ("He warn’t there to-day, so we scrouched down; I’d druther go, says I.\n"
+            "Tbe qnick widow’s cat was nota well-known sight.")
+    request = {**body(stream=False), "messages": [{"role": "user", "content": f"<ocr_text>\n{page}\n</ocr_text>"}]}
+    answer = post(server, request).json()["choices"][0]["message"]["content"]
+    assert answer == ("He warn’t there to-day, so we scrouched down; I’d druther go, says I.\n"
+                      "The quick widow’s cat was not a well-known sight.")

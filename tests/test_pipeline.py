@@ -240,3 +240,25 @@ def test_fresh_redoes_the_stages_but_only_once_the_run_can_go_on(sim, books_dir,
     assert {s: report["stages"][s]["done"] for s in ("ocr", "correct", "fix", "merge")} == \
         {"ocr": 1, "correct": 1, "fix": 0, "merge": 0}
     assert server.credits() > paid and report["total_cost_usd"] == pytest.approx(server.credits(), abs=1e-9)
+
+
+def test_two_runs_of_the_sample_book_give_the_same_book(sim, books_dir, tmp_path):
+    """The local server answers the same request the same way in every process (its hash seed
+    differs each time): runs that compare books, as tests and benchmarks do, can rely on it."""
+    import shutil
+
+    from tests.conftest import ROOT
+    from tools.make_sample import make
+
+    sample = tmp_path / "sample"
+    (sample / "truth").mkdir(parents=True)
+    shutil.copy(ROOT / "books" / "sample" / "truth" / "book.md", sample / "truth")
+    make(sample)
+    books = []
+    for seed in ("1", "2"):
+        server = sim("--api-key", KEY, env={"PYTHONHASHSEED": seed})
+        add(books_dir, sample / "source", f"sample-{seed}")
+        r = run_ar("process", f"sample-{seed}", books_dir=books_dir, env=llm_env(server, tmp_path))
+        assert r.returncode == 0, r.stderr
+        books.append((books_dir / f"sample-{seed}" / "book.md").read_bytes())
+    assert books[0] == books[1] and b"<!-- page 5 -->" in books[0]

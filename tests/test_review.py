@@ -62,7 +62,7 @@ def test_the_final_stage_settles_what_an_earlier_one_flagged(ledger):
 
 
 def test_a_correction_that_rewrites_the_page_is_flagged_and_one_that_fixes_ocr_errors_is_not():
-    ocr = "Tbe qnick brown f0x jumps over tbe lazy dog and runs into the wood at night."
+    ocr = {"text": "Tbe qnick brown f0x jumps over tbe lazy dog and runs into the wood at night."}
     fixed = {"text": "The quick brown fox jumps over the lazy dog and runs into the wood at night.", "unsure": False}
     rewritten = {"text": "A fast fox leapt across a sleeping hound, then fled to the forest.", "unsure": False}
     assert answer_flags(ocr, fixed) == {}

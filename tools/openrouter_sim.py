@@ -196,24 +196,35 @@ def correct_word(word: str) -> str:
                 candidates.append(candidate)
             start = lower.find(wrong.lower(), start + 1)
     if candidates:
-        speller = _speller()
-        best = max(candidates, key=lambda w: (speller.word_usage_frequency(w), w))
-        return _recase(best, word)
+        return _recase(_likeliest(candidates), word)
     split = _split_in_two(lower)
     if split:  # OCR lost the space between two words: "nota" -> "not a"
         return _recase(split, word)
-    if any(ch.isdigit() for ch in word):
-        return word
-    guess = _speller().correction(lower)
-    return _recase(guess, word) if guess else word
+    # No misreading of letter shapes explains it: a dialect or archaic form ("warn't",
+    # "scrouched"), a name, a term. A faithful corrector keeps it, as ar's prompts ask; the
+    # nearest dictionary word would modernise the page.
+    return word
+
+
+def _likeliest(words) -> str | None:
+    """The most frequent of `words`; a tie goes to the first in alphabetical order, never to
+    the order of a set (pyspellchecker's own `correction` takes that one: it changes with
+    the process's hash seed, so two runs could differ by a word)."""
+    speller = _speller()
+    return min(words, key=lambda w: (-speller.word_usage_frequency(w), w), default=None)
+
+
+# A word at least this frequent (pyspellchecker's usage frequency) may be one half of two run
+# together: "nota" is "not a", but "druther" is not "dr uther", nor "Tarzana" "Tarzan a".
+COMMON_WORD = 1e-6
 
 
 def _split_in_two(word: str) -> str | None:
-    """Two known words whose concatenation is `word`, the likeliest pair; None if none."""
+    """Two common words whose concatenation is `word`, the likeliest pair; None if none."""
     speller = _speller()
     pairs = [(word[:i], word[i:]) for i in range(1, len(word))
              if (len(word[:i]) > 1 or word[:i] in "ai") and (len(word[i:]) > 1 or word[i:] in "ai")
-             and _known(word[:i]) and _known(word[i:])]
+             and min(speller.word_usage_frequency(word[:i]), speller.word_usage_frequency(word[i:])) >= COMMON_WORD]
     if not pairs:
         return None
     left, right = max(pairs, key=lambda p: min(speller.word_usage_frequency(p[0]),
@@ -252,18 +263,41 @@ def _message_text(message: dict) -> str:
     return "\n".join(p.get("text", "") for p in content or () if p.get("type") == "text")
 
 
+def _short_image(part: dict) -> dict:
+    """A message part, an image's data URL cut to its start and size."""
+    url = (part.get("image_url") or {}).get("url", "")
+    return {**part, "image_url": {"url": f"{url[:30]}...({len(url)} chars)"}} if url else part
+
+
 def _images(messages: list[dict]) -> int:
     return sum(1 for m in messages if isinstance(m.get("content"), list)
                for p in m["content"] if p.get("type") == "image_url")
 
 
-def answer_for(messages: list[dict], response_format: dict | None, malformed: bool) -> str:
+# What an unfaithful model adds to a page (--fail-invent): fluent, plausible, never printed.
+INVENTED = ("And so the evening passed, as such evenings do, with nothing said that anyone "
+            "would remember in the morning.")
+
+
+def unfaithful_text(text: str, kind: str) -> str:
+    """The page as an unfaithful model gives it back: with a paragraph of its own making half
+    the page's length ("invent"), or without the last 40% of its lines ("truncate")."""
+    if kind == "invent":
+        return text + "\n\n" + "\n".join([INVENTED] * max(1, len(text) // 2 // len(INVENTED)))
+    lines = text.splitlines()
+    return "\n".join(lines[: max(1, math.ceil(len(lines) * 0.6))])
+
+
+def answer_for(messages: list[dict], response_format: dict | None, malformed: bool,
+               unfaithful: str | None = None) -> str:
     # The latest user message with a page in it: a re-ask after an invalid answer ("That answer
     # is not valid...") comes after it, and a model answers it about the same page.
     texts = (_message_text(m) for m in reversed(messages) if m.get("role") == "user")
     found = next(filter(None, (re.search(r"<ocr_text>\n?(.*?)\n?</ocr_text>", t, re.S) for t in texts)), None)
     corrected, changes, words = correct_text(found.group(1)) if found else (
         "This is the local OpenRouter-compatible server.", [], 0)
+    if unfaithful is not None:
+        corrected = unfaithful_text(corrected, unfaithful)
     confidence = round(max(0.0, 1.0 - 3 * len(changes) / words), 3) if words else 1.0
     schema = ((response_format or {}).get("json_schema") or {}).get("schema")
     if schema is None:
@@ -298,6 +332,9 @@ class Options:
     fail_midstream: float = 0
     fail_400: float = 0
     fail_choice_error: float = 0
+    fail_invent: float = 0
+    fail_truncate: float = 0
+    faults_model: str | None = None
     stream_ms: float = 0
     processing_ms: float = 0
     chunk_tokens: int = 0
@@ -311,6 +348,7 @@ class Options:
     api_key: str | None = None
     generation_delay_ms: float = 300
     state: str | None = None
+    log_requests: str | None = None
 
 
 @dataclass
@@ -474,6 +512,7 @@ class Simulator:
         self.requests: dict[str, int] = {}
         self.seen_prompts: set[tuple[str, str]] = set()
         self.connections: set[tuple] = set()  # client (host, port) pairs: one per TCP connection
+        self._requests_log = open(options.log_requests, "a", encoding="utf-8") if options.log_requests else None
 
     def replay(self, path: str) -> None:
         """A restarted server keeps what it billed, like the real service after an outage.
@@ -503,11 +542,23 @@ class Simulator:
         if gen.byok:
             self.byok_usage += gen.upstream
 
+    def log_request(self, body: dict) -> None:
+        """--log-requests: each chat request's body as a JSON line, an image's data as its size."""
+        if self._requests_log is not None:
+            messages = [{**m, "content": [_short_image(p) for p in m["content"]]}
+                        if isinstance(m.get("content"), list) else m for m in body["messages"]]
+            self._requests_log.write(json.dumps({**body, "messages": messages}) + "\n")
+            self._requests_log.flush()
+
     def count(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate  # no draw at rate 0: a seed's draws stay put
+
+    def fault(self, rate: float, model: dict) -> bool:
+        """A fault drawn for a request to `model` (with --faults-model, only that model has any)."""
+        return self.o.faults_model in (None, model["id"]) and self.roll(rate)
 
     def charge(self, gen: Generation, completion: int, reasoning: int, status: str, reason: str | None) -> None:
         gen.completion, gen.reasoning = completion, reasoning
@@ -678,7 +729,7 @@ class Simulator:
                 return self.provider_error(provider_name(model["id"]),
                                            f"Invalid schema for response_format '{name}': {problem}",
                                            param="response_format")
-        if self.roll(self.o.fail_400):
+        if self.fault(self.o.fail_400, model):
             return self.provider_error(provider_name(model["id"]), "The request was rejected by the provider.")
         return None
 
@@ -697,19 +748,20 @@ class Simulator:
         except (ValueError, KeyError, TypeError, AssertionError):
             self.count("400")
             return self.error(400, "Invalid request: a JSON body with model and messages is required")
+        self.log_request(body)
         if model is None:
             self.count("400")
             return self.error(400, f"{body['model']} is not a valid model ID")
         if self.o.credits is not None and self.total_usage >= self.o.credits:
             self.count("402")
             return self.error(402, "Insufficient credits. Add more using https://openrouter.ai/credits")
-        if self.roll(self.o.fail_429):
+        if self.fault(self.o.fail_429, model):
             self.count("429")
             return self.error(429, "Rate limit exceeded", {"Retry-After": f"{self.o.retry_after:g}"})
-        if self.roll(self.o.fail_500):
+        if self.fault(self.o.fail_500, model):
             self.count("500")
             return self.error(500, "Internal Server Error")
-        if self.roll(self.o.fail_timeout):
+        if self.fault(self.o.fail_timeout, model):
             self.count("timeout")
             for _ in range(6000):  # say nothing until the client gives up
                 if request.transport is None or request.transport.is_closing():
@@ -730,12 +782,16 @@ class Simulator:
 
     def answer(self, model: dict, body: dict) -> Answer:
         """The answer, with the faults drawn for it (the draws in the order they always had)."""
-        midstream = self.roll(self.o.fail_midstream)
-        content = answer_for(body["messages"], body.get("response_format"), self.roll(self.o.fail_malformed))
+        midstream = self.fault(self.o.fail_midstream, model)
+        malformed = self.fault(self.o.fail_malformed, model)
+        # drawn after the others, so that a seed's draws for them stay what they were
+        unfaithful = next((kind for kind, rate in (("invent", self.o.fail_invent), ("truncate", self.o.fail_truncate))
+                           if self.fault(rate, model)), None)
+        content = answer_for(body["messages"], body.get("response_format"), malformed, unfaithful)
         answer = self.plan(model, content, int(body.get("max_tokens") or 16384))
         if midstream:
             return Answer("", 0, "error", "midstream")
-        if self.roll(self.o.fail_choice_error):  # the provider breaks off halfway: that half is billed
+        if self.fault(self.o.fail_choice_error, model):  # the provider breaks off halfway: that half is billed
             return Answer(answer.content[: len(answer.content) // 2], answer.reasoning, "error", "choice")
         return answer
 
@@ -852,7 +908,9 @@ FAULTS = (("429", "answer 429 with Retry-After"), ("500", "answer 500"),
           ("malformed", "answer invalid JSON for the schema (billed)"),
           ("midstream", "HTTP 200 with an error body, prompt billed"),
           ("400", "HTTP 400 'Provider returned error', the provider's body in metadata.raw (not billed)"),
-          ("choice-error", "break off halfway: a choice with finish_reason 'error' (the half billed)"))
+          ("choice-error", "break off halfway: a choice with finish_reason 'error' (the half billed)"),
+          ("invent", "answer a correction with a paragraph of its own making added (an unfaithful model)"),
+          ("truncate", "answer a correction without the last 40%% of the page's lines (an unfaithful model)"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -886,11 +944,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seed of the fault and jitter draws")
     for fault, what in FAULTS:
         p.add_argument(f"--fail-{fault}", type=float, default=0, metavar="RATE", help=f"rate (0..1): {what}")
+    p.add_argument("--faults-model", metavar="MODEL",
+                   help="the --fail-* faults hit only requests to this model (default: every model)")
     p.add_argument("--retry-after", type=float, default=1, help="seconds in the Retry-After of a 429")
     p.add_argument("--credits", type=float, help="USD available; once billed, answers 402")
     p.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
     p.add_argument("--generation-delay-ms", type=float, default=300,
                    help="/generation answers 404 this long after a generation ends")
+    p.add_argument("--log-requests", metavar="FILE",
+                   help="append each chat request's body to FILE as a JSON line (images as their size)")
     p.add_argument("--state", metavar="FILE",
                    help="journal of generations and billing, kept across restarts of the server")
     args = p.parse_args(argv)
