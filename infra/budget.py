@@ -6,15 +6,32 @@ not fit waits for calls in flight to settle and free room; when none is in fligh
 never sent. The reservation is released when the call's real cost is known, and that cost
 is counted instead. A call cut mid-answer keeps its reservation until the provider says
 what it billed. So spent + reserved never exceeds the budget, hence neither does spent.
+
+A call may fall under several caps (its book's, the library's: infra/library_budget.py); each
+is a `Cap`, and the client reserves against every one of them before sending.
 """
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from infra.errors import BudgetReached
 
 
+class Cap(Protocol):
+    """What the client needs of a cap: reserve a call's worst case before it is sent (waiting
+    for room, or BudgetReached), learn its ledger row once it is pending, settle its cost."""
+
+    async def reserve(self, worst_case_usd: float): ...  # -> a token for the calls below
+    def started(self, token, call_id: int) -> None: ...  # the call is pending in its book's ledger
+    def settle(self, token, cost_usd: float) -> None: ...
+    def unknown(self, token) -> None: ...  # its cost is known only later: the worst case stays held
+    def release(self, token) -> None: ...  # never sent
+
+
 class Budget:
+    """One book's cap, within one run (the spent figure comes from the book's ledger)."""
+
     def __init__(self, limit_usd: float, spent_usd: float):
         self.limit = limit_usd
         self.spent = spent_usd
@@ -47,6 +64,15 @@ class Budget:
         self.holding -= 1
         self.spent += cost_usd
         self._settled.set()
+
+    def started(self, reservation: float, call_id: int) -> None:
+        """Nothing to note: the book's ledger is this cap's record."""
+
+    def unknown(self, reservation: float) -> None:
+        self.settle(reservation, reservation)
+
+    def release(self, reservation: float) -> None:
+        self.settle(reservation, 0.0)
 
 
 def book_budget(ledger, given_usd: float | None, default_usd: float | None) -> float | None:

@@ -47,7 +47,7 @@ import orjson
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from infra.budget import Budget
+from infra.budget import Budget, Cap
 from infra.config import Settings
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, PricingError, RetryableError, TruncatedAnswer
 from infra.logs import log_event, redact, register_secret
@@ -401,8 +401,9 @@ class LLMClient:
         model = body["model"]
         async with self._slots:
             await self._pacer.wait()
-            if self.budget is not None:  # BudgetReached here: the call is not sent
-                recorder = _Reserved(recorder, self.budget, await self.budget.reserve(self.worst_case(body)))
+            caps = [*([self.budget] if self.budget is not None else ()), *getattr(recorder, "budgets", ())]
+            if caps:  # BudgetReached here: the call is not sent
+                recorder = await _Reserved.take(recorder, caps, self.worst_case(body))
             handle = recorder.begin(model, attempt)  # pending before a byte is sent
             generation_id: str | None = None
             parts: list[str] = []
@@ -598,26 +599,44 @@ class LLMClient:
 
 
 class _Reserved:
-    """A recorder whose call holds a budget reservation until its cost is recorded."""
+    """A recorder whose call holds a reservation on each of its caps until its cost is recorded."""
 
-    def __init__(self, inner: CallRecorder, budget: Budget, reservation: float):
-        self.inner, self.budget, self.reservation = inner, budget, reservation
+    def __init__(self, inner: CallRecorder, held: list[tuple[Cap, object]]):
+        self.inner, self.held = inner, held
+
+    @classmethod
+    async def take(cls, inner: CallRecorder, caps: list[Cap], worst_case_usd: float) -> _Reserved:
+        """Reserve on every cap, in their fixed order; one that refuses releases the others."""
+        held: list[tuple[Cap, object]] = []
+        try:
+            for cap in caps:
+                held.append((cap, await cap.reserve(worst_case_usd)))
+        except BaseException:
+            for cap, token in held:
+                cap.release(token)
+            raise
+        return cls(inner, held)
 
     def begin(self, model: str, attempt: int) -> int:
-        return self.inner.begin(model, attempt)
+        handle = self.inner.begin(model, attempt)
+        for cap, token in self.held:
+            cap.started(token, handle)
+        return handle
 
     def generation(self, handle: int, generation_id: str) -> None:
         self.inner.generation(handle, generation_id)
 
     def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
         cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
-        self.budget.settle(self.reservation, cost)
+        for cap, token in self.held:
+            cap.settle(token, cost)
         return cost
 
     def unresolved(self, handle: int) -> None:
-        """Unknown cost: count the worst case as spent, so the budget still holds."""
+        """Unknown cost: the worst case stays counted, so the caps still hold."""
         self.inner.unresolved(handle)
-        self.budget.settle(self.reservation, self.reservation)
+        for cap, token in self.held:
+            cap.unknown(token)
 
 
 def _page_of(recorder: CallRecorder) -> str:

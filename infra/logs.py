@@ -45,13 +45,16 @@ def setup_console(verbose: bool = False) -> None:
     root.addHandler(handler)
 
 
-def open_run_log(logs_dir: Path, run_id: int) -> logging.Handler:
-    """Send the `ar` loggers to books/<id>/logs/run-NNNN-<time>.jsonl for this run."""
+def open_run_log(logs_dir: Path, run_id: int, book_id: str | None = None) -> logging.Handler:
+    """Send the `ar` loggers to books/<id>/logs/run-NNNN-<time>.jsonl for this run; with
+    `book_id`, not the records that name another book (a run of several books)."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     handler = logging.FileHandler(logs_dir / f"run-{run_id:04d}-{stamp}.jsonl", encoding="utf-8")
     handler.setFormatter(_JsonLines())
     handler.setLevel(logging.INFO)
+    if book_id is not None:
+        handler.addFilter(lambda record: getattr(record, "fields", {}).get("book", book_id) == book_id)
     logger = logging.getLogger("ar")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)

@@ -76,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="the book's id (default: the file or folder name)")
     p.add_argument("--lang", help="the OCR's languages, Tesseract codes: fra, eng+fra (default eng); kept with the book")
 
-    p = sub.add_parser("process", parents=[_common()], help="run (or resume) a book's pipeline")
-    p.add_argument("book")
+    p = sub.add_parser("process", parents=[_common()],
+                       help="run (or resume) the pipeline of a book, or of several in one run")
+    p.add_argument("books", nargs="*", metavar="BOOK", help="the books (several share one LLM client and OCR pool)")
+    p.add_argument("--all", action="store_true", help="every book of the library")
+    p.add_argument("--library-budget", type=usd_amount, metavar="USD",
+                   help="the most the whole library may cost, all books and runs together; kept for later runs "
+                   "(in library.db)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES.names)} (default: all)")
     p.add_argument("--workers", type=int, help="pages in flight per stage, and LLM calls in flight "
                    "for all stages together; OCR takes at most one page per core (default 32, $AR_WORKERS)")
@@ -92,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=usd_amount, metavar="USD",
                    help="the most the book may cost, all runs together; kept for later runs ($AR_BUDGET_USD)")
     p.add_argument("--dry-run", action="store_true", help="print what the rest will cost, spend nothing")
-    p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left")
+    p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left "
+                   "(the book's or the library's)")
 
     p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost, low and high")
     p.add_argument("book")
@@ -112,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("book")
     p.add_argument("stage")
 
-    sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+    p = sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+    p.add_argument("--check", action="store_true",
+                   help="prove the library ledger (library.db) equals the books' own ledgers, call for call")
 
     p = sub.add_parser("review", parents=[_common()],
                        help="the pages a person should look at, with why, and where their scan and text are")
@@ -203,43 +211,108 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
-    from pipeline.llm_stage import prepare_llm
+    from pipeline.llm_stage import LLMSetup
     from pipeline.ocr import check_languages
-    from pipeline.process import process_book
+    from pipeline.process import process_books
     from pipeline.progress import StageProgress
     from pipeline.stage import DEFAULT_LANG, kept_language
 
     selected = STAGES.select(s.strip() for s in (args.stages or "").split(","))
-    book = library.existing(args.book)
+    books = _books_to_process(args, library)
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
-    if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
-        check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
+    for book in books:
+        if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
+            check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
+    lib = _library_budget(args, library)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
-    if args.dry_run or (uses_llm and not args.force and _has_budget(args, book, settings)):
-        _check_estimate(args, book, settings, [spec.name for spec in selected])
-        if args.dry_run:
-            return 0
-
-    before = status_report(book)["stages"]
     names = [spec.name for spec in selected]
-    progress = StageProgress({s: before[s]["total"] for s in names}, {s: before[s]["done"] for s in names},
-                             {s: before[s]["cost_usd"] for s in names})
-    outcome = process_book(book, selected, workers, models=_models(settings), fresh=args.fresh,
-                           options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
-                                    "lang": args.lang, "text_layer": args.text_layer},
-                           progress=progress, before_run=prepare_llm(settings, selected, args.budget))
-    report = status_report(book)
-    report.update(outcome={"status": outcome.status, "message": outcome.message,
-                           "pages_processed": outcome.pages_processed})
-    if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
-        left = _estimate(book, settings)
-        report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]
-    _emit(args, report, lambda r: render.process_summary(r, book))
-    return outcome.exit_code
+    lows = []
+    for book in books:
+        if args.dry_run or (uses_llm and not args.force and (lib is not None or _has_budget(args, book, settings))):
+            lows.append(_check_estimate(args, book, settings, names))
+    if args.dry_run:
+        return 0
+    if lib is not None and uses_llm and not args.force:
+        _check_library_estimate(lib, lows)
+
+    before = {book.id: status_report(book)["stages"] for book in books}
+    progress = StageProgress({(b, s): before[b][s]["total"] for b in before for s in names},
+                             {(b, s): before[b][s]["done"] for b in before for s in names},
+                             {(b, s): before[b][s]["cost_usd"] for b in before for s in names})
+    llm = LLMSetup(settings, selected, args.budget, lib)
+    outcomes = process_books(books, selected, workers, models=_models(settings), fresh=args.fresh,
+                             options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
+                                      "lang": args.lang, "text_layer": args.text_layer},
+                             progress=progress, before_run=llm.before_run, after_runs=llm.close)
+    reports = []
+    for book in books:
+        outcome = outcomes[book.id]
+        report = status_report(book)
+        report.update(outcome={"status": outcome.status, "message": outcome.message,
+                               "pages_processed": outcome.pages_processed})
+        if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
+            left = _estimate(book, settings)
+            report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]
+        reports.append(report)
+    code = worst_exit_code([outcomes[b.id].exit_code for b in books])
+    if len(books) == 1:
+        _emit(args, reports[0], lambda r: render.process_summary(r, books[0]))
+    else:
+        run = {"books": reports, "exit_code": code, "library_budget": lib.figures() if lib is not None else None}
+        _emit(args, run, lambda r: render.process_run_summary(r, library))
+    if lib is not None:
+        lib.close()
+    return code
+
+
+# The exit code of a run of several books: the worst of theirs, in this order.
+EXIT_SEVERITY = (ArError.exit_code, exit_code("interrupted"), BudgetReached.exit_code, 0)
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    return min(codes, key=lambda c: EXIT_SEVERITY.index(c) if c in EXIT_SEVERITY else 0)
+
+
+def _books_to_process(args, library: Library) -> list:
+    if args.all == bool(args.books):
+        raise UsageError("process: give one BOOK or more, or --all")
+    if args.all:
+        books = library.books()
+        if not books:
+            raise ArError(f"no book in {library.root} (add one first: ar.py add PATH)")
+        return books
+    return [library.existing(b) for b in dict.fromkeys(args.books)]
+
+
+def _library_budget(args, library: Library):
+    """The library's cap: given now (kept in library.db), else kept; None: no cap. Its ledger
+    is brought up to date with every book's first (what earlier runs spent, what crashes left)."""
+    from infra.library_budget import SqliteLibrary
+
+    lib = SqliteLibrary.open(library, create=args.library_budget is not None)
+    if lib is None:
+        return None
+    if args.library_budget is not None:
+        lib.set_limit(args.library_budget)
+    if lib.limit is None:
+        lib.close()
+        return None
+    lib.sync([b.id for b in library.books()])
+    return lib
+
+
+def _check_library_estimate(lib, lows: list[float | None]) -> None:
+    figures = lib.figures()
+    low = sum(x for x in lows if x is not None)
+    if low > figures["left_usd"]:
+        raise BudgetReached(
+            f"even the low estimate of the rest of these books, ${low:.4f}, exceeds what is left of the "
+            f"library budget (${max(0.0, figures['left_usd']):.4f} of ${figures['budget_usd']:.4f}): "
+            "raise --library-budget, or add --force")
 
 
 def _has_budget(args, book, settings: Settings) -> bool:
@@ -252,8 +325,9 @@ def _has_budget(args, book, settings: Settings) -> bool:
     return kept is not None
 
 
-def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
-    """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here."""
+def _check_estimate(args, book, settings: Settings, selected: list[str]) -> float | None:
+    """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here.
+    Returns the low estimate of the rest."""
     from pipeline.estimate import total_range
 
     report = _estimate(book, settings)
@@ -263,13 +337,14 @@ def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None
         report["budget_usd"] = args.budget
     if args.dry_run:
         _emit(args, report, render.estimate)
-        return
+        return report["low_usd"]
     budget, low = report["budget_usd"], report["low_usd"]
     if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
         raise BudgetReached(
             f"even the low estimate of the rest, ${report['low_usd']:.4f}, exceeds what is left of the "
             f"budget (${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget "
             f"to at least ${report['spent_usd'] + report['high_usd']:.4f}, or add --force")
+    return low
 
 
 def cmd_status(args, settings: Settings, library: Library) -> int:
@@ -316,7 +391,21 @@ def cmd_review(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_library(args, settings: Settings, library: Library) -> int:
-    _emit(args, library_report(library), render.library)
+    from infra.library_budget import SqliteLibrary
+
+    lib = SqliteLibrary.open(library, read_only=True)
+    if args.check:
+        if lib is None:
+            raise ArError(f"no library ledger in {library.root} (a run with --library-budget makes one)")
+        report = lib.check()
+        lib.close()
+        _emit(args, report, render.library_check)
+        return 0 if report["ok"] else ArError.exit_code
+    report = library_report(library)
+    report["library_budget"] = lib.figures() if lib is not None else None
+    if lib is not None:
+        lib.close()
+    _emit(args, report, render.library)
     return 0
 
 
