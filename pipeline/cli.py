@@ -270,7 +270,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
 
 
 # The exit code of a run of several books: the worst of theirs, in this order.
-EXIT_SEVERITY = (ArError.exit_code, exit_code("interrupted"), BudgetReached.exit_code, 0)
+EXIT_SEVERITY = tuple(exit_code(status) for status in ("failed", "interrupted", "budget", "done"))
 
 
 def worst_exit_code(codes: list[int]) -> int:
