@@ -71,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--books-dir", type=Path, help="where books live (default ./books, or $AR_BOOKS_DIR)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("add", parents=[_common()], help="add a book from a PDF or a folder of page images")
-    p.add_argument("path", type=Path, help="a PDF, or a folder of page images")
-    p.add_argument("--id", help="the book's id (default: the file or folder name)")
+    p = sub.add_parser("add", parents=[_common()],
+                       help="add a book from a PDF or a folder of page images; or many, from a folder of those")
+    p.add_argument("path", type=Path, help="a PDF, or a folder of page images (one book); or a folder of PDFs "
+                   "and of folders of page images (one book each)")
+    p.add_argument("--id", help="the book's id (default: the file or folder name; for many books, each one's)")
     p.add_argument("--lang", help="the OCR's languages, Tesseract codes: fra, eng+fra (default eng); kept with the book")
 
     p = sub.add_parser("process", parents=[_common()],
@@ -148,8 +150,7 @@ def _emit(args, report: dict, human) -> None:
 
 
 def cmd_add(args, settings: Settings, library: Library) -> int:
-    from infra.errors import SourceError
-    from infra.sources import import_source
+    from infra.sources import books_in_folder
     from pipeline.ocr import check_languages
 
     if args.lang is not None:  # installed, before any work
@@ -157,9 +158,23 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     src = args.path
     if not src.exists():
         raise ArError(f"{src}: no such file or folder")
+    sources = books_in_folder(src) if src.is_dir() else None
+    if sources is not None:
+        return _add_books(args, library, sources)
     book = library.book(args.id if args.id is not None else book_id_from_path(src))
     if book.root.exists():
         raise ArError(f"book {book.id!r} already exists in {library.root}; choose another --id")
+    pages = _add_book(src, book, library, args.lang)
+    _emit(args, {"book": book.id, "pages": pages, "path": str(book.root)},
+          lambda r: print(f"added {r['book']}: {render.pages(r['pages'])} in {r['path']}"))
+    return 0
+
+
+def _add_book(src: Path, book, library: Library, lang: str | None) -> int:
+    """`src` (a PDF, an image, a folder of page images) as the new `book`; all or nothing."""
+    from infra.errors import SourceError
+    from infra.sources import import_source
+
     library.root.mkdir(parents=True, exist_ok=True)
     book.root.mkdir()
     try:
@@ -170,16 +185,46 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     except BaseException:
         _remove_tree(book.root)
         raise
-    if args.lang is not None:  # in the ledger's meta, beside the budget: the book's settings, in one place
+    if lang is not None:  # in the ledger's meta, beside the budget: the book's settings, in one place
         with WriterLock(book.lock_path, book.id):
             ledger = Ledger.open_writer(book.ledger_path)
             try:
-                ledger.set_meta("lang", args.lang)
+                ledger.set_meta("lang", lang)
             finally:
                 ledger.close()
-    _emit(args, {"book": book.id, "pages": pages, "path": str(book.root)},
-          lambda r: print(f"added {r['book']}: {render.pages(r['pages'])} in {r['path']}"))
-    return 0
+    return pages
+
+
+def _add_books(args, library: Library, sources: list[Path]) -> int:
+    """A folder of books: one per PDF or sub-folder, ids from their names; what is already
+    added is skipped, what cannot be read is refused with its reason, and the rest goes on."""
+    from infra.books import unique_book_ids
+    from infra.errors import SourceError
+    from infra.sources import check_book_source
+    from pipeline.progress import ItemProgress
+
+    if args.id is not None:
+        raise UsageError(f"--id names one book; {args.path} holds several, named after their files")
+    results = []
+    with ItemProgress("add", len(sources)) as progress:
+        for src, book_id in zip(sources, unique_book_ids(sources)):
+            progress.advance(src.name)
+            book = library.book(book_id)
+            entry = {"book": book.id, "source": str(src), "path": str(book.root)}
+            try:
+                if book.root.exists():
+                    entry.update(status="skipped", reason="already added")
+                else:
+                    check_book_source(src)
+                    entry.update(status="added", pages=_add_book(src, book, library, args.lang))
+            except (ArError, SourceError) as e:
+                entry.update(status="refused", reason=str(e))
+                print(f"ar: error: {redact(_one_line(e))}", file=sys.stderr)
+            results.append(entry)
+    refused = [r for r in results if r["status"] == "refused"]
+    report = {"books": results, **{s: sum(r["status"] == s for r in results) for s in ("added", "skipped", "refused")}}
+    _emit(args, report, render.added_books)
+    return ArError.exit_code if refused else 0
 
 
 def _remove_tree(root: Path) -> None:

@@ -41,3 +41,27 @@ class StageProgress:
             self.tasks[stage.ctx.book.id, stage.name], completed=stage.stats["pages_done"],
             cost=stage.stats["total_cost_usd"], failed=f"{failed} failed" if failed else "",
         )
+
+
+class ItemProgress:
+    """One bar over a list of things (the books `ar.py add` makes from a folder), naming the current one."""
+
+    def __init__(self, what: str, total: int):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[item]}"), console=Console(stderr=True), transient=True)
+        self.task = self.progress.add_task(what, total=total, item="")
+        self.started = False
+
+    def __enter__(self) -> ItemProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def advance(self, item: str) -> None:
+        """`item` is next: the ones before it are done."""
+        if self.started:
+            self.progress.advance(self.task)
+        self.started = True
+        self.progress.update(self.task, item=item)

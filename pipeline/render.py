@@ -109,6 +109,19 @@ def process_summary(r: dict, book: Book) -> None:
         console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
 
 
+def added_books(r: dict) -> None:
+    for b in r["books"]:
+        if b["status"] == "added":
+            console.print(f"added {b['book']}: {pages(b['pages'])} from {b['source']}")
+        elif b["status"] == "skipped":
+            console.print(f"skipped {b['book']}: already added ({b['source']})")
+        else:
+            console.print(f"refused {b['source']}")
+    line = f"{r['added']} added, {r['skipped']} skipped, {r['refused']} refused"
+    refused = [b["source"] for b in r["books"] if b["status"] == "refused"]
+    console.print(line + (f": {', '.join(refused)} (reasons above)" if refused else ""))
+
+
 def process_run_summary(r: dict, library) -> None:
     """A run of several books: each one's summary, then the library's cap."""
     for report in r["books"]:
