@@ -27,7 +27,6 @@ import os
 import socket
 import sqlite3
 import time
-from pathlib import Path
 from typing import Protocol
 
 from infra.books import Library

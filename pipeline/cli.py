@@ -271,7 +271,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     for book in books:
         if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
             check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
-    lib = _library_budget(args, library)
+    lib = _library_ledger(args, library)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
     names = [spec.name for spec in selected]
@@ -279,10 +279,12 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     for book in books:
         if args.dry_run or (uses_llm and not args.force and (lib is not None or _has_budget(args, book, settings))):
             lows.append(_check_estimate(args, book, settings, names))
+    if lib is not None and uses_llm and not args.force and not args.dry_run:
+        _check_library_estimate(lib, lows, args.library_budget)
     if args.dry_run:
         return 0
-    if lib is not None and uses_llm and not args.force:
-        _check_library_estimate(lib, lows)
+    if args.library_budget is not None:  # kept once the run may start, as a book's budget is
+        lib.set_limit(args.library_budget)
 
     before = {book.id: status_report(book)["stages"] for book in books}
     progress = StageProgress({(b, s): before[b][s]["total"] for b in before for s in names},
@@ -333,31 +335,30 @@ def _books_to_process(args, library: Library) -> list:
     return [library.existing(b) for b in dict.fromkeys(args.books)]
 
 
-def _library_budget(args, library: Library):
-    """The library's cap: given now (kept in library.db), else kept; None: no cap. Its ledger
-    is brought up to date with every book's first (what earlier runs spent, what crashes left)."""
+def _library_ledger(args, library: Library):
+    """library.db when the library has a cap (given now, or kept), brought up to date with every
+    book's ledger first (what earlier runs spent, what crashes left); None: no cap."""
     from infra.library_budget import SqliteLibrary
 
-    lib = SqliteLibrary.open(library, create=args.library_budget is not None)
+    lib = SqliteLibrary.open(library, create=args.library_budget is not None and not args.dry_run)
     if lib is None:
         return None
-    if args.library_budget is not None:
-        lib.set_limit(args.library_budget)
-    if lib.limit is None:
+    if args.library_budget is None and lib.limit is None:
         lib.close()
         return None
     lib.sync([b.id for b in library.books()])
     return lib
 
 
-def _check_library_estimate(lib, lows: list[float | None]) -> None:
+def _check_library_estimate(lib, lows: list[float | None], given_usd: float | None) -> None:
     figures = lib.figures()
+    limit = given_usd if given_usd is not None else figures["budget_usd"]
+    left = limit - figures["spent_usd"] - figures["reserved_usd"]
     low = sum(x for x in lows if x is not None)
-    if low > figures["left_usd"]:
+    if low > left:
         raise BudgetReached(
             f"even the low estimate of the rest of these books, ${low:.4f}, exceeds what is left of the "
-            f"library budget (${max(0.0, figures['left_usd']):.4f} of ${figures['budget_usd']:.4f}): "
-            "raise --library-budget, or add --force")
+            f"library budget (${max(0.0, left):.4f} of ${limit:.4f}): raise --library-budget, or add --force")
 
 
 def _has_budget(args, book, settings: Settings) -> bool:

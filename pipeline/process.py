@@ -186,12 +186,14 @@ def _release(mask: set) -> None:
 async def _run_all(contexts: list[RunContext], stages: list[StageSpec], on_progress, before_run, after_runs,
                    fresh: bool) -> list[Outcome]:
     loop = asyncio.get_running_loop()
+    signalled: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if any(ctx.stopping.is_set() for ctx in contexts):  # the second one: leave now, the ledgers are consistent
+        if signalled:  # the second one: leave now, the ledgers are consistent
             for ctx in contexts:
                 ctx.ledger.end_run(ctx.run_id, "interrupted", "stopped at once by a second signal")
             os._exit(exit_code("interrupted"))
+        signalled.append(signum)
         for ctx in contexts:
             ctx.stopping.set()
         print(f"\nar: {signal.Signals(signum).name}: finishing the pages in flight "

@@ -139,7 +139,8 @@ def test_one_run_of_two_books_shares_one_client_and_interleaves(sim, books_dir, 
 
 def test_the_exit_code_of_several_books_is_the_worst(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY, "--seed", "4")
-    a, b = ocr_book(books_dir, "a"), ocr_book(books_dir, "b")
+    ocr_book(books_dir, "a")
+    ocr_book(books_dir, "b")
     env = llm_env(server, tmp_path)
     first = run_ar("process", "a", "--stages", "correct", "--budget", "0.002", "--force", books_dir=books_dir, env=env)
     assert first.returncode == 3
