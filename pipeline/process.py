@@ -144,6 +144,7 @@ class _BookRun:
         except sqlite3.Error as e:  # a full disk: not even the run's first record fits
             raise LedgerError(f"cannot write {self.book.ledger_path}: {e}") from None
         self.handler = open_run_log(self.book.logs_dir, self.run_id, self.book.id)
+        log_event(log, "run started", run_id=self.run_id, book=self.book.id)
 
     def close(self) -> None:
         if self.ledger is not None:
