@@ -96,7 +96,8 @@ ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
 CALL_COST = "(COALESCE(provider_cost_usd, computed_cost_usd, 0) + COALESCE(upstream_cost_usd, 0))"
 T = TypeVar("T")
 
-RUN_STATUSES = ("running", "done", "interrupted", "failed", "budget", "crashed")
+# idle: a run that ended with nothing to do (every page asked for was done): counted apart
+RUN_STATUSES = ("running", "done", "idle", "interrupted", "failed", "budget", "crashed")
 CALL_FINAL_STATUSES = ("ok", "failed", "lost", "recovered")
 
 
@@ -332,6 +333,10 @@ class Ledger:
         # read back through CALL_COST, the one definition (the one writer: nothing came between)
         return self._db.execute(f"SELECT {CALL_COST} FROM calls WHERE call_id = ?", (call_id,)).fetchone()[0]
 
+    def reject_call(self, call_id: int, error: str) -> None:
+        """A call answered, and was billed, but its answer was not usable: failed (its cost stays)."""
+        self._db.execute("UPDATE calls SET status = 'failed', error = ? WHERE call_id = ?", (error, call_id))
+
     def pending_calls(self) -> list[PendingCall]:
         rows = self._db.execute(
             "SELECT call_id, run_id, stage, page, model, generation_id, started_at FROM calls"
@@ -363,11 +368,23 @@ class Ledger:
             f"SELECT COALESCE(SUM({CALL_COST}), 0) FROM calls WHERE stage = ?", (stage,)
         ).fetchone()[0]
 
-    def page_costs(self, stage: str, pages: set[int]) -> dict[int, float]:
-        """What each of `pages` cost in `stage`, every attempt included."""
+    def answered_page_costs(self, stage: str, images: bool | None = None) -> list[float]:
+        """What a page cost in `stage` each time a run got it answered, every attempt of that
+        run included, pages since cleaned too; only those whose calls carried an image
+        (`images` True) or none (False), when it is given."""
+        having = "" if images is None else f" AND SUM(images) {'>' if images else '='} 0"
         rows = self._db.execute(
-            f"SELECT page, SUM({CALL_COST}) FROM calls WHERE stage = ? GROUP BY page", (stage,))
-        return {page: cost for page, cost in rows if page in pages}
+            f"SELECT SUM({CALL_COST}) FROM calls WHERE stage = ? AND page IS NOT NULL GROUP BY page, run_id"
+            f" HAVING SUM(status IN ('ok', 'recovered')) > 0{having}", (stage,))
+        return [cost for (cost,) in rows]
+
+    def page_models(self, stage: str) -> dict[int, str]:
+        """The model whose answer each done page of `stage` holds: its latest answered call's."""
+        rows = self._db.execute(
+            "SELECT c.page, c.model FROM calls c JOIN pages p ON p.stage = c.stage AND p.page = c.page"
+            " WHERE c.stage = ? AND p.status = 'done' AND c.call_id = (SELECT MAX(call_id) FROM calls"
+            "  WHERE stage = c.stage AND page = c.page AND status IN ('ok', 'recovered'))", (stage,))
+        return dict(rows.fetchall())
 
     def page_counts(self) -> dict[str, dict[str, int]]:
         """Per stage: how many pages are done and failed."""
@@ -379,6 +396,26 @@ class Ledger:
         return out
 
     # ---- what a run is doing (the live view, pipeline/monitor.py) ------------------
+
+    def run_outcomes(self, run_id: int) -> dict[str, dict[str, list[int]]]:
+        """What one run's calls and pages came to, each with its pages: its failed calls (a
+        page once per failed attempt), those of them whose answer was invalid, its failed
+        pages by stage, and its done pages by flag."""
+        out: dict[str, dict[str, list[int]]] = {"calls": {"failed_calls": [], "invalid_answers": []},
+                                                "failed": {}, "flags": {}}
+        for page, error in self._db.execute(
+                "SELECT page, error FROM calls WHERE run_id = ? AND status = 'failed' ORDER BY page", (run_id,)):
+            out["calls"]["failed_calls"].append(page)
+            if (error or "").startswith("invalid answer"):
+                out["calls"]["invalid_answers"].append(page)
+        for stage, page, status, flags in self._db.execute(
+                "SELECT stage, page, status, flags FROM pages WHERE run_id = ? AND page > 0"
+                " AND (status = 'failed' OR flags IS NOT NULL) ORDER BY page", (run_id,)):
+            if status == "failed":
+                out["failed"].setdefault(stage, []).append(page)
+            for flag in json.loads(flags) if flags else ():
+                out["flags"].setdefault(flag, []).append(page)
+        return out
 
     def run_activity(self, run_id: int) -> dict:
         """Of one run: pages it marked done per stage, its calls in flight (pending) and its

@@ -31,7 +31,6 @@ request sent again (a 404 is not billed).
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import itertools
 import json
@@ -50,6 +49,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from infra.budget import Budget, Cap
 from infra.config import Settings
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, PricingError, RetryableError, TruncatedAnswer
+from infra.images import data_url, image_tokens_bound
 from infra.logs import log_event, redact, register_secret
 from infra.pricing import CostCalculator, PricingCache, Rates, Usage, same_cost
 from infra.transport import SlotTransport
@@ -58,9 +58,6 @@ log = logging.getLogger("ar.llm")
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
-# No tokenizer splits text finer than a byte, and no provider counts an image as more than
-# this many prompt tokens: bounds for the worst case a budget reserves.
-IMAGE_TOKENS_BOUND = 2000
 # A generation the provider still does not know this long after it started never will.
 GENERATION_KNOWN_WITHIN_S = 24 * 3600
 # An answer cut at max_tokens is asked once more with twice the room, never more than this.
@@ -87,6 +84,8 @@ class CallRecorder(Protocol):
                provider: float | None, error: str | None, generation_id: str | None) -> float: ...
     def unresolved(self, handle: int) -> None:
         """The attempt's cost will not be known in this run (it stays pending for the next)."""
+    def rejected(self, handle: int, reason: str) -> None:
+        """The attempt, its cost recorded, answered what the schema does not take: it failed."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +96,8 @@ class Result:
 
 
 def image_part(path: Path) -> dict:
-    """A page scan as a base64 data URL, for vision models."""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+    """A page scan as a vision model takes it (infra/images.py), in a base64 data URL."""
+    return {"type": "image_url", "image_url": {"url": data_url(path)}}
 
 
 def _one_line(text: str) -> str:
@@ -314,7 +312,7 @@ class LLMClient:
         spent, attempt, invalid, widened = 0.0, 0, 0, False
         while True:
             try:
-                text, usage, cost, finish, attempt = await self._with_retries(body, recorder, attempt)
+                text, usage, cost, finish, handle, attempt = await self._with_retries(body, recorder, attempt)
             except _NoEndpoint as e:
                 attempt = e.attempt
                 if not any(k in body for k in OPTIONAL_PARAMETERS):
@@ -342,8 +340,10 @@ class LLMClient:
                 return Result(schema.model_validate_json(_strip_fences(text)), usage, spent)
             except ValidationError as e:
                 problem = _first_error(e)
+                recorder.rejected(handle, f"invalid answer: {problem}")  # billed, and failed
                 log_event(log, f"{_page_of(recorder)}invalid answer from {model}: {problem}", logging.WARNING,
-                          model=model, error=problem, page=recorder.page)
+                          event="invalid_answer", stage=getattr(recorder, "stage", None), model=model,
+                          error=problem, page=recorder.page)
                 invalid += 1
                 if invalid > self.max_invalid_answers:
                     raise InvalidAnswer(f"{model}: answer did not match the schema "
@@ -374,31 +374,40 @@ class LLMClient:
         return body
 
     async def _with_retries(self, body, recorder, attempt: int):
-        """One answer, retrying what is worth retrying; attempts are numbered on from `attempt`."""
-        numbers = itertools.count(attempt + 1)
+        """One answer, retrying what is worth retrying; attempts are numbered on from `attempt`.
+        Each attempt goes in the run's log, with the wait before the next one."""
+        numbers, tries = itertools.count(attempt + 1), itertools.count(1)
 
         async def once():
-            number = next(numbers)
+            number, tried = next(numbers), next(tries)
+            traced, started, error = _Traced(recorder), time.monotonic(), None
             try:
-                return (*await self._attempt(body, recorder, number), number)
-            except _NoEndpoint as e:
-                e.attempt = number
+                return (*await self._attempt(body, traced, number), number)
+            except BaseException as e:
+                error = e
+                if isinstance(e, _NoEndpoint):
+                    e.attempt = number
+                if isinstance(e, RetryableError) and tried <= self.max_retries:
+                    e.wait = self._backoff(e, tried)
                 raise
+            finally:
+                _log_attempt(body["model"], recorder, number, traced, error, time.monotonic() - started)
 
         retrying = AsyncRetrying(retry=retry_if_exception_type(RetryableError),
-                                 stop=stop_after_attempt(self.max_retries + 1), wait=self._wait, reraise=True)
+                                 stop=stop_after_attempt(self.max_retries + 1),
+                                 wait=lambda state: getattr(state.outcome.exception(), "wait", None) or 0.0,
+                                 reraise=True)
         return await retrying(once)
 
-    def _wait(self, state) -> float:
+    def _backoff(self, error: RetryableError, tried: int) -> float:
         """Retry-After when the provider gives one, else exponential backoff with full jitter."""
-        error = state.outcome.exception()
-        if isinstance(error, RetryableError) and error.retry_after is not None:
+        if error.retry_after is not None:
             return min(error.retry_after, self.backoff_cap)
-        return random.uniform(0, min(self.backoff_cap, 0.25 * 2 ** state.attempt_number))
+        return random.uniform(0, min(self.backoff_cap, 0.25 * 2 ** tried))
 
-    async def _attempt(self, body: dict, recorder: CallRecorder, attempt: int) -> tuple[str, Usage, float, str | None]:
-        """One request: (text, usage, cost, finish_reason), its cost recorded."""
-        model = body["model"]
+    async def _attempt(self, body: dict, recorder: _Traced, attempt: int) -> tuple[str, Usage, float, str | None, int]:
+        """One request: (text, usage, cost, finish_reason, its handle), its cost recorded."""
+        model, traced = body["model"], recorder
         async with self._slots:
             await self._pacer.wait()
             caps = [*([self.budget] if self.budget is not None else ()), *getattr(recorder, "budgets", ())]
@@ -413,6 +422,7 @@ class LLMClient:
             try:
                 async with self._http.stream("POST", f"{self.base_url}/chat/completions",
                                              json=body, headers=self._headers()) as response:
+                    traced.http_status = response.status_code
                     if response.status_code != 200:
                         self._fail_http(response, await response.aread(), recorder, handle)
                     # The id may come before any chunk: a cut from here on is asked about, not $0.
@@ -454,10 +464,11 @@ class LLMClient:
 
     def worst_case(self, body: dict) -> float:
         """The most this request can cost (see infra/budget.py)."""
-        images = _images(body)
+        # no tokenizer splits text finer than a byte; each image at the bound of its size
         text_bytes = sum(len(_text_of(m).encode()) + 8 for m in body["messages"])
-        return self.costs.worst_case(body["model"], text_bytes + images * IMAGE_TOKENS_BOUND,
-                                     body["max_tokens"], images, ceiling=self.ceiling)
+        image_tokens = sum(image_tokens_bound(part["image_url"]["url"]) for part in _image_parts(body))
+        return self.costs.worst_case(body["model"], text_bytes + image_tokens,
+                                     body["max_tokens"], _images(body), ceiling=self.ceiling)
 
     def _settle(self, model, usage, chunk, parts, recorder, handle, generation_id):
         """The usage has arrived: record its cost first, then look at the answer. `chunk` says
@@ -487,7 +498,7 @@ class LLMClient:
         finish = ending["finish_reason"]
         if ending["error"] and finish != "length":  # HTTP 200 with an error: billed, failed, worth another try
             raise RetryableError(f"{model}: {ending['error']}")
-        return (*answer, finish)
+        return (*answer, finish, handle)
 
     def _fail_http(self, response: httpx.Response, body: bytes, recorder, handle) -> None:
         """A non-200 answer: nothing was generated, so nothing was billed."""
@@ -639,6 +650,59 @@ class _Reserved:
             cap.unknown(token)
 
 
+class _Traced:
+    """A recorder that keeps what one attempt did (its HTTP status, its cost once known), for
+    the run's log."""
+
+    def __init__(self, inner: CallRecorder):
+        self.inner, self.page = inner, inner.page
+        self.budgets = getattr(inner, "budgets", ())  # the caps its call falls under: the inner's
+        self.http_status: int | None = None
+        self.cost: float | None = None  # None: not known yet (settled from the provider later)
+
+    def begin(self, model: str, attempt: int) -> int:
+        return self.inner.begin(model, attempt)
+
+    def generation(self, handle: int, generation_id: str) -> None:
+        self.inner.generation(handle, generation_id)
+
+    def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
+        self.cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
+        return self.cost
+
+    def unresolved(self, handle: int) -> None:
+        self.inner.unresolved(handle)
+
+
+def _log_attempt(model: str, recorder: CallRecorder, number: int, traced: _Traced,
+                 error: BaseException | None, seconds: float) -> None:
+    """One line of the run's log for one attempt: its page, outcome, cause, HTTP status, cost,
+    time, and (retried) the provider's Retry-After and the wait before the next attempt."""
+    if error is None:
+        outcome, cause = "ok", None
+    elif isinstance(error, asyncio.CancelledError):
+        outcome, cause = "cancelled", "cancelled"
+    else:
+        outcome = "retried" if getattr(error, "wait", None) is not None else "failed"
+        cause = _cause(error, traced.http_status, model)
+    log_event(log, f"{_page_of(recorder)}attempt {number} with {model}: {outcome}" + (f" ({cause})" if cause else ""),
+              logging.INFO, event="attempt", stage=getattr(recorder, "stage", None), page=recorder.page,
+              model=model, attempt=number, outcome=outcome, cause=cause, http_status=traced.http_status,
+              retry_after=getattr(error, "retry_after", None), wait_s=getattr(error, "wait", None),
+              seconds=round(seconds, 3), cost_usd=traced.cost,
+              error=None if error is None or isinstance(error, asyncio.CancelledError) else str(error))
+
+
+def _cause(error: BaseException, http_status: int | None, model: str) -> str:
+    """What made an attempt fail, in a few words to count by: `HTTP 429`, `ReadTimeout`,
+    `malformed stream chunk`, `error during generation from Google`, `BudgetReached`."""
+    if http_status is not None and http_status != 200:
+        return f"HTTP {http_status}"
+    if not isinstance(error, RetryableError):
+        return type(error).__name__
+    return str(error).removeprefix(f"{model}: ").split(":")[0]
+
+
 def _page_of(recorder: CallRecorder) -> str:
     return f"page {recorder.page}: " if recorder.page is not None else ""
 
@@ -650,9 +714,13 @@ def _text_of(message: dict) -> str:
     return "".join(part.get("text", "") for part in content or () if part.get("type") == "text")
 
 
+def _image_parts(body: dict) -> list[dict]:
+    return [part for m in body["messages"] if isinstance(m.get("content"), list)
+            for part in m["content"] if part.get("type") == "image_url"]
+
+
 def _images(body: dict) -> int:
-    return sum(1 for m in body["messages"] if isinstance(m.get("content"), list)
-               for part in m["content"] if part.get("type") == "image_url")
+    return len(_image_parts(body))
 
 
 # Keywords some providers refuse in a strict schema (OpenAI: "not permitted"); the pydantic

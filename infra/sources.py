@@ -3,7 +3,8 @@
 Every page of every input: each page of a PDF (rendered at its scan's own resolution, with
 its text layer kept beside it), each frame of a multi-page TIFF, each image the way a viewer
 shows it (EXIF orientation applied). Each page is stored as one lossless PNG in the smallest
-mode that holds it exactly (1-bit, gray or RGB), with its dpi in the PNG (Tesseract reads it).
+mode that keeps what it shows (1-bit, gray, or RGB where there is coloured ink), with its dpi
+in the PNG (Tesseract reads it).
 
 All or nothing: pages are made in a temporary folder beside the destination and renamed
 into place at the end; on any error nothing is left behind.
@@ -126,7 +127,7 @@ def _native_dpi(page) -> float | None:
 def _render(page, what: str) -> tuple[Image.Image, int]:
     """The page at its scan's resolution, within MIN_DPI..MAX_DPI (vector pages at MIN_DPI): a
     9000-pixel 600-dpi scan rendered at 300 lost detail Tesseract needed; a 150-dpi one gains
-    from 300. In colour: the PNG is reduced to gray only where the page is exactly gray."""
+    from 300. In colour: the PNG is gray unless the page has coloured ink."""
     native = _native_dpi(page)
     dpi = round(min(max(native or MIN_DPI, MIN_DPI), MAX_DPI))
     width, height = page.get_size()
@@ -192,25 +193,42 @@ def _pages_of(image: Image.Image, path: Path) -> Iterator[Image.Image]:
 
 def _save_page(image: Image.Image, path: Path, dpi) -> None:
     options = {"dpi": dpi} if dpi else {}  # a scan's own dpi if it says one: Tesseract uses it
-    _smallest_exact_mode(image).save(path, **options)
+    _smallest_mode(image).save(path, **options)
 
 
-def _smallest_exact_mode(image: Image.Image) -> Image.Image:
-    """The same pixels in the smallest PNG mode that holds them exactly: gray when every pixel
-    has R = G = B (a gray scan rendered or saved as colour), 1-bit when only black and white
-    remain. Half the bytes or less, and not a pixel changed."""
+def _smallest_mode(image: Image.Image) -> Image.Image:
+    """The page in the smallest PNG mode that keeps what it shows: gray when it has no colour
+    (every pixel R = G = B, or a colour scan of a gray page: paper tint and the scanner's
+    chroma noise, no coloured ink), 1-bit when only black and white remain. A page with
+    coloured ink (a figure, a chart, a rubric) stays in colour, every pixel as it was."""
     if image.mode not in ("L", "RGB", "1"):
         image = image.convert("RGB")
-    if image.mode == "RGB":
-        red, green, blue = image.split()
-        if ImageChops.difference(red, green).getbbox() or ImageChops.difference(red, blue).getbbox():
-            return image
-        image = red
+    if image.mode == "RGB" and not _has_colour(image):
+        image = image.convert("L")
     if image.mode == "L":
         colors = image.getcolors(2)  # None when more than two
         if colors is not None and {value for _, value in colors} <= {0, 255}:
             return image.convert("1", dither=Image.Dither.NONE)
     return image
+
+
+# A pixel is coloured ink when its channels differ by more than COLOURED (of 255): a yellowed
+# page and a colour scanner's noise stay under it (c02-22.pdf: none over 48, 82% over 24), a
+# chart's lines and a red rubric are far over. A page with at most COLOURED_SHARE of such
+# pixels is gray (multipage.pdf's chart pages: 4 to 6%).
+COLOURED, COLOURED_SHARE = 48, 0.001
+
+
+def _has_colour(image: Image.Image) -> bool:
+    red, green, blue = image.split()
+    if not (ImageChops.difference(red, green).getbbox() or ImageChops.difference(red, blue).getbbox()):
+        return False  # exactly gray: a gray scan rendered or saved as colour
+    sample = image.reduce(4) if min(image.size) >= 400 else image  # the share, not each pixel
+    red, green, blue = sample.split()
+    spread = ImageChops.subtract(ImageChops.lighter(ImageChops.lighter(red, green), blue),
+                                 ImageChops.darker(ImageChops.darker(red, green), blue))
+    histogram = spread.histogram()
+    return sum(histogram[COLOURED + 1:]) > COLOURED_SHARE * sum(histogram)
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:

@@ -17,7 +17,7 @@ from infra.lock import WriterLock
 from infra.logs import redact, setup_console
 from pipeline import render
 from pipeline.registry import STAGES
-from pipeline.reports import cost_report, library_report, review_report, status_report
+from pipeline.reports import cost_report, library_report, other_models, review_report, run_summary, status_report
 
 log = logging.getLogger("ar")
 
@@ -102,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left "
                    "(the book's or the library's)")
 
-    p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost, low and high")
+    p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost: low, likely and high")
     p.add_argument("book")
     p.add_argument("--model", help="model of the correct stage")
     p.add_argument("--fix-model", help="model of the fix stage")
+    p.add_argument("--vision", action="store_true", help="with the page images sent to the LLM stages")
 
     p = sub.add_parser("status", parents=[_common()], help="pages done per stage and cost, of one book or all")
     p.add_argument("book", nargs="?")
@@ -127,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("review", parents=[_common()],
                        help="the pages a person should look at, with why, and where their scan and text are")
     p.add_argument("book")
+
+    p = sub.add_parser("log", parents=[_common()],
+                       help="what a run's log says happened: retries by cause, waits, failures by page, slowest pages")
+    p.add_argument("book")
+    p.add_argument("--run", type=int, metavar="N", help="the run to read (default: the latest)")
 
     p = sub.add_parser("monitor", parents=[_common()],
                        help="a live view of books being processed: progress, rate, ETA, cost (also tools/monitor.py)")
@@ -243,15 +249,16 @@ def _models(settings: Settings) -> dict[str, str]:
     return {spec.name: getattr(settings, spec.model) for spec in STAGES if spec.uses_llm}
 
 
-def _estimate(book, settings: Settings) -> dict:
+def _estimate(book, settings: Settings, vision: bool = False, fresh: list[str] = ()) -> dict:
     from infra.pricing import PricingCache
     from pipeline.estimate import estimate
 
-    return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd)
+    return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd,
+                    vision=vision, fresh=fresh)
 
 
 def cmd_estimate(args, settings: Settings, library: Library) -> int:
-    _emit(args, _estimate(library.existing(args.book), _with_models(settings, args)), render.estimate)
+    _emit(args, _estimate(library.existing(args.book), _with_models(settings, args), args.vision), render.estimate)
     return 0
 
 
@@ -262,15 +269,21 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.progress import StageProgress
     from pipeline.stage import DEFAULT_LANG, kept_language
 
-    selected = STAGES.select(s.strip() for s in (args.stages or "").split(","))
+    names = [s.strip() for s in (args.stages or "").split(",")]
+    if args.stages is not None and not any(names):
+        raise UsageError(f"--stages is empty: name some of {','.join(STAGES.names)}, or leave it out for every stage")
+    selected = STAGES.select(names)
     books = _books_to_process(args, library)
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
+    before = {}
     for book in books:
         if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
             check_languages(args.lang or Ledger.read(book.ledger_path, kept_language, DEFAULT_LANG))
+        before[book.id] = status_report(book)["stages"]
+        _check_inputs(book, selected, before[book.id], args.fresh)
     lib = _library_ledger(args, library)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
@@ -286,7 +299,6 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if args.library_budget is not None:  # kept once the run may start, as a book's budget is
         lib.set_limit(args.library_budget)
 
-    before = {book.id: status_report(book)["stages"] for book in books}
     progress = StageProgress({(b, s): before[b][s]["total"] for b in before for s in names},
                              {(b, s): before[b][s]["done"] for b in before for s in names},
                              {(b, s): before[b][s]["cost_usd"] for b in before for s in names})
@@ -300,10 +312,13 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
         outcome = outcomes[book.id]
         report = status_report(book)
         report.update(outcome={"status": outcome.status, "message": outcome.message,
-                               "pages_processed": outcome.pages_processed})
-        if outcome.status == "budget":  # what would finish the book: spent + the high estimate of the rest
-            left = _estimate(book, settings)
-            report["budget_to_finish_usd"] = None if left["high_usd"] is None else left["spent_usd"] + left["high_usd"]
+                               "pages_processed": outcome.pages_processed},
+                      other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
+                      this_run=run_summary(book, outcome.run_id))
+        if outcome.status == "budget":  # what would finish the book
+            from pipeline.estimate import budget_to_finish
+
+            report["budget_to_finish_usd"] = budget_to_finish(_estimate(book, settings, args.vision))
         reports.append(report)
     code = worst_exit_code([outcomes[b.id].exit_code for b in books])
     if len(books) == 1:
@@ -361,6 +376,25 @@ def _check_library_estimate(lib, lows: list[float | None], given_usd: float | No
             f"library budget (${max(0.0, left):.4f} of ${limit:.4f}): raise --library-budget, or add --force")
 
 
+def _check_inputs(book, selected, stages: dict, fresh: bool) -> None:
+    """A stage asked for whose inputs are not all there cannot do its pages: say which stage
+    to run first, rather than report nothing done as done."""
+    left = {name: s["total"] - s["done"] for name, s in stages.items()}
+    if fresh:  # its outputs and those made from them go first
+        for spec in selected:
+            left.update({d.name: stages[d.name]["total"] for d in STAGES.downstream(spec.name)})
+    missing = STAGES.missing_inputs(selected, left)
+    if not missing:
+        return
+
+    def undone(name: str) -> str:
+        return f"{name} ({left[name]} of {stages[name]['total']} not done)"
+
+    needs = "; ".join(f"{stage} needs {' and '.join(map(undone, reads))}" for stage, reads in missing.items())
+    run = ",".join(STAGES.with_inputs((spec.name for spec in selected), left))
+    raise ArError(f"{needs}: run `ar.py process {book.id} --stages {run}` (or without --stages, every stage)")
+
+
 def _has_budget(args, book, settings: Settings) -> bool:
     from infra.budget import kept_budget
 
@@ -372,24 +406,28 @@ def _has_budget(args, book, settings: Settings) -> bool:
 
 
 def _check_estimate(args, book, settings: Settings, selected: list[str]) -> float | None:
-    """--dry-run prints the estimate; otherwise a budget the low estimate exceeds stops here.
-    Returns the low estimate of the rest."""
-    from pipeline.estimate import total_range
+    """What this run would cost, exactly as it would run (its stages, --fresh, --vision):
+    --dry-run prints it, and whether the budget would refuse the run; otherwise a budget the
+    low estimate exceeds stops here. Returns the low estimate of the rest."""
+    from pipeline.estimate import budget_to_finish, total_range
 
-    report = _estimate(book, settings)
+    report = _estimate(book, settings, args.vision, selected if args.fresh else ())
     report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
     report.update(total_range(report["stages"].values()))
     if args.budget is not None:
         report["budget_usd"] = args.budget
-    if args.dry_run:
-        _emit(args, report, render.estimate)
-        return report["low_usd"]
     budget, low = report["budget_usd"], report["low_usd"]
+    refusal = None
     if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
-        raise BudgetReached(
-            f"even the low estimate of the rest, ${report['low_usd']:.4f}, exceeds what is left of the "
-            f"budget (${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget "
-            f"to at least ${report['spent_usd'] + report['high_usd']:.4f}, or add --force")
+        finish = budget_to_finish(report)
+        refusal = (f"even the low estimate of the rest, ${low:.4f}, exceeds what is left of the budget "
+                   f"(${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget"
+                   + ("" if finish is None else f" to at least ${finish:.4f}") + ", or add --force")
+    if args.dry_run:
+        report["budget_refuses"] = refusal
+        _emit(args, report, render.estimate)
+    elif refusal is not None:
+        raise BudgetReached(refusal)
     return low
 
 
@@ -433,6 +471,13 @@ def cmd_clean(args, settings: Settings, library: Library) -> int:
 
 def cmd_review(args, settings: Settings, library: Library) -> int:
     _emit(args, review_report(library.existing(args.book)), render.review)
+    return 0
+
+
+def cmd_log(args, settings: Settings, library: Library) -> int:
+    from pipeline.runlog import log_report
+
+    _emit(args, log_report(library.existing(args.book), args.run), render.run_log)
     return 0
 
 
@@ -483,7 +528,7 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
 
 
 COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,
-            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "monitor": cmd_monitor, "pricing": cmd_pricing}
+            "clean": cmd_clean, "library": cmd_library, "review": cmd_review, "log": cmd_log, "monitor": cmd_monitor, "pricing": cmd_pricing}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,9 @@ def book_snapshot(book: Book, default_budget_usd: float | None = None) -> dict:
         pages_per_minute=working[-1]["pages_per_minute"] if working else None,
         eta_seconds=(0.0 if report["state"] == "done" else
                      max(etas) if running and etas else None),
-        cost_per_page_usd=sum(s["cost_per_page_usd"] or 0.0 for s in report["stages"].values()),
+        # unknown while a stage has cost but no page done (after `clean`): not $0
+        cost_per_page_usd=None if any(s["cost_per_page_usd"] is None and s["cost_usd"] for s in report["stages"].values())
+        else sum(s["cost_per_page_usd"] or 0.0 for s in report["stages"].values()),
         projected_total_usd=projected,
         budget_usd=budget,
         budget_left_usd=None if budget is None else budget - report["total_cost_usd"],

@@ -142,6 +142,7 @@ class _Page:
     dpi: tuple | None
     inked: Image.Image  # orientation.ink of it
     ink_fraction: float
+    lighting: float  # orientation.lighting of it
 
 
 def _load(path: Path) -> _Page:
@@ -150,7 +151,7 @@ def _load(path: Path) -> _Page:
         dpi = im.info.get("dpi")
         image = orientation.grey(im)
     inked = orientation.ink(image)
-    return _Page(image, dpi, inked, orientation.ink_fraction(inked))
+    return _Page(image, dpi, inked, orientation.ink_fraction(inked), orientation.lighting(image))
 
 
 def _skew(page: _Page, rotate: int) -> float:
@@ -218,15 +219,18 @@ async def _read(image: Path, page: _Page, lang: str, rotate: int, skew: float) -
     least MIN_SKEW): an uncompressed PGM in a temp folder, its resolution given with --dpi."""
     if abs(skew) < orientation.MIN_SKEW:
         skew = 0.0
+    threshold = "sauvola" if page.lighting < orientation.UNEVEN_LIGHT else "otsu"
+    options = ("-c", "thresholding_method=2") if threshold == "sauvola" else ()
     if not rotate and not skew:
-        result = parse_tsv(await run_tesseract(image, "-l", lang, "tsv"))
+        result = parse_tsv(await run_tesseract(image, *options, "-l", lang, "tsv"))
     else:
         with tempfile.TemporaryDirectory(prefix="ar-ocr-") as tmp:
             turned = Path(tmp) / f"{image.stem}.pgm"
             await asyncio.to_thread(_save_upright, page, rotate, skew, turned)
             dpi = ("--dpi", str(round(page.dpi[0]))) if page.dpi else ()
-            result = parse_tsv(await run_tesseract(turned, *dpi, "-l", lang, "tsv", what=str(image)))
-    return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew}
+            result = parse_tsv(await run_tesseract(turned, *dpi, *options, "-l", lang, "tsv", what=str(image)))
+    return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew,
+            "lighting": page.lighting, "threshold": threshold}
 
 
 def text_layer_usable(text: str) -> bool:

@@ -93,7 +93,7 @@ def process_books(
         held = _hold_stop_signals()  # until the runs are on record and their closing assured
         try:
             for run in runs:
-                run.open()
+                run.open([s.name for s in stages])
             _release(held)  # a stop from here on is the interrupt of runs on record
             ocr_slots = asyncio.Semaphore(max(1, min(workers, os.cpu_count() or 1)))  # one OCR pool
             contexts = [RunContext(book=r.book, ledger=r.ledger, run_id=r.run_id, registry=registry, workers=workers,
@@ -124,6 +124,8 @@ def process_books(
                     run.close()
             finally:
                 _release(held)
+    for run in runs:
+        run.outcome.run_id = run.run_id
     return {run.book.id: run.outcome for run in runs}
 
 
@@ -137,14 +139,14 @@ class _BookRun:
         self.handler = None
         self.outcome: Outcome | None = None
 
-    def open(self) -> None:
+    def open(self, stages: list[str]) -> None:
         self.ledger = Ledger.open_writer(self.book.ledger_path)
         try:
             self.run_id = self.ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
         except sqlite3.Error as e:  # a full disk: not even the run's first record fits
             raise LedgerError(f"cannot write {self.book.ledger_path}: {e}") from None
         self.handler = open_run_log(self.book.logs_dir, self.run_id, self.book.id)
-        log_event(log, "run started", run_id=self.run_id, book=self.book.id)
+        log_event(log, "run started", run_id=self.run_id, book=self.book.id, stages=stages)
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -160,7 +162,7 @@ def _ended(runs: list[_BookRun], outcome: Outcome) -> None:
 def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome, handler) -> None:
     if run_id is not None:
         try:
-            ledger.end_run(run_id, outcome.status, outcome.message or None)
+            ledger.end_run(run_id, "idle" if outcome.idle else outcome.status, outcome.message or None)
         except sqlite3.Error as e:  # the full disk that stopped the run: its reason is the error to show
             log.warning("cannot close run %d in %s (%s): the next run marks it crashed", run_id, book.ledger_path, e)
         log_event(log, "run ended", run_id=run_id, status=outcome.status,

@@ -109,6 +109,22 @@ class Registry:
             raise UsageError(f"unknown stage {', '.join(unknown)}: choose from {','.join(self.names)}")
         return [s for s in self if s.name in names or not names]
 
+    def missing_inputs(self, selected: list[StageSpec], left: dict[str, int]) -> dict[str, list[str]]:
+        """Each selected stage with work `left` that reads a stage not selected and not
+        finished (`left` of it > 0): what it cannot take its pages from, by stage."""
+        chosen = {spec.name for spec in selected}
+        missing = {spec.name: [r for r in spec.reads if r not in chosen and left.get(r, 0) > 0]
+                   for spec in selected if left.get(spec.name, 0) > 0}
+        return {name: reads for name, reads in missing.items() if reads}
+
+    def with_inputs(self, names: Iterable[str], left: dict[str, int]) -> list[str]:
+        """`names` and every unfinished stage they need, directly or not, in order."""
+        needed = set(names)
+        for spec in reversed(list(self)):
+            if spec.name in needed:
+                needed |= {r for r in spec.reads if left.get(r, 0) > 0}
+        return [name for name in self.names if name in needed]
+
     def downstream(self, name: str) -> list[StageSpec]:
         """`name` and every stage made from it, directly or not: what `clean` removes."""
         made = {name}

@@ -24,6 +24,23 @@ def usd(x: float | None) -> str:
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 
+def page_list(numbers: list[int]) -> str:
+    """'1-3, 7': pages as runs of consecutive numbers."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def runs(r: dict) -> str:
+    """'over 2 run(s)', and apart the runs that had nothing to do."""
+    idle = r.get("idle_runs") or 0
+    return f"over {r['runs']} run(s)" + (f" (and {idle} with nothing to do)" if idle else "")
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -39,7 +56,7 @@ def to_review(r: dict) -> str:
 def status(r: dict) -> None:
     review = to_review(r)
     console.print(f"[bold]{r['book']}[/]: {pages(r['pages'])}, {r['state']}, "
-                  f"total cost {usd(r['total_cost_usd'])} over {r['runs']} run(s)" + (f"; {review}" if review else ""))
+                  f"total cost {usd(r['total_cost_usd'])} {runs(r)}" + (f"; {review}" if review else ""))
     t = Table("stage", "done", "total", "failed", "calls", "cost")
     for name, s in r["stages"].items():
         t.add_row(name, str(s["done"]), str(s["total"]), str(s["failed"] or ""),
@@ -87,6 +104,8 @@ def process_summary(r: dict, book: Book) -> None:
         finished = r["state"] == "done"
         if outcome["pages_processed"] == 0 and finished:
             console.print(f"book {r['book']!r} is done: nothing to do.")
+        elif finished and r["pages_to_review"]:  # not a plain "done": the last line says what is left
+            console.print(f"book {r['book']!r}: every stage is through.")
         elif finished:
             console.print(f"book {r['book']!r} done.")
         else:
@@ -95,16 +114,25 @@ def process_summary(r: dict, book: Book) -> None:
         if book.text_path.exists():
             console.print(f"  text:        {book.text_path}")
             console.print(f"  cost report: {book.root / 'cost_report.json'}")
-    else:
-        console.print(f"{outcome['status']}: {outcome['message']}")
+    else:  # "budget reached: ...", never "budget: budget reached: ..."
+        message = outcome["message"]
+        console.print(message if message.startswith(outcome["status"]) else f"{outcome['status']}: {message}")
     if outcome["status"] == "budget":
         undone = ", ".join(f"{name} {s['total'] - s['done']}" for name, s in r["stages"].items()
                            if s["total"] > s["done"])
         console.print(f"  left undone: {undone} (pages)")
         if r["budget_to_finish_usd"] is not None:
             console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
-                          "(spent so far, plus the high estimate of the rest)")
-    console.print(f"  total cost:  {usd(r['total_cost_usd'])} over {r['runs']} run(s)")
+                          "(spent so far, the high estimate of the rest, and one call's worst case)")
+    console.print(f"  total cost:  {usd(r['total_cost_usd'])} {runs(r)}")
+    happened = what_happened(r.get("this_run") or {})
+    if happened:
+        console.print(f"  this run:    {happened}")
+    for stage, other in r.get("other_models", {}).items():  # done pages are kept, whatever the model now
+        for model, numbers in other["made_with"].items():
+            console.print(f"  {stage}: {'page' if len(numbers) == 1 else 'pages'} {page_list(numbers)} "
+                          f"made with {model}, not {other['model']}: `ar.py clean {r['book']} {stage}` "
+                          "redoes them with it (and the stages made from them)")
     if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
         console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
 
@@ -149,6 +177,53 @@ def library_check(r: dict) -> None:
                   f"library.db differs from the ledgers of {', '.join(r['differences']) or 'no book'} "
                   f"(running total {usd(r['running_total_usd'])}, its rows {usd(r['rows_total_usd'])})")
 
+def what_happened(run: dict) -> str:
+    """'3 failed calls (pages 1-3), of them 3 invalid answers (pages 1-3); 1 page unsure (2)'."""
+    def counted(n: int, what: str, numbers: list[int]) -> str:
+        return f"{n} {what}{'' if n == 1 else 's'} ({'page' if len(numbers) == 1 else 'pages'} {page_list(numbers)})"
+
+    parts = []
+    failed, invalid = run.get("failed_calls", {}), run.get("invalid_answers", {})
+    if failed.get("count"):
+        calls = counted(failed["count"], "failed call", failed["pages"])
+        if invalid.get("count"):
+            calls += ", of them " + counted(invalid["count"], "invalid answer", invalid["pages"])
+        parts.append(calls)
+    for stage, numbers in run.get("failed_pages", {}).items():
+        parts.append(f"{pages(len(numbers))} failed in {stage} ({page_list(numbers)})")
+    for flag, numbers in run.get("flagged_pages", {}).items():
+        parts.append(f"{pages(len(numbers))} {flag} ({page_list(numbers)})")
+    return "; ".join(parts)
+
+
+def run_log(r: dict) -> None:
+    took = f", {r['ended_at'] - r['started_at']:.1f} s" if r["started_at"] and r["ended_at"] else ""
+    console.print(f"[bold]{r['book']}[/] run {r['run']}: {r['status']}{took}; {r['attempts']} call attempts "
+                  f"({', '.join(f'{n} {o}' for o, n in r['attempts_by_outcome'].items()) or 'none'}), "
+                  f"{usd(r['cost_usd'])} known from the log")
+    if r["unreadable_lines"]:
+        console.print(f"  {r['unreadable_lines']} line(s) of the log could not be read (cut by a kill?)")
+    if r["pages"]:
+        console.print("  pages: " + ", ".join(f"{n} {what}" for what, n in r["pages"].items()))
+    causes = ", ".join(f"{n} {cause}" for cause, n in r["failed_attempts_by_cause"].items())
+    console.print(f"  failed attempts by cause (retried, or given up): {causes or 'none'}")
+    w = r["waits"]
+    if w["count"]:
+        console.print(f"  waits: {w['count']}, {w['total_s']:.1f} s in all, the longest {w['longest_s']:.1f} s "
+                      f"({w['retry_after_given']} with the provider's Retry-After)")
+    if r["failures_by_page"]:
+        t = Table("page", "what failed", title="failures by page", title_justify="left")
+        for page, kinds in r["failures_by_page"].items():
+            t.add_row(str(page), ", ".join(f"{n}× {kind}" for kind, n in kinds.items()))
+        console.print(t)
+    for p in r["failed_pages"]:
+        console.print(f"  page {p['page']} failed in {p['stage']}: {p['error']}")
+    if r["slowest_pages"]:
+        t = Table("stage", "page", "seconds", "outcome", title="slowest pages", title_justify="left")
+        for p in r["slowest_pages"]:
+            t.add_row(p["stage"], str(p["page"] or "the book"), f"{p['seconds']:.2f}", p["outcome"])
+        console.print(t)
+
 
 def review(r: dict) -> None:
     if not r["pages"]:
@@ -164,6 +239,10 @@ def review(r: dict) -> None:
 
 def pricing(r: dict) -> None:
     per_m = 1_000_000
+    if not r["models"]:  # --refresh alone: what was fetched, not an empty table
+        console.print(f"{r['models_known']} models at {r['base_url']}, prices {r['age_seconds'] / 3600:.1f} h old; "
+                      "`ar.py pricing MODEL` shows one, `--list` every one")
+        return
     t = Table("model", "prompt $/M", "completion $/M", "cache read $/M", "cache write $/M",
               "reasoning $/M", "image $", "request $", "discount",
               title=f"{r['models_known']} models at {r['base_url']}, prices {r['age_seconds'] / 3600:.1f} h old")
@@ -177,15 +256,21 @@ def pricing(r: dict) -> None:
 
 
 def estimate(r: dict) -> None:
-    t = Table("stage", "model", "pages", "low", "high", "from", title_justify="left",
-              title=f"{r['book']}: what the rest will cost")
+    images = ", with page images" if r.get("vision") else ""
+    t = Table("stage", "model", "pages", "low", "likely", "high", "from", title_justify="left",
+              title=f"{r['book']}: what the rest will cost{images}")
     for name, e in r["stages"].items():
-        t.add_row(name, e["model"], str(e["pages"]), usd(e["low_usd"]), usd(e["high_usd"]), e["method"])
+        t.add_row(name, e["model"], str(e["pages"]), usd(e["low_usd"]), usd(e["likely_usd"]), usd(e["high_usd"]),
+                  e["method"])
     t.add_section()
-    t.add_row("total", "", "", usd(r["low_usd"]), usd(r["high_usd"]), "")
+    t.add_row("total", "", "", usd(r["low_usd"]), usd(r["likely_usd"]), usd(r["high_usd"]), "")
     console.print(t)
     budget = "no budget" if r["budget_usd"] is None else f"budget {usd(r['budget_usd'])}"
     console.print(f"spent so far {usd(r['spent_usd'])}; {budget}")
+    if "budget_refuses" in r:  # a dry run: would the real one start?
+        console.print("the budget would refuse this run: " + r["budget_refuses"] if r["budget_refuses"]
+                      else "the budget would let this run start" if r["budget_usd"] is not None else
+                      "no budget would stop this run")
 
 
 def reconciliation(r: dict) -> None:

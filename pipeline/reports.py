@@ -22,6 +22,7 @@ def _alive(pid: int | None) -> bool:
 
 
 def _state(stages: dict, runs: list[dict], registry: Registry) -> str:
+    """`runs`: those that did something (not idle)."""
     last = runs[-1] if runs else None
     if last and last["status"] == "running":
         return "running" if _alive(last["pid"]) else "crashed"
@@ -48,7 +49,9 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
     Its stages: the registry's, then any other the ledger knows (one since removed)."""
     pages = book.page_count()
     counts, costs = figures.get("counts", {}), figures.get("costs", {})
-    runs, total = figures.get("runs", []), figures.get("total", 0.0)
+    total = figures.get("total", 0.0)
+    runs = [run for run in figures.get("runs", []) if run["status"] != "idle"]
+    idle = len(figures.get("runs", [])) - len(runs)
     names = registry.names + sorted((set(counts) | set(costs)) - set(registry.names))
     stages = {}
     for name in names:
@@ -67,6 +70,7 @@ def status_from(book: Book, figures: dict, registry: Registry = STAGES) -> dict:
         "state": _state(stages, runs, registry),
         "total_cost_usd": total,
         "runs": len(runs),
+        "idle_runs": idle,  # runs that had nothing to do: counted apart
         "stages": stages,
         "pages_to_review": len(flagged),
         "flags": dict(sorted(Counter(f for flags in flagged.values() for f in flags).items())),
@@ -83,6 +87,31 @@ def review_report(book: Book, registry: Registry = STAGES) -> dict:
         pages.append({"page": page, "flags": flags, "image": str(book.source_image(page)),
                       "text": str(texts[-1]) if texts else None})
     return {"book": book.id, "pages_to_review": len(pages), "pages": pages}
+
+
+def other_models(book: Book, models: dict[str, str]) -> dict[str, dict]:
+    """Per LLM stage of `models` (stage -> the model asked for now) whose done pages were made
+    with another model: {"model": asked, "made_with": {model: pages}}. Done pages are never
+    redone on their own, whatever the model now: the run says so."""
+    made = Ledger.read(book.ledger_path, lambda ledger: {s: ledger.page_models(s) for s in models}, {})
+    out: dict[str, dict] = {}
+    for stage, pages in made.items():
+        for page, model in sorted(pages.items()):
+            if model != models[stage]:
+                entry = out.setdefault(stage, {"model": models[stage], "made_with": {}})
+                entry["made_with"].setdefault(model, []).append(page)
+    return out
+
+
+def run_summary(book: Book, run_id: int) -> dict:
+    """What one run's calls and pages came to: its failed calls and invalid answers (each a
+    count, and its pages), its failed pages by stage, and its done pages by flag."""
+    found = Ledger.read(book.ledger_path, lambda ledger: ledger.run_outcomes(run_id), None)
+    if found is None:
+        return {}
+    calls = {kind: {"count": len(pages), "pages": sorted(set(pages))} for kind, pages in found["calls"].items()}
+    return {"run_id": run_id, **calls, "failed_pages": found["failed"],
+            "flagged_pages": {flag: sorted(set(pages)) for flag, pages in sorted(found["flags"].items())}}
 
 
 def status_report(book: Book, registry: Registry = STAGES) -> dict:

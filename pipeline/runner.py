@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 
 from infra.errors import PageFailed, StopRun, exit_code
@@ -26,7 +27,14 @@ class Outcome:
     status: str = "done"  # a key of infra.errors.RUN_EXIT
     message: str = ""
     pages_processed: int = 0
+    book_stages_done: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+    run_id: int | None = None  # the run's number in the ledger, once it is closed
+
+    @property
+    def idle(self) -> bool:
+        """It ended with nothing done and nothing failed: every page asked for was done."""
+        return self.status == "done" and not (self.pages_processed or self.book_stages_done or self.failed)
 
     @property
     def exit_code(self) -> int:
@@ -140,6 +148,7 @@ class Pipeline:
             return
         if not all(self._has(r, p) for r in stage.spec.reads for p in self.pages):
             return  # some page did not make it through: the book cannot be put together yet
+        started = time.monotonic()
         try:
             await stage.run_book()
         except StopRun as stop:
@@ -148,8 +157,11 @@ class Pipeline:
         except PageFailed as e:
             self.ctx.ledger.mark_failed(stage.name, BOOK_PAGE, self.ctx.run_id, str(e))
             self.outcome.failed[stage.name] = 1
+            stage.log_outcome(BOOK_PAGE, "failed", started, error=str(e))
             return
         stage.mark_book_done()
+        stage.log_outcome(BOOK_PAGE, "done", started)
+        self.outcome.book_stages_done += 1
         self.done[stage.name].add(BOOK_PAGE)
         self.on_progress(stage)
         self._offer_downstream(stage.name, self.pages)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,11 +99,13 @@ class Stage:
             raise StopRun(f"cannot write {self.ctx.ledger.path}: {e}") from None
 
     async def _run_page(self, page: int) -> bool:
+        started = time.monotonic()
         try:
             result = await self.process_page(page)
         except PageFailed as e:
             self.ctx.ledger.mark_failed(self.name, page, self.ctx.run_id, str(e))
             self.stats["pages_failed"] += 1
+            self.log_outcome(page, "failed", started, error=str(e))
             return False
         path = self.spec.page_path(self.ctx.book, page)
         try:
@@ -111,7 +114,14 @@ class Stage:
             raise StopRun(f"cannot write {path}: {e.strerror or e}") from None
         self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id, result.get("flags"))
         self.stats["pages_done"] += 1
+        self.log_outcome(page, "done", started, flags=sorted(result.get("flags") or ()))
         return True
+
+    def log_outcome(self, page: int, outcome: str, started: float, **fields) -> None:
+        """Each page's outcome in the run's log (a book stage's: page 0), with how long it
+        took (`ar.py log`)."""
+        log_event(log, f"page {page}: {self.name} {outcome}", event="page", stage=self.name, page=page,
+                  outcome=outcome, seconds=round(time.monotonic() - started, 3), **fields)
 
     async def run_book(self) -> None:
         """Book stages (per_page = False) do their work here."""

@@ -173,7 +173,9 @@ def test_an_invalid_answer_is_retried_with_the_error_then_given_up(sim, ledger, 
     with pytest.raises(InvalidAnswer, match="did not match the schema after 3 tries"):
         run(go)
     rows = calls(ledger)
-    assert [r[0] for r in rows] == ["ok", "ok", "ok"]  # billed answers, all recorded
+    assert [r[0] for r in rows] == ["failed", "failed", "failed"]  # billed answers, all recorded, none usable
+    errors = [e for (e,) in ledger._db.execute("SELECT error FROM calls ORDER BY call_id")]
+    assert all(e.startswith("invalid answer: ") for e in errors), errors
     assert ledger.total_cost() == pytest.approx(server.credits(), abs=1e-12) and server.credits() > 0
 
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from infra.books import Book
 from infra.errors import SourceError
-from infra.sources import _smallest_exact_mode, import_source
+from infra.sources import _smallest_mode, import_source
 from tests.conftest import REAL_SCANS
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -80,7 +80,9 @@ def test_a_jpeg_is_stored_upright_as_its_exif_orientation_says(tmp_path, linn):
 
 
 def real_frames() -> list[Image.Image]:
-    return [render("linn.pdf", dpi=100).convert("L"), render("c02-22.pdf", dpi=100), render("multipage.pdf", 2, dpi=100)]
+    """Three real scans: gray, gray (a colour scan of a gray page, stored gray), colour."""
+    return [render("linn.pdf", dpi=100).convert("L"), render("c02-22.pdf", dpi=100).convert("L"),
+            render("multipage.pdf", 2, dpi=100)]
 
 
 def test_every_frame_of_a_multipage_tiff_is_a_page_in_order(tmp_path):
@@ -203,19 +205,30 @@ def test_a_pdfs_text_layer_is_kept_beside_its_page_and_only_where_there_is_one(t
 # 5. Compact, and exact
 
 
-def test_each_page_is_kept_in_the_smallest_mode_that_holds_it_exactly(linn):
-    colour = render("c02-22.pdf")  # a colour JPEG scan
+def test_each_page_is_kept_in_the_smallest_mode_that_keeps_what_it_shows(linn):
     gray = render("multipage.pdf", 4)  # an 8-bit gray scan, scaled: R = G = B everywhere
-    assert _smallest_exact_mode(colour).mode == "RGB"
-    assert _smallest_exact_mode(gray).mode == "L" and same(_smallest_exact_mode(gray), gray)
-    nearly = gray.copy()
-    nearly.putpixel((10, 10), (200, 200, 201))  # one pixel off gray: reducing it would lose it
-    assert _smallest_exact_mode(nearly).mode == "RGB"
+    assert _smallest_mode(gray).mode == "L" and same(_smallest_mode(gray), gray)
+    # a colour JPEG scan of a gray page: yellowed paper and chroma noise, no coloured ink
+    tinted = render("c02-22.pdf")
+    assert _smallest_mode(tinted).mode == "L" and same(_smallest_mode(tinted), tinted.convert("L"))
+    assert _smallest_mode(render("multipage.pdf", 5)).mode == "RGB"  # a chart in colour
+    rubric = gray.convert("RGB")
+    rubric.paste((200, 30, 30), (100, 100, 100 + rubric.width // 5, 140))  # a red rule, 0.25% of the page
+    assert _smallest_mode(rubric).mode == "RGB" and same(_smallest_mode(rubric), rubric)
     bilevel = linn.point(lambda v: 255 if v > 128 else 0)
-    assert _smallest_exact_mode(bilevel.convert("RGB")).mode == "1"
-    assert same(_smallest_exact_mode(bilevel), bilevel)
+    assert _smallest_mode(bilevel.convert("RGB")).mode == "1"
+    assert same(_smallest_mode(bilevel), bilevel)
     bilevel.putpixel((10, 10), 254)
-    assert _smallest_exact_mode(bilevel).mode == "L"
+    assert _smallest_mode(bilevel).mode == "L"
+
+
+def test_a_colour_scan_of_a_gray_page_is_stored_gray_in_half_the_bytes(tmp_path):
+    book = add(REAL_SCANS / "c02-22.pdf", tmp_path)
+    with Image.open(book.source_image(1)) as page:
+        assert page.mode == "L"
+    colour = io.BytesIO()
+    render("c02-22.pdf").save(colour, "PNG")
+    assert book.source_image(1).stat().st_size < colour.tell() / 2
 
 
 def test_a_gray_scan_takes_far_fewer_bytes_than_an_rgb_png(tmp_path):
