@@ -226,9 +226,6 @@ class SqliteLibrary:
                     else:  # still pending in its book: held until that book's next run resolves it
                         self._db.execute("UPDATE reservations SET in_flight = 0 WHERE id = ?", (rid,))
 
-    def books_with_reservations(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT book FROM reservations")]
-
     # ---- reports ---------------------------------------------------------------------
 
     def figures(self) -> dict:
