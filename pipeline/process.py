@@ -169,7 +169,10 @@ def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome,
                   message=outcome.message, total_cost_usd=ledger.total_cost())
         write_cost_report(book)
     if handler is not None:
-        close_run_log(handler)
+        try:
+            close_run_log(handler)
+        except OSError as e:  # its last lines did not fit on a full disk: the run's records say how it ended
+            log.warning("cannot close the run log in %s: %s", book.logs_dir, e.strerror or e)
     ledger.close()
 
 
