@@ -32,6 +32,21 @@ def book_id_from_path(path: Path) -> str:
     return validate_book_id(cleaned[:128])
 
 
+def unique_book_ids(paths: list[Path]) -> list[str]:
+    """Ids for several books at once, each from its file or folder name; two that would clash
+    get -2, -3 ... in the order given (so adding the same folder again gives the same ids).
+    Ids that differ only in case clash too: they are one folder on macOS and Windows."""
+    ids: list[str] = []
+    for path in paths:
+        base = book_id_from_path(path)
+        candidate, n = base, 1
+        while candidate.lower() in (i.lower() for i in ids):
+            n += 1
+            candidate = validate_book_id(f"{base[:120]}-{n}")
+        ids.append(candidate)
+    return ids
+
+
 def page_file(page: int, suffix: str) -> str:
     return f"page_{page:04d}{suffix}"
 

@@ -6,15 +6,32 @@ not fit waits for calls in flight to settle and free room; when none is in fligh
 never sent. The reservation is released when the call's real cost is known, and that cost
 is counted instead. A call cut mid-answer keeps its reservation until the provider says
 what it billed. So spent + reserved never exceeds the budget, hence neither does spent.
+
+A call may fall under several caps (its book's, the library's: infra/library_budget.py); each
+is a `Cap`, and the client reserves against every one of them before sending.
 """
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from infra.errors import BudgetReached
 
 
+class Cap(Protocol):
+    """What the client needs of a cap: reserve a call's worst case before it is sent (waiting
+    for room, or BudgetReached), learn its ledger row once it is pending, settle its cost."""
+
+    async def reserve(self, worst_case_usd: float): ...  # -> a token for the calls below
+    def started(self, token, call_id: int) -> None: ...  # the call is pending in its book's ledger
+    def settle(self, token, cost_usd: float) -> None: ...
+    def unknown(self, token) -> None: ...  # its cost is known only later: the worst case stays held
+    def release(self, token) -> None: ...  # never sent
+
+
 class Budget:
+    """One book's cap, within one run (the spent figure comes from the book's ledger)."""
+
     def __init__(self, limit_usd: float, spent_usd: float):
         self.limit = limit_usd
         self.spent = spent_usd
@@ -48,35 +65,71 @@ class Budget:
         self.spent += cost_usd
         self._settled.set()
 
-    async def admit(self, recorder, model: str, attempt: int, worst_case_usd: float):
-        """Reserve, then record the call pending: (the recorder that settles the reservation
-        with the call's cost, the call's handle)."""
-        reserved = Reserved(recorder, self, await self.reserve(worst_case_usd))
-        return reserved, reserved.begin(model, attempt)
+    def started(self, reservation: float, call_id: int) -> None:
+        """Nothing to note: the book's ledger is this cap's record."""
+
+    def unknown(self, reservation: float) -> None:
+        self.settle(reservation, reservation)
+
+    def release(self, reservation: float) -> None:
+        self.settle(reservation, 0.0)
+
+
+async def admit(recorder, budget, model: str, attempt: int, worst_case_usd: float):
+    """Before a call is sent: its worst case reserved against every cap it falls under, then
+    the call recorded pending; returns (the recorder that settles the caps with its cost, the
+    call's handle). BudgetReached: nothing is sent. The fleet's ledger does both in one
+    transaction (LedgerBudget); otherwise the caps are `budget` (the client's, if any) and the
+    recorder's own (its book's, the library's), reserved in that order."""
+    if isinstance(budget, LedgerBudget):
+        return await budget.admit(recorder, model, attempt, worst_case_usd)
+    caps = [*([budget] if budget is not None else ()), *getattr(recorder, "budgets", ())]
+    if not caps:
+        return recorder, recorder.begin(model, attempt)
+    reserved = await Reserved.take(recorder, caps, worst_case_usd)
+    return reserved, reserved.begin(model, attempt)
 
 
 class Reserved:
-    """A recorder whose call holds a budget reservation until its cost is recorded."""
+    """A recorder whose call holds a reservation on each of its caps until its cost is recorded."""
 
-    def __init__(self, inner, budget: Budget, reservation: float):
-        self.inner, self.budget, self.reservation = inner, budget, reservation
+    def __init__(self, inner, held: list[tuple[Cap, object]]):
+        self.inner, self.held = inner, held
         self.page = inner.page
 
+    @classmethod
+    async def take(cls, inner, caps: list[Cap], worst_case_usd: float) -> Reserved:
+        """Reserve on every cap, in their fixed order; one that refuses releases the others."""
+        held: list[tuple[Cap, object]] = []
+        try:
+            for cap in caps:
+                held.append((cap, await cap.reserve(worst_case_usd)))
+        except BaseException:
+            for cap, token in held:
+                cap.release(token)
+            raise
+        return cls(inner, held)
+
     def begin(self, model: str, attempt: int) -> int:
-        return self.inner.begin(model, attempt)
+        handle = self.inner.begin(model, attempt)
+        for cap, token in self.held:
+            cap.started(token, handle)
+        return handle
 
     def generation(self, handle: int, generation_id: str) -> None:
         self.inner.generation(handle, generation_id)
 
     def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
         cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
-        self.budget.settle(self.reservation, cost)
+        for cap, token in self.held:
+            cap.settle(token, cost)
         return cost
 
     def unresolved(self, handle: int) -> None:
-        """Unknown cost: count the worst case as spent, so the budget still holds."""
+        """Unknown cost: the worst case stays counted, so the caps still hold."""
         self.inner.unresolved(handle)
-        self.budget.settle(self.reservation, self.reservation)
+        for cap, token in self.held:
+            cap.unknown(token)
 
 
 class NotYet(Exception):

@@ -366,6 +366,13 @@ class Ledger:
     def check_lease(self) -> None:
         """(PostgreSQL: LeaseLost when the writer's lease has lapsed.)"""
 
+    def pending_call_ids(self) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT call_id FROM calls WHERE status = 'pending'")}
+
+    def call_costs(self) -> dict[int, float]:
+        """Every settled call's cost (CALL_COST): what the library ledger copies (infra/library_budget.py)."""
+        return dict(self._db.execute(f"SELECT call_id, {CALL_COST} FROM calls WHERE status != 'pending'"))
+
     def calls_with_generation(self) -> list[dict]:
         rows = self._db.execute(
             f"SELECT call_id, generation_id, model, {CALL_COST} FROM calls"

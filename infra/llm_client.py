@@ -46,7 +46,7 @@ import orjson
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from infra.budget import Budget, LedgerBudget
+from infra.budget import Budget, LedgerBudget, admit
 from infra.config import Settings
 from infra.errors import FatalLLMError, InvalidAnswer, LLMError, PricingError, RetryableError, TruncatedAnswer
 from infra.images import data_url, image_tokens_bound
@@ -412,10 +412,8 @@ class LLMClient:
         model, traced = body["model"], recorder
         async with self._slots:
             await self._pacer.wait()
-            if self.budget is not None:  # reserved, then pending; BudgetReached here: the call is not sent
-                recorder, handle = await self.budget.admit(recorder, model, attempt, self.worst_case(body))
-            else:
-                handle = recorder.begin(model, attempt)  # pending before a byte is sent
+            # reserved against every cap, then pending; BudgetReached here: the call is not sent
+            recorder, handle = await admit(recorder, self.budget, model, attempt, self.worst_case(body))
             generation_id: str | None = None
             parts: list[str] = []
             # what the stream said about its end: an error (top-level, or a choice's), the finish reason
@@ -617,6 +615,7 @@ class _Traced:
 
     def __init__(self, inner: CallRecorder):
         self.inner, self.page = inner, inner.page
+        self.budgets = getattr(inner, "budgets", ())  # the caps its call falls under: the inner's
         self.http_status: int | None = None
         self.cost: float | None = None  # None: not known yet (settled from the provider later)
 

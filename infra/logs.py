@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -45,13 +46,25 @@ def setup_console(verbose: bool = False) -> None:
     root.addHandler(handler)
 
 
-def open_run_log(logs_dir: Path, run_id: int) -> logging.Handler:
-    """Send the `ar` loggers to books/<id>/logs/run-NNNN-<time>.jsonl for this run."""
+class _RunLogFile(logging.FileHandler):
+    """A run's log file. A line that does not fit (a full disk) is lost, quietly: the ledger,
+    not the log, is the record of how the run went, and the console says the disk is full."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
+def open_run_log(logs_dir: Path, run_id: int, book_id: str | None = None) -> logging.Handler:
+    """Send the `ar` loggers to books/<id>/logs/run-NNNN-<time>.jsonl for this run; with
+    `book_id`, not the records that name another book (a run of several books)."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    handler = logging.FileHandler(logs_dir / f"run-{run_id:04d}-{stamp}.jsonl", encoding="utf-8")
+    handler = _RunLogFile(logs_dir / f"run-{run_id:04d}-{stamp}.jsonl", encoding="utf-8")
     handler.setFormatter(_JsonLines())
     handler.setLevel(logging.INFO)
+    if book_id is not None:
+        handler.addFilter(lambda record: getattr(record, "fields", {}).get("book", book_id) == book_id)
     logger = logging.getLogger("ar")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)

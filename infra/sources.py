@@ -56,6 +56,25 @@ def import_source(src: Path, dest: Path) -> int:
     return pages
 
 
+def books_in_folder(folder: Path) -> list[Path] | None:
+    """What `ar.py add FOLDER` makes of a folder: None when it is one book (it holds page
+    images, as a book's folder does); else its PDFs and sub-folders, one book each, and any
+    other file (refused when added), in natural order."""
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=_natural)
+    if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+        return None
+    if not any(p.is_dir() or p.suffix.lower() == ".pdf" for p in entries):
+        return None  # nothing of a library: as one book, it is refused with the reason why
+    return entries
+
+
+def check_book_source(path: Path) -> None:
+    """What a folder of books may hold: PDFs and folders of page images."""
+    if not (path.is_dir() or path.suffix.lower() == ".pdf" or _starts_with(path, b"%PDF-")):
+        raise SourceError(f"{path}: not a PDF nor a folder of page images (in a folder of books, "
+                          "each book is one of those)")
+
+
 def _from_pdf(pdf_path: Path, out: Path) -> int:
     import pypdfium2 as pdfium
 

@@ -76,13 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "database, postgresql://... ($AR_LEDGER; default: each book's checkpoint.db)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("add", parents=[_common()], help="add a book from a PDF or a folder of page images")
-    p.add_argument("path", type=Path, help="a PDF, or a folder of page images")
-    p.add_argument("--id", help="the book's id (default: the file or folder name)")
+    p = sub.add_parser("add", parents=[_common()],
+                       help="add a book from a PDF or a folder of page images; or many, from a folder of those")
+    p.add_argument("path", type=Path, help="a PDF, or a folder of page images (one book); or a folder of PDFs "
+                   "and of folders of page images (one book each)")
+    p.add_argument("--id", help="the book's id (default: the file or folder name; for many books, each one's)")
     p.add_argument("--lang", help="the OCR's languages, Tesseract codes: fra, eng+fra (default eng); kept with the book")
 
-    p = sub.add_parser("process", parents=[_common()], help="run (or resume) a book's pipeline")
-    p.add_argument("book")
+    p = sub.add_parser("process", parents=[_common()],
+                       help="run (or resume) the pipeline of a book, or of several in one run")
+    p.add_argument("books", nargs="*", metavar="BOOK", help="the books (several share one LLM client and OCR pool)")
+    p.add_argument("--all", action="store_true", help="every book of the library")
+    p.add_argument("--library-budget", type=usd_amount, metavar="USD",
+                   help="the most the whole library may cost, all books and runs together; kept for later runs "
+                   "(in library.db)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES.names)} (default: all)")
     p.add_argument("--workers", type=int, help="pages in flight per stage, and LLM calls in flight "
                    "for all stages together; OCR takes at most one page per core (default 32, $AR_WORKERS)")
@@ -97,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=usd_amount, metavar="USD",
                    help="the most the book may cost, all runs together; kept for later runs ($AR_BUDGET_USD)")
     p.add_argument("--dry-run", action="store_true", help="print what the rest will cost, spend nothing")
-    p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left")
+    p.add_argument("--force", action="store_true", help="start even when the low estimate exceeds the budget left "
+                   "(the book's or the library's)")
 
     p = sub.add_parser("estimate", parents=[_common()], help="what the rest of a book will cost: low, likely and high")
     p.add_argument("book")
@@ -118,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("book")
     p.add_argument("stage")
 
-    sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+    p = sub.add_parser("library", parents=[_common()], help="every book, its state and cost, and the total")
+    p.add_argument("--check", action="store_true",
+                   help="prove the library ledger (library.db) equals the books' own ledgers, call for call")
 
     p = sub.add_parser("review", parents=[_common()],
                        help="the pages a person should look at, with why, and where their scan and text are")
@@ -156,8 +166,7 @@ def _emit(args, report: dict, human) -> None:
 
 
 def cmd_add(args, settings: Settings, library: Library) -> int:
-    from infra.errors import SourceError
-    from infra.sources import import_source
+    from infra.sources import books_in_folder
     from pipeline.ocr import check_languages
 
     if args.lang is not None:  # installed, before any work
@@ -165,9 +174,23 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     src = args.path
     if not src.exists():
         raise ArError(f"{src}: no such file or folder")
+    sources = books_in_folder(src) if src.is_dir() else None
+    if sources is not None:
+        return _add_books(args, library, sources)
     book = library.book(args.id if args.id is not None else book_id_from_path(src))
     if book.root.exists():
         raise ArError(f"book {book.id!r} already exists in {library.root}; choose another --id")
+    pages = _add_book(src, book, library, args.lang)
+    _emit(args, {"book": book.id, "pages": pages, "path": str(book.root)},
+          lambda r: print(f"added {r['book']}: {render.pages(r['pages'])} in {r['path']}"))
+    return 0
+
+
+def _add_book(src: Path, book, library: Library, lang: str | None) -> int:
+    """`src` (a PDF, an image, a folder of page images) as the new `book`; all or nothing."""
+    from infra.errors import SourceError
+    from infra.sources import import_source
+
     library.root.mkdir(parents=True, exist_ok=True)
     book.root.mkdir()
     try:
@@ -178,16 +201,46 @@ def cmd_add(args, settings: Settings, library: Library) -> int:
     except BaseException:
         _remove_tree(book.root)
         raise
-    if args.lang is not None:  # in the ledger's meta, beside the budget: the book's settings, in one place
+    if lang is not None:  # in the ledger's meta, beside the budget: the book's settings, in one place
         with WriterLock(book.lock_path, book.id):
             ledger = open_ledger(book)
             try:
-                ledger.set_meta("lang", args.lang)
+                ledger.set_meta("lang", lang)
             finally:
                 ledger.close()
-    _emit(args, {"book": book.id, "pages": pages, "path": str(book.root)},
-          lambda r: print(f"added {r['book']}: {render.pages(r['pages'])} in {r['path']}"))
-    return 0
+    return pages
+
+
+def _add_books(args, library: Library, sources: list[Path]) -> int:
+    """A folder of books: one per PDF or sub-folder, ids from their names; what is already
+    added is skipped, what cannot be read is refused with its reason, and the rest goes on."""
+    from infra.books import unique_book_ids
+    from infra.errors import SourceError
+    from infra.sources import check_book_source
+    from pipeline.progress import ItemProgress
+
+    if args.id is not None:
+        raise UsageError(f"--id names one book; {args.path} holds several, named after their files")
+    results = []
+    with ItemProgress("add", len(sources)) as progress:
+        for src, book_id in zip(sources, unique_book_ids(sources)):
+            progress.advance(src.name)
+            book = library.book(book_id)
+            entry = {"book": book.id, "source": str(src), "path": str(book.root)}
+            try:
+                if book.root.exists():
+                    entry.update(status="skipped", reason="already added")
+                else:
+                    check_book_source(src)
+                    entry.update(status="added", pages=_add_book(src, book, library, args.lang))
+            except (ArError, SourceError) as e:
+                entry.update(status="refused", reason=str(e))
+                print(f"ar: error: {redact(_one_line(e))}", file=sys.stderr)
+            results.append(entry)
+    refused = [r for r in results if r["status"] == "refused"]
+    report = {"books": results, **{s: sum(r["status"] == s for r in results) for s in ("added", "skipped", "refused")}}
+    _emit(args, report, render.added_books)
+    return ArError.exit_code if refused else 0
 
 
 def _remove_tree(root: Path) -> None:
@@ -220,9 +273,9 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
-    from pipeline.llm_stage import prepare_llm
+    from pipeline.llm_stage import LLMSetup
     from pipeline.ocr import check_languages
-    from pipeline.process import process_book
+    from pipeline.process import process_books
     from pipeline.progress import StageProgress
     from pipeline.stage import DEFAULT_LANG, kept_language
 
@@ -230,40 +283,112 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if args.stages is not None and not any(names):
         raise UsageError(f"--stages is empty: name some of {','.join(STAGES.names)}, or leave it out for every stage")
     selected = STAGES.select(names)
-    book = library.existing(args.book)
+    books = _books_to_process(args, library)
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
-    if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
-        check_languages(args.lang or read_ledger(book, kept_language, DEFAULT_LANG))
-    before = status_report(book)["stages"]
-    _check_inputs(book, selected, before, args.fresh)
+    before = {}
+    for book in books:
+        if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
+            check_languages(args.lang or read_ledger(book, kept_language, DEFAULT_LANG))
+        before[book.id] = status_report(book)["stages"]
+        _check_inputs(book, selected, before[book.id], args.fresh)
+    lib = _library_ledger(args, library)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
-    if args.dry_run or (uses_llm and not args.force and _has_budget(args, book, settings)):
-        _check_estimate(args, book, settings, [spec.name for spec in selected])
-        if args.dry_run:
-            return 0
-
     names = [spec.name for spec in selected]
-    progress = StageProgress({s: before[s]["total"] for s in names}, {s: before[s]["done"] for s in names},
-                             {s: before[s]["cost_usd"] for s in names})
-    outcome = process_book(book, selected, workers, models=_models(settings), fresh=args.fresh,
-                           options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
-                                    "lang": args.lang, "text_layer": args.text_layer},
-                           progress=progress, before_run=prepare_llm(settings, selected, args.budget))
-    report = status_report(book)
-    report.update(outcome={"status": outcome.status, "message": outcome.message,
-                           "pages_processed": outcome.pages_processed},
-                  other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
-                  this_run=run_summary(book, outcome.run_id))
-    if outcome.status == "budget":  # what would finish the book
-        from pipeline.estimate import budget_to_finish
+    lows = []
+    for book in books:
+        if args.dry_run or (uses_llm and not args.force and (lib is not None or _has_budget(args, book, settings))):
+            lows.append(_check_estimate(args, book, settings, names))
+    if lib is not None and uses_llm and not args.force and not args.dry_run:
+        _check_library_estimate(lib, lows, args.library_budget)
+    if args.dry_run:
+        return 0
+    if args.library_budget is not None:  # kept once the run may start, as a book's budget is
+        lib.set_limit(args.library_budget)
 
-        report["budget_to_finish_usd"] = budget_to_finish(_estimate(book, settings, args.vision))
-    _emit(args, report, lambda r: render.process_summary(r, book))
-    return outcome.exit_code
+    progress = StageProgress({(b, s): before[b][s]["total"] for b in before for s in names},
+                             {(b, s): before[b][s]["done"] for b in before for s in names},
+                             {(b, s): before[b][s]["cost_usd"] for b in before for s in names})
+    llm = LLMSetup(settings, selected, args.budget, lib)
+    outcomes = process_books(books, selected, workers, models=_models(settings), fresh=args.fresh,
+                             options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
+                                      "lang": args.lang, "text_layer": args.text_layer},
+                             progress=progress, before_run=llm.before_run, after_runs=llm.close)
+    reports = []
+    for book in books:
+        outcome = outcomes[book.id]
+        report = status_report(book)
+        report.update(outcome={"status": outcome.status, "message": outcome.message,
+                               "pages_processed": outcome.pages_processed},
+                      other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
+                      this_run=run_summary(book, outcome.run_id))
+        if outcome.status == "budget":  # what would finish the book
+            from pipeline.estimate import budget_to_finish
+
+            report["budget_to_finish_usd"] = budget_to_finish(_estimate(book, settings, args.vision))
+        reports.append(report)
+    code = worst_exit_code([outcomes[b.id].exit_code for b in books])
+    if len(books) == 1:
+        _emit(args, reports[0], lambda r: render.process_summary(r, books[0]))
+    else:
+        run = {"books": reports, "exit_code": code, "library_budget": lib.figures() if lib is not None else None}
+        _emit(args, run, lambda r: render.process_run_summary(r, library))
+    if lib is not None:
+        lib.close()
+    return code
+
+
+# The exit code of a run of several books: the worst of theirs, in this order.
+EXIT_SEVERITY = tuple(exit_code(status) for status in ("failed", "interrupted", "budget", "done"))
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    return min(codes, key=lambda c: EXIT_SEVERITY.index(c) if c in EXIT_SEVERITY else 0)
+
+
+def _books_to_process(args, library: Library) -> list:
+    if args.all == bool(args.books):
+        raise UsageError("process: give one BOOK or more, or --all")
+    if args.all:
+        books = library.books()
+        if not books:
+            raise ArError(f"no book in {library.root} (add one first: ar.py add PATH)")
+        return books
+    return [library.existing(b) for b in dict.fromkeys(args.books)]
+
+
+def _library_ledger(args, library: Library):
+    """library.db when the library has a cap (given now, or kept), brought up to date with every
+    book's ledger first (what earlier runs spent, what crashes left); None: no cap."""
+    from infra.library_budget import SqliteLibrary
+
+    if ledger_url() is not None:  # the fleet's ledger keeps the library's cap on its own budget row
+        if args.library_budget is not None:
+            raise UsageError("--library-budget keeps its cap in library.db, beside books with their own "
+                             "checkpoint.db; with AR_LEDGER the cap is the PostgreSQL ledger's 'library' budget row")
+        return None
+    lib = SqliteLibrary.open(library, create=args.library_budget is not None and not args.dry_run)
+    if lib is None:
+        return None
+    if args.library_budget is None and lib.limit is None:
+        lib.close()
+        return None
+    lib.sync([b.id for b in library.books()])
+    return lib
+
+
+def _check_library_estimate(lib, lows: list[float | None], given_usd: float | None) -> None:
+    figures = lib.figures()
+    limit = given_usd if given_usd is not None else figures["budget_usd"]
+    left = limit - figures["spent_usd"] - figures["reserved_usd"]
+    low = sum(x for x in lows if x is not None)
+    if low > left:
+        raise BudgetReached(
+            f"even the low estimate of the rest of these books, ${low:.4f}, exceeds what is left of the "
+            f"library budget (${max(0.0, left):.4f} of ${limit:.4f}): raise --library-budget, or add --force")
 
 
 def _check_inputs(book, selected, stages: dict, fresh: bool) -> None:
@@ -295,10 +420,10 @@ def _has_budget(args, book, settings: Settings) -> bool:
     return kept is not None
 
 
-def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None:
+def _check_estimate(args, book, settings: Settings, selected: list[str]) -> float | None:
     """What this run would cost, exactly as it would run (its stages, --fresh, --vision):
     --dry-run prints it, and whether the budget would refuse the run; otherwise a budget the
-    low estimate exceeds stops here."""
+    low estimate exceeds stops here. Returns the low estimate of the rest."""
     from pipeline.estimate import budget_to_finish, total_range
 
     report = _estimate(book, settings, args.vision, selected if args.fresh else ())
@@ -318,6 +443,7 @@ def _check_estimate(args, book, settings: Settings, selected: list[str]) -> None
         _emit(args, report, render.estimate)
     elif refusal is not None:
         raise BudgetReached(refusal)
+    return low
 
 
 def cmd_status(args, settings: Settings, library: Library) -> int:
@@ -375,7 +501,21 @@ def cmd_log(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_library(args, settings: Settings, library: Library) -> int:
-    _emit(args, library_report(library), render.library)
+    from infra.library_budget import SqliteLibrary
+
+    lib = SqliteLibrary.open(library, read_only=True)
+    if args.check:
+        if lib is None:
+            raise ArError(f"no library ledger in {library.root} (a run with --library-budget makes one)")
+        report = lib.check()
+        lib.close()
+        _emit(args, report, render.library_check)
+        return 0 if report["ok"] else ArError.exit_code
+    report = library_report(library)
+    report["library_budget"] = lib.figures() if lib is not None else None
+    if lib is not None:
+        lib.close()
+    _emit(args, report, render.library)
     return 0
 
 

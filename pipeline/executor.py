@@ -73,14 +73,14 @@ LLM_ACTORS = 2  # async actors, each with its own LLMClient and connection pool
 ACTOR_IDLE_S = float(os.environ.get("AR_ACTOR_IDLE_S", "60"))
 
 
-def llm_runner(client, book_id: str, workers: int):
+def llm_runner(client, workers: int):
     """What the LLM stages call: the run's client, or with AR_EXECUTOR=ray a front for
     detached Ray actors that make the calls (RayLLM)."""
     if executor_name() == "local":
         return client
     if not os.environ.get("AR_LEDGER"):
         raise UsageError("AR_EXECUTOR=ray records its calls in the fleet's ledger: set AR_LEDGER too")
-    return RayLLM(client, book_id, workers)
+    return RayLLM(client, workers)
 
 
 class RayLLM:
@@ -89,8 +89,8 @@ class RayLLM:
     as a writer of its own (its lease, its holder): when the driver dies, the calls it has in
     flight still finish and are recorded; it exits after ACTOR_IDLE_S without work."""
 
-    def __init__(self, client, book_id: str, workers: int):
-        self._client, self._book = client, book_id
+    def __init__(self, client, workers: int):
+        self._client = client
         ray = connect_ray()
         actor = ray.remote(LLMActor)
         endpoint = hashlib.sha1(client.base_url.encode()).hexdigest()[:8]  # the actors of one endpoint
@@ -109,7 +109,7 @@ class RayLLM:
         self._next += 1
         where = (type(recorder), recorder.run_id, recorder.stage, recorder.page)
         try:
-            result = await actor.call.remote(self._book, where, model, messages, schema, max_tokens)
+            result = await actor.call.remote(recorder.ledger.book, where, model, messages, schema, max_tokens)
         except ray.exceptions.RayTaskError as e:  # the call's own error (a page failed, a stop)
             if isinstance(e, ray.exceptions.ActorDiedError) or e.cause is None:
                 raise StopRun(f"an LLM actor died: {str(e.cause or e).strip().splitlines()[-1]}") from None

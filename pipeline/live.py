@@ -124,7 +124,14 @@ def view(report: dict, stale: dict[str, str] | None = None, detail_all: bool = F
                    f"all runs {usd(report['total_cost_usd'])}", f"in {report['books_dir']}")
     detailed = [b for b in report["books"] if detail_all or b["state"] == "running"]
     rest = [b for b in report["books"] if b not in detailed]
-    parts: list[RenderableType] = [header, *(book_view(b, stale.get(b["book"])) for b in detailed)]
+    parts: list[RenderableType] = [header]
+    cap = report["library_budget"]
+    if cap is not None and cap["budget_usd"] is not None:
+        parts.append(_line(f"{len(report['books_running'])} running", f"library budget {usd(cap['budget_usd'])}",
+                           f"spent {usd(cap['spent_usd'])}",
+                           f"held {usd(cap['reserved_usd'])}",
+                           f"left {usd(cap['left_usd'])}"))
+    parts += [book_view(b, stale.get(b["book"])) for b in detailed]
     if rest:
         parts.append(_others(rest))
     return Group(*parts)

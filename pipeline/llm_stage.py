@@ -1,5 +1,5 @@
 """What the LLM stages (correct, fix) share: their messages, the page's call recorder,
-their estimate, and the run's first step when one of them is selected (prepare_llm).
+their estimate, and the run's first and last steps when one of them is selected (LLMSetup).
 
 An LLM stage declares its instructions (`system`), its answer's schema (`answer`) and how
 many times a page's text goes in its prompt (`text_copies`); the client's errors need no
@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from infra.budget import book_budget
+from infra.budget import LedgerBudget, book_budget
 from infra.checkpoint import Ledger
 from infra.config import Settings
 from infra.errors import InvalidAnswer, TruncatedAnswer
@@ -109,9 +109,11 @@ class PagesToCall:
 class LedgerRecorder:
     """Reports each attempt of one page's call to the ledger, and its cost to the stage."""
 
-    def __init__(self, ledger: Ledger, run_id: int, stage: str, page: int | None, on_cost=None):
+    def __init__(self, ledger: Ledger, run_id: int, stage: str, page: int | None, on_cost=None,
+                 budgets: tuple = ()):
         self.ledger, self.run_id, self.stage, self.page = ledger, run_id, stage, page
         self.on_cost = on_cost
+        self.budgets = budgets  # the caps its calls fall under (infra/budget.py's Cap): the book's, the library's
 
     def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
         return self.ledger.begin_call(self.run_id, self.stage, self.page, model, attempt, reserve_usd)
@@ -175,7 +177,7 @@ class LLMStage(Stage):
         bisect.insort(costs, cost)
 
     def recorder(self, page: int) -> LedgerRecorder:
-        return LedgerRecorder(self.ctx.ledger, self.ctx.run_id, self.name, page, self.add_cost)
+        return LedgerRecorder(self.ctx.ledger, self.ctx.run_id, self.name, page, self.add_cost, self.ctx.budgets)
 
     async def messages(self, page: int, text: str) -> list[dict]:
         """The stage's instructions, then the page's text (and its image, with --vision: scaled
@@ -199,46 +201,69 @@ def max_tokens_for(text: str) -> int:
     return min(16384, 512 + len(text) // 2)
 
 
-def prepare_llm(settings: Settings, selected: list[StageSpec], budget_usd: float | None = None):
-    """The run's first step: an LLM client if a stage needs one, the calls an earlier run
-    left pending resolved through the provider before anything new is sent, then the
-    book's budget (`budget_usd` given now, else kept in the ledger, else configured)."""
+class LLMSetup:
+    """The run's LLM side: `before_run` is each book's first step when an LLM stage is
+    selected, `close` the run's last. One client serves every book of the run (one
+    concurrency, one rate limit); each call's recorder carries its book's ledger and caps."""
 
-    async def before_run(ctx: RunContext) -> None:
-        limit = book_budget(ctx.ledger, budget_usd, settings.budget_usd)
+    def __init__(self, settings: Settings, selected: list[StageSpec], budget_usd: float | None = None,
+                 library=None):
+        """`budget_usd`: each book's cap given now (else kept in its ledger, else configured);
+        `library`: the library's cap (infra/library_budget.py), or None."""
+        self.settings, self.selected, self.budget_usd, self.library = settings, selected, budget_usd, library
+        self.llm: LLMClient | None = None
+
+    async def before_run(self, ctx: RunContext) -> None:
+        """The client (made once), the calls an earlier run of the book left pending resolved
+        through the provider before anything new is sent, then the book's caps."""
+        settings = self.settings
+        limit = book_budget(ctx.ledger, self.budget_usd, settings.budget_usd)
         pending = ctx.ledger.orphaned_calls()
-        needs_llm = any(spec.uses_llm for spec in selected)
+        needs_llm = any(spec.uses_llm for spec in self.selected)
         if not needs_llm and not pending:
             return
         if not needs_llm and settings.api_key is None:
             log.warning("%d calls of an earlier run are still pending: they will be resolved "
                         "by a run with an API key", len(pending))
             return
-        ctx.llm = llm_runner(LLMClient.from_settings(settings, ctx.workers), ctx.book.id, ctx.workers)
+        if self.llm is None:
+            self.llm = llm_runner(LLMClient.from_settings(settings, ctx.workers), ctx.workers)
+        ctx.llm = self.llm
         await _note_key_usage(ctx, "key_usage_start")
         if pending:
             counts = await ctx.llm.resolve_pending(
                 pending, lambda call: LedgerRecorder(ctx.ledger, call.run_id, call.stage, call.page))
             log_event(log, "resolved calls left pending by an earlier run", **counts)
-        if limit is not None:
-            for spec in selected:  # a model whose price is known only from the bill: VariablePrice
+        if limit is not None or self.library is not None:
+            for spec in self.selected:  # a model whose price is known only from the bill: VariablePrice
                 if spec.uses_llm:
                     ctx.llm.costs.worst_case(ctx.models[spec.name], 0, 0, ceiling=ctx.llm.ceiling)
-        ctx.llm.budget = ctx.ledger.run_budget(limit)
+        budget = ctx.ledger.run_budget(limit)
+        if isinstance(budget, LedgerBudget):  # the fleet's ledger admits each call against every cap itself
+            ctx.llm.budget = budget
+        elif budget is not None:
+            ctx.budgets += (budget,)
+        if self.library is not None:  # after the pending calls: their costs are the book's now
+            self.library.sync([ctx.book.id], own=frozenset([ctx.book.id]))
+            ctx.budgets += (self.library.share(ctx.book.id),)
 
-    return before_run
-
-
-async def close_llm(ctx: RunContext) -> None:
-    """The run's last step with a client: every cut call settled, the key's counter noted."""
-    await ctx.llm.drain()
-    await _note_key_usage(ctx, "key_usage_end")
-    await ctx.llm.aclose()
+    async def close(self, contexts: list[RunContext]) -> None:
+        """The run's last step with a client: every cut call settled, the key's counter noted."""
+        if self.llm is None:
+            return
+        await self.llm.drain()
+        for ctx in contexts:
+            if ctx.llm is not None:
+                await _note_key_usage(ctx, "key_usage_end")
+        await self.llm.aclose()
 
 
 async def _note_key_usage(ctx: RunContext, column: str) -> None:
     """The key's usage counter around the run: `cost --reconcile` compares how far it moved
-    with what the run's calls cost, to show spend that no generation id accounts for."""
+    with what the run's calls cost, to show spend that no generation id accounts for. Not in
+    a run of several books: the counter moves with all of them, not with one book's calls."""
+    if ctx.books_in_run > 1:
+        return
     usage = await ctx.llm.key_usage()
     if usage is None:
         return

@@ -20,6 +20,7 @@ from infra.books import Book, Library
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
 from infra.ledgers import read_ledger
+from infra.library_budget import SqliteLibrary
 from pipeline.registry import STAGES
 from pipeline.reports import status_figures, status_from
 
@@ -96,11 +97,25 @@ def _elapsed(run: dict | None, running: bool, now: float) -> float | None:
     return max(run["ended_at"] - run["started_at"], 1e-3)
 
 
+def library_budget_figures(library: Library) -> dict | None:
+    """The library's cap, spent, held and left (library.db, read-only); None: no library ledger."""
+    lib = SqliteLibrary.open(library, read_only=True)
+    if lib is None:
+        return None
+    try:
+        return lib.figures()
+    finally:
+        lib.close()
+
+
 def library_snapshot(library: Library, books: list[dict]) -> dict:
-    """Several books' snapshots together, with the totals (the shape of `ar.py library --json`)."""
+    """Several books' snapshots together, with the totals (the shape of `ar.py library --json`),
+    the books in progress and the library's budget."""
     return {
         "books_dir": str(library.root),
         "books": books,
+        "books_running": [b["book"] for b in books if b["state"] == "running"],
+        "library_budget": library_budget_figures(library),
         "total_cost_usd": sum(b["total_cost_usd"] for b in books),
         "run_cost_usd": sum(b["run_cost_usd"] for b in books),
         "total_pages": sum(b["pages"] for b in books),

@@ -19,6 +19,7 @@ import logging
 import signal
 import subprocess
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -297,4 +298,5 @@ class OcrStage(Stage):
                 return {"page": page, "text": text.strip(), "text_source": "text_layer", "lang": self.lang,
                         "mean_confidence": None, "blocks": [],
                         "flags": {} if text.strip() else {"no_text": "the page's text layer is empty"}}
-        return {"page": page, **await self.read_page(image, self.lang)}
+        async with self.ctx.ocr_slots or nullcontext():  # one core each, whichever book it is
+            return {"page": page, **await self.read_page(image, self.lang)}

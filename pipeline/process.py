@@ -1,4 +1,4 @@
-"""`ar.py process BOOK`: one run of a book's pipeline, under the book's writer lock.
+"""`ar.py process BOOK [BOOK ...]`: one run of the books' pipelines, each under its writer lock.
 
 The run is opened in the ledger first and closed however it ends (done, failed,
 interrupted, budget); a SIGKILL leaves it 'running', and the next run marks it crashed.
@@ -13,15 +13,14 @@ import os
 import shlex
 import signal
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 from infra.books import PREVIOUS, READING_FILES, Book
 from infra.checkpoint import Ledger
-from infra.ledgers import open_ledger, writer_lock
+from infra.ledgers import ledger_errors, open_ledger, writer_lock
 from infra.errors import ArError, LedgerError, exit_code
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
-from pipeline.llm_stage import close_llm
 from pipeline.registry import STAGES, Registry, StageSpec
 from pipeline.reports import cost_report
 from pipeline.runner import RESUME, Outcome, Pipeline
@@ -61,8 +60,13 @@ def write_cost_report(book: Book) -> None:
         log.warning("cannot write %s: %s", book.root / "cost_report.json", e.strerror or e)
 
 
-def process_book(
-    book: Book,
+def process_book(book: Book, stages: list[StageSpec], workers: int, **kwargs) -> Outcome:
+    """One book: `process_books` of it alone; an error stopping it is raised."""
+    return process_books([book], stages, workers, **kwargs)[book.id]
+
+
+def process_books(
+    books: list[Book],
     stages: list[StageSpec],
     workers: int,
     registry: Registry = STAGES,
@@ -71,53 +75,93 @@ def process_book(
     fresh: bool = False,
     progress=None,
     before_run=None,
-) -> Outcome:
-    """Run the selected `stages` of `registry` on `book`; returns the outcome. `models`:
-    the model of each LLM stage.
+    after_runs=None,
+) -> dict[str, Outcome]:
+    """Run the selected `stages` of `registry` on each of `books`, in one run on one event
+    loop: their pages interleave, sharing the LLM client and the OCR processes (`before_run`
+    sets them up). Each book keeps its own writer lock, ledger, run and outcome. `models`: the
+    model of each LLM stage.
 
-    `progress` (a context manager with `update(stage)`) is shown once the lock is ours, so a
+    `progress` (a context manager with `update(stage)`) is shown once the locks are ours, so a
     refused second writer prints nothing but its error.
-    `before_run(ctx)` runs first, inside the run (e.g. to resolve calls a crash left pending).
+    `before_run(ctx)` runs first, inside each book's run (e.g. to resolve calls a crash left
+    pending); `after_runs(ctxs)`, once every book has stopped (e.g. to close the shared client).
+    With one book, an error that stops it is raised (the CLI prints it); with several, it is
+    that book's outcome, and the others go on.
     """
-    with writer_lock(book), (progress or nullcontext()):
+    with ExitStack() as stack:
+        for book in books:
+            stack.enter_context(writer_lock(book))
+        stack.enter_context(progress or nullcontext())
         on_progress = progress.update if progress is not None else None
-        ledger = open_ledger(book)
-        run_id = handler = None
-        outcome = Outcome(status="failed")
-        held = _hold_stop_signals()  # until the run is on record and its closing assured
+        runs = [_BookRun(book) for book in books]
+        held = _hold_stop_signals()  # until the runs are on record and their closing assured
         try:
-            try:
-                run_id = ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
-            except ledger.write_errors as e:  # a full disk: not even the run's first record fits
-                raise LedgerError(f"cannot write {book.ledger_path}: {e}") from None
-            handler = open_run_log(book.logs_dir, run_id)
-            log_event(log, "run started", run_id=run_id, book=book.id, stages=[s.name for s in stages])
-            _release(held)  # a stop from here on is the interrupt of a run on record
-            ctx = RunContext(book=book, ledger=ledger, run_id=run_id, registry=registry, workers=workers,
-                             options=options or {}, models=models or {})
-            outcome = run_loop(_run(ctx, stages, on_progress, before_run, fresh))
+            for run in runs:
+                run.open([s.name for s in stages])
+            _release(held)  # a stop from here on is the interrupt of runs on record
+            ocr_slots = asyncio.Semaphore(max(1, min(workers, os.cpu_count() or 1)))  # one OCR pool
+            contexts = [RunContext(book=r.book, ledger=r.ledger, run_id=r.run_id, registry=registry, workers=workers,
+                                   options=options or {}, models=models or {}, books_in_run=len(runs),
+                                   ocr_slots=ocr_slots) for r in runs]
+            outcomes = run_loop(_run_all(contexts, stages, on_progress, before_run, after_runs, fresh))
+            for run, outcome in zip(runs, outcomes):
+                run.outcome = outcome
         except ArError as e:
-            outcome = Outcome(status=getattr(e, "status", "failed"), message=str(e))
+            _ended(runs, Outcome(status=getattr(e, "status", "failed"), message=str(e)))
             raise
-        except ledger.write_errors as e:  # a record the ledger refused (a full disk): say which file
-            outcome = Outcome(status="failed", message=f"cannot write {book.ledger_path}: {e}")
-            raise LedgerError(outcome.message) from None
+        except ledger_errors() as e:  # a record the ledger refused (a full disk): say which file
+            message = "cannot write " + ", ".join(str(r.book.ledger_path) for r in runs) + f": {e}"
+            _ended(runs, Outcome(status="failed", message=message))
+            raise LedgerError(message) from None
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
-            outcome = Outcome(status="interrupted", message=RESUME)
+            _ended(runs, Outcome(status="interrupted", message=RESUME))
             raise
         except BaseException as e:
-            outcome = Outcome(status="failed", message=f"{type(e).__name__}: {e}")
+            _ended(runs, Outcome(status="failed", message=f"{type(e).__name__}: {e}"))
             raise
         finally:
-            _hold_stop_signals()  # a stop now waits until the run is closed, then takes effect
+            _hold_stop_signals()  # a stop now waits until the runs are closed, then takes effect
             # the event loop, closing, left SIGTERM's default (death): it is Ctrl-C again
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
-                _close_run(book, ledger, run_id, outcome, handler)
+                for run in runs:
+                    run.close()
             finally:
                 _release(held)
-    outcome.run_id = run_id
-    return outcome
+    for run in runs:
+        run.outcome.run_id = run.run_id
+    return {run.book.id: run.outcome for run in runs}
+
+
+class _BookRun:
+    """One book's part of a run: its ledger, its run on record, its log, its outcome."""
+
+    def __init__(self, book: Book):
+        self.book = book
+        self.ledger: Ledger | None = None
+        self.run_id: int | None = None
+        self.handler = None
+        self.outcome: Outcome | None = None
+
+    def open(self, stages: list[str]) -> None:
+        self.ledger = open_ledger(self.book)
+        try:
+            self.run_id = self.ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
+        except self.ledger.write_errors as e:  # a full disk: not even the run's first record fits
+            raise LedgerError(f"cannot write {self.book.ledger_path}: {e}") from None
+        self.handler = open_run_log(self.book.logs_dir, self.run_id, self.book.id)
+        log_event(log, "run started", run_id=self.run_id, book=self.book.id, stages=stages)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            _close_run(self.book, self.ledger, self.run_id, self.outcome or Outcome(status="failed"), self.handler)
+
+
+def _ended(runs: list[_BookRun], outcome: Outcome) -> None:
+    """How the runs that have none yet ended."""
+    for run in runs:
+        run.outcome = run.outcome or outcome
 
 
 def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome, handler) -> None:
@@ -130,7 +174,10 @@ def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome,
                   message=outcome.message, total_cost_usd=ledger.total_cost())
         write_cost_report(book)
     if handler is not None:
-        close_run_log(handler)
+        try:
+            close_run_log(handler)
+        except OSError as e:  # its last lines did not fit on a full disk: the run's records say how it ended
+            log.warning("cannot close the run log in %s: %s", book.logs_dir, e.strerror or e)
     ledger.close()
 
 
@@ -147,31 +194,53 @@ def _release(mask: set) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:
+async def _run_all(contexts: list[RunContext], stages: list[StageSpec], on_progress, before_run, after_runs,
+                   fresh: bool) -> list[Outcome]:
     loop = asyncio.get_running_loop()
+    signalled: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if ctx.stopping.is_set():  # the second one: leave now, the ledger is consistent
-            ctx.ledger.end_run(ctx.run_id, "interrupted", "stopped at once by a second signal")
+        if signalled:  # the second one: leave now, the ledgers are consistent
+            for ctx in contexts:
+                ctx.ledger.end_run(ctx.run_id, "interrupted", "stopped at once by a second signal")
             os._exit(exit_code("interrupted"))
-        ctx.stopping.set()
+        signalled.append(signum)
+        for ctx in contexts:
+            ctx.stopping.set()
         print(f"\nar: {signal.Signals(signum).name}: finishing the pages in flight "
               "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        if before_run is not None:
-            await before_run(ctx)
-        if fresh:  # only once the run can go on (key, prices, pending calls settled): nothing lost for naught
-            for spec in stages:
-                clean_stage(ctx.book, ctx.ledger, spec.name, ctx.registry)
-        pages = list(range(1, ctx.book.page_count() + 1))
-        pipeline = Pipeline(ctx, [spec.load()(ctx, spec) for spec in stages], pages, on_progress)
-        return await pipeline.run()
+        if len(contexts) == 1:
+            return [await _run(contexts[0], stages, on_progress, before_run, fresh)]
+        return list(await asyncio.gather(*(_run_one_of_many(ctx, stages, on_progress, before_run, fresh)
+                                           for ctx in contexts)))
     finally:
-        if ctx.llm is not None:
-            await close_llm(ctx)
-        _hold_stop_signals()  # from here until the run is closed (process_book releases them)
+        if after_runs is not None:
+            await after_runs(contexts)
+        _hold_stop_signals()  # from here until the runs are closed (process_books releases them)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _run_one_of_many(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:
+    """A book's run among others: what stops it is its outcome, not the others'."""
+    try:
+        return await _run(ctx, stages, on_progress, before_run, fresh)
+    except ArError as e:
+        return Outcome(status=getattr(e, "status", "failed"), message=str(e))
+    except ctx.ledger.write_errors as e:
+        return Outcome(status="failed", message=f"cannot write {ctx.book.ledger_path}: {e}")
+
+
+async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:
+    if before_run is not None:
+        await before_run(ctx)
+    if fresh:  # only once the run can go on (key, prices, pending calls settled): nothing lost for naught
+        for spec in stages:
+            clean_stage(ctx.book, ctx.ledger, spec.name, ctx.registry)
+    pages = list(range(1, ctx.book.page_count() + 1))
+    pipeline = Pipeline(ctx, [spec.load()(ctx, spec) for spec in stages], pages, on_progress)
+    return await pipeline.run()

@@ -48,9 +48,12 @@ def unattributed_spend(runs: list[dict]) -> tuple[float | None, int]:
     total, measured = None, 0
     start, cost, span = None, 0.0, 0
     for run in runs:
+        if run["key_usage_start"] is None and run["calls"]:
+            start = None  # spent with no counter noted (a run of several books): no span through it
+            continue
         if start is None:
             if run["key_usage_start"] is None:
-                continue  # no client, or no counter: nothing to measure from here
+                continue  # no client: nothing to measure from here
             start, cost, span = run["key_usage_start"], 0.0, 0
         cost, span = cost + run["cost_usd"], span + 1
         if run["key_usage_end"] is not None and not run["pending_calls"] and not run["settled_later"]:

@@ -71,6 +71,8 @@ def library(r: dict) -> None:
     t.add_section()
     t.add_row("total", str(r["total_pages"]), f"{len(r['books'])} books", usd(r["total_cost_usd"]))
     console.print(t)
+    if r.get("library_budget"):
+        library_budget(r["library_budget"])
 
 
 def _breakdown(title: str, rows: dict) -> Table:
@@ -134,6 +136,46 @@ def process_summary(r: dict, book: Book) -> None:
     if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
         console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
 
+
+def added_books(r: dict) -> None:
+    for b in r["books"]:
+        if b["status"] == "added":
+            console.print(f"added {b['book']}: {pages(b['pages'])} from {b['source']}")
+        elif b["status"] == "skipped":
+            console.print(f"skipped {b['book']}: already added ({b['source']})")
+        else:
+            console.print(f"refused {b['source']}")
+    line = f"{r['added']} added, {r['skipped']} skipped, {r['refused']} refused"
+    refused = [b["source"] for b in r["books"] if b["status"] == "refused"]
+    console.print(line + (f": {', '.join(refused)} (reasons above)" if refused else ""))
+
+
+def process_run_summary(r: dict, library) -> None:
+    """A run of several books: each one's summary, then the library's cap."""
+    for report in r["books"]:
+        console.print(f"[bold]{report['book']}[/]")
+        process_summary(report, library.book(report["book"]))
+    if r["library_budget"] is not None:
+        library_budget(r["library_budget"])
+
+
+def library_budget(b: dict) -> None:
+    console.print(f"library budget: {usd(b['spent_usd'])} spent of {usd(b['budget_usd'])}, "
+                  f"{usd(b['reserved_usd'])} held, {usd(b['left_usd'])} left")
+
+
+def library_check(r: dict) -> None:
+    t = Table("book", "its ledger", "library.db", "calls differing", title=f"library ledger {r['path']}")
+    for b in r["books"]:
+        t.add_row(b["book"], usd(b["ledger_usd"]), usd(b["library_usd"]),
+                  ", ".join(map(str, b["calls_differing"])) or "-")
+    for book, spent in r["books_removed"].items():
+        t.add_row(f"{book} (removed)", "-", usd(spent), "-")
+    console.print(t)
+    library_budget(r)
+    console.print("library.db equals the books' ledgers" if r["ok"] else
+                  f"library.db differs from the ledgers of {', '.join(r['differences']) or 'no book'} "
+                  f"(running total {usd(r['running_total_usd'])}, its rows {usd(r['rows_total_usd'])})")
 
 def what_happened(run: dict) -> str:
     """'3 failed calls (pages 1-3), of them 3 invalid answers (pages 1-3); 1 page unsure (2)'."""

@@ -42,7 +42,10 @@ class RunContext:
     workers: int = 8
     options: dict[str, Any] = field(default_factory=dict)  # vision, warn_run_usd, and a test stage's own
     models: dict[str, str] = field(default_factory=dict)  # LLM stage -> the model it calls
-    llm: Any = None  # the run's LLMClient, shared by the LLM stages
+    llm: Any = None  # the run's LLMClient, shared by the LLM stages (and the run's books)
+    budgets: tuple = ()  # the caps this book's calls fall under (infra/budget.py's Cap)
+    books_in_run: int = 1
+    ocr_slots: asyncio.Semaphore | None = None  # the run's one pool of OCR processes, shared by its books
     run_cost_usd: float = 0.0  # every stage's spending in this run
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

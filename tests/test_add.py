@@ -93,3 +93,58 @@ def test_an_existing_book_is_not_overwritten(books_dir):
     only_error_line(r, "already exists")
     assert (books_dir / "b" / "source" / "page_0001.png").read_bytes() == before
     assert len(list((books_dir / "b" / "source").iterdir())) == 1
+
+
+def test_a_folder_of_pdfs_and_page_folders_adds_one_book_each_skipping_and_refusing(books_dir, tmp_path):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "Moby Dick.pdf").write_bytes((REAL_SCANS / "c02-22.pdf").read_bytes())
+    (shelf / "moby-dick").mkdir()  # its id would clash with the PDF's: made unique
+    Image.new("L", (40, 60), 255).save(shelf / "moby-dick" / "p1.png")
+    (shelf / "broken.pdf").write_bytes(b"")
+    (shelf / "notes.txt").write_text("not a book")
+    (shelf / "bad-pages").mkdir()
+    (shelf / "bad-pages" / "p1.png").write_bytes(b"")
+    (shelf / "multipage.pdf").write_bytes((REAL_SCANS / "multipage.pdf").read_bytes())
+    r = run_ar("add", str(shelf), "--json", books_dir=books_dir)
+    assert r.returncode == 1  # some were refused
+    report = json.loads(r.stdout)
+    status = {b["book"]: (b["status"], b.get("pages")) for b in report["books"]}
+    assert status == {"bad-pages": ("refused", None), "broken": ("refused", None), "Moby-Dick": ("added", 1),
+                      "moby-dick-2": ("added", 1), "multipage": ("added", 6), "notes": ("refused", None)}
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ar: error: ")]
+    assert len(errors) == 3 and "Traceback" not in r.stderr
+    assert any("broken.pdf: empty file (0 bytes)" in e for e in errors)
+    assert any("notes.txt: not a PDF nor a folder of page images" in e for e in errors)
+    assert any("p1.png: empty file" in e for e in errors)
+    assert sorted(p.name for p in books_dir.iterdir()) == ["Moby-Dick", "moby-dick-2", "multipage"]
+
+    # again, with the broken one mended: what is there is skipped and said so, the rest is added
+    (shelf / "broken.pdf").write_bytes((REAL_SCANS / "c02-22.pdf").read_bytes())
+    (shelf / "notes.txt").unlink()
+    (shelf / "bad-pages" / "p1.png").unlink()
+    Image.new("L", (40, 60), 255).save(shelf / "bad-pages" / "p1.png")
+    again = run_ar("add", str(shelf), books_dir=books_dir)
+    assert again.returncode == 0, again.stderr
+    assert "skipped multipage: already added" in again.stdout
+    assert "added broken: 1 page" in again.stdout and "2 added, 3 skipped, 0 refused" in again.stdout
+
+
+def test_names_that_clash_even_in_case_or_are_no_id_get_valid_unique_ids(tmp_path):
+    from infra.books import unique_book_ids, validate_book_id
+
+    paths = [tmp_path / n for n in ("..pdf", "a b.pdf", "a-b", "A  B", "-x-")]
+    for p in paths:
+        p.mkdir() if p.suffix != ".pdf" else p.write_bytes(b"%PDF-")
+    ids = unique_book_ids(paths)
+    assert ids == ["book", "a-b", "a-b-2", "A-B-3", "x"]
+    assert all(validate_book_id(i) == i for i in ids)
+
+
+def test_many_books_take_no_id(books_dir, tmp_path):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "one.pdf").write_bytes((REAL_SCANS / "c02-22.pdf").read_bytes())
+    r = run_ar("add", str(shelf), "--id", "x", books_dir=books_dir)
+    assert r.returncode == 2
+    only_error_line(r, "--id names one book")

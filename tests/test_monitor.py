@@ -332,3 +332,30 @@ def test_live_view_survives_a_writer_sigkilled_under_it(sim, books_dir, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_library_view_shows_the_books_in_progress_and_the_library_budget_left(sim, books_dir, tmp_path, ocr_book):
+    from tests.conftest import llm_env, start_ar
+
+    server = sim("--latency-ms", "300")
+    ocr_book(books_dir, "a")
+    ocr_book(books_dir, "b")
+    run = start_ar("process", "a", "b", "--library-budget", "0.5", "--stages", "correct", "--workers", "4",
+                   books_dir=books_dir, env=llm_env(server, tmp_path))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            report = json.loads(run_monitor("--json", books_dir=books_dir).stdout)
+            cap = report["library_budget"]
+            if report["books_running"] == ["a", "b"] and cap["spent_usd"] > 0:
+                break
+            time.sleep(0.2)
+        assert report["books_running"] == ["a", "b"]
+        assert cap["budget_usd"] == 0.5 and 0 < cap["spent_usd"] < 0.5
+        assert cap["left_usd"] == pytest.approx(0.5 - cap["spent_usd"] - cap["reserved_usd"])
+        shown = run_monitor("--once", books_dir=books_dir).stdout
+        assert re.search(r"2 running\s+library budget \$0\.5000\s+spent \$0\.\d{4}\s+held .* left \$0\.\d{4}", shown)
+        assert "╭─ a" in shown and "╭─ b" in shown
+    finally:
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=120) == 130
