@@ -32,6 +32,7 @@ from typing import Protocol
 from infra.books import Library
 from infra.checkpoint import Ledger
 from infra.errors import BudgetReached, LedgerError
+from infra.lock import process_alive
 
 LIBRARY_DB = "library.db"
 WAIT_FOR_OTHERS_S = 0.05  # another process's settlement rings no bell here: look again this often
@@ -65,19 +66,6 @@ class LibraryBudget(Protocol):
     def sync(self, book_ids: list[str], own: frozenset[str] = frozenset()) -> None: ...
     def share(self, book_id: str): ...  # a Cap whose calls are `book_id`'s
     def figures(self) -> dict: ...
-
-
-def _alive(host: str, pid: int) -> bool:
-    """A reservation's process still runs (another host's: assumed so)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SqliteLibrary:
@@ -166,7 +154,7 @@ class SqliteLibrary:
     def _live_others(self) -> bool:
         rows = self._db.execute("SELECT DISTINCT host, pid FROM reservations WHERE in_flight = 1 "
                                 "AND NOT (host = ? AND pid = ?)", (self.host, self.pid)).fetchall()
-        return any(_alive(host, pid) for host, pid in rows)
+        return any(process_alive(pid, host) for host, pid in rows)
 
     def started(self, reservation: int, call_id: int) -> None:
         self._db.execute("UPDATE reservations SET call_id = ? WHERE id = ?", (call_id, reservation))
@@ -219,7 +207,7 @@ class SqliteLibrary:
                 stale = [(rid, call_id) for rid, call_id, host, pid in self._db.execute(
                     "SELECT id, call_id, host, pid FROM reservations WHERE book = ?", (book_id,))
                     if not (host == self.host and pid == self.pid)
-                    and (book_id in own or not _alive(host, pid))]
+                    and (book_id in own or not process_alive(pid, host))]
                 for rid, call_id in stale:
                     if call_id is None or call_id not in pending:  # never sent, or its cost is in `spent` now
                         self._db.execute("DELETE FROM reservations WHERE id = ?", (rid,))

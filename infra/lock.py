@@ -71,3 +71,18 @@ def _describe(raw: bytes) -> str:
         return f"pid {info['pid']} on {info['host']} (since {since})"
     except (ValueError, KeyError, TypeError):
         return "another process"
+
+
+def process_alive(pid: int | None, host: str | None = None) -> bool:
+    """Whether the process `pid` still runs (one on another host, `host`: assumed so)."""
+    if host is not None and host != socket.gethostname():
+        return True
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it exists
+        return True
+    return True

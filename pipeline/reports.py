@@ -1,32 +1,20 @@
 """Reports read from the ledgers: status, cost, library. Each is a dict (the --json form)."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 from infra.books import Book, Library
 from infra.checkpoint import Ledger
 from infra.ledgers import read_ledger
+from infra.lock import process_alive
 from pipeline.registry import STAGES, Registry
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _state(stages: dict, runs: list[dict], registry: Registry) -> str:
     """`runs`: those that did something (not idle)."""
     last = runs[-1] if runs else None
     if last and last["status"] == "running":
-        return "running" if _alive(last["pid"]) else "crashed"
+        return "running" if process_alive(last["pid"]) else "crashed"
     if not runs:
         return "new"
     if all(stages[spec.name]["done"] >= stages[spec.name]["total"] for spec in registry):
