@@ -619,8 +619,8 @@ class _Traced:
         self.http_status: int | None = None
         self.cost: float | None = None  # None: not known yet (settled from the provider later)
 
-    def begin(self, model: str, attempt: int) -> int:
-        return self.inner.begin(model, attempt)
+    def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
+        return self.inner.begin(model, attempt, reserve_usd)
 
     def generation(self, handle: int, generation_id: str) -> None:
         self.inner.generation(handle, generation_id)
