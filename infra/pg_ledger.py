@@ -38,6 +38,10 @@ T = TypeVar("T")
 
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock, as the epoch seconds SQLite keeps
 LEASE_S = float(os.environ.get("AR_LEASE_S", "30"))
+# A writer stopped inside one of its (millisecond) transactions would hold the budget rows'
+# locks, and the whole fleet with them: the server ends a session idle in a transaction for
+# half a lease, and its locks go with it (the writer, woken, has lost its lease anyway).
+SESSION_OPTIONS = f"-c idle_in_transaction_session_timeout={int(LEASE_S * 500)}"
 RECONNECT_MAX_S = 5.0
 ADMIT_POLL_S = 0.05  # a call waiting for room in a budget asks again this often
 LIBRARY = "library"  # the budget row every call falls under; a book's is f"book:{id}"
@@ -142,7 +146,7 @@ _reached = False  # the database answered this process once: from then on, out o
 def connect(url: str, read_only: bool = False) -> psycopg.Connection:
     global _reached
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="ar")
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="ar", options=SESSION_OPTIONS)
     except psycopg.Error as e:
         raise LedgerError(f"ledger {describe(url)} cannot be reached: {_first_line(e)}") from None
     _reached = True
@@ -717,7 +721,8 @@ class _Lease:
             sent = time.monotonic()
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(LEASE_S / 3)))
+                    conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(LEASE_S / 3)),
+                                           options=SESSION_OPTIONS)
                 renewed = conn.execute(
                     "UPDATE holders SET lease_until = clock_timestamp() + make_interval(secs => %s)"
                     " WHERE holder_id = %s AND lease_until > clock_timestamp()",
