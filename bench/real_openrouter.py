@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from bench.books import page_text
 from tests.simserver import Sim
@@ -81,13 +82,13 @@ LEDGER_SCRIPT = textwrap.dedent("""
 
 
 def build_book(ar: Path, books_dir: Path, pages: int) -> int:
-    """A book of `pages` placeholder scans with OCR done (outputs by us, ledger by `ar`'s own
-    code); returns the ledger's schema version."""
+    """A book of `pages` blank scans with OCR done (outputs by us, ledger by `ar`'s own code);
+    returns the ledger's schema version. The scans are real images: fix sends its page's."""
     root = books_dir / BOOK
     (root / "source").mkdir(parents=True)
     (root / "ocr").mkdir()
     for p in range(1, pages + 1):
-        (root / "source" / f"page_{p:04d}.png").write_bytes(b"")
+        Image.new("L", (1240, 1754), 255).save(root / "source" / f"page_{p:04d}.png")
         (root / "ocr" / f"page_{p:04d}.json").write_text(json.dumps(
             {"page": p, "text": page_text(p), "mean_confidence": 90.0}))
     r = subprocess.run([sys.executable, "-c", LEDGER_SCRIPT, str(root / "checkpoint.db"), str(pages)],
