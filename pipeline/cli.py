@@ -274,10 +274,8 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
     from pipeline.llm_stage import LLMSetup
-    from pipeline.ocr import check_languages
     from pipeline.process import process_books
     from pipeline.progress import StageProgress
-    from pipeline.stage import DEFAULT_LANG, kept_language
 
     names = [s.strip() for s in (args.stages or "").split(",")]
     if args.stages is not None and not any(names):
@@ -288,10 +286,12 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     settings = _with_models(settings, args)
+    options = {"warn_run_usd": settings.warn_run_usd, "vision": args.vision, "lang": args.lang,
+               "text_layer": args.text_layer}
     before = {}
     for book in books:
-        if any(spec.name == "ocr" for spec in selected):  # the OCR's languages are installed, before any work
-            check_languages(args.lang or read_ledger(book, kept_language, DEFAULT_LANG))
+        for spec in selected:  # what each stage needs is there (the OCR's languages), before any work
+            spec.load().check_ready(book, options)
         before[book.id] = status_report(book)["stages"]
         _check_inputs(book, selected, before[book.id], args.fresh)
     lib = _library_ledger(args, library)
@@ -314,8 +314,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                              {(b, s): before[b][s]["cost_usd"] for b in before for s in names})
     llm = LLMSetup(settings, selected, args.budget, lib)
     outcomes = process_books(books, selected, workers, models=_models(settings), fresh=args.fresh,
-                             options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
-                                      "lang": args.lang, "text_layer": args.text_layer},
+                             options=options,
                              progress=progress, before_run=llm.before_run, after_runs=llm.close)
     reports = []
     for book in books:

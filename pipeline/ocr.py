@@ -27,10 +27,11 @@ from pathlib import Path
 from PIL import Image
 
 from infra.errors import OcrError, UsageError
+from infra.ledgers import read_ledger
 from infra.logs import log_event
 from pipeline import orientation
 from pipeline.executor import page_runner
-from pipeline.stage import Stage, kept_language
+from pipeline.stage import DEFAULT_LANG, Stage, kept_language
 
 log = logging.getLogger("ar.ocr")
 # Mean word confidence under which a page is flagged: upside-down text read as if upright
@@ -284,6 +285,10 @@ class OcrStage(Stage):
                 log_event(log, f"{done} pages were read in {kept}, not {self.lang}: run "
                           f"`ar.py clean {ctx.book.id} ocr` to read them again in {self.lang}",
                           logging.WARNING, book=ctx.book.id)
+
+    @classmethod
+    def check_ready(cls, book, options):
+        check_languages(options.get("lang") or read_ledger(book, kept_language, DEFAULT_LANG))
 
     @property
     def concurrency(self) -> int:

@@ -69,6 +69,11 @@ class Stage:
             "pages_failed": 0,
         }
 
+    @classmethod
+    def check_ready(cls, book: Book, options: dict[str, Any]) -> None:
+        """Before a run does any work: what this stage needs from the machine is there (an
+        ArError saying what is missing, if not). Most stages need nothing."""
+
     @property
     def concurrency(self) -> int:
         return self.ctx.workers
