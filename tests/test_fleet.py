@@ -206,13 +206,13 @@ def test_one_rate_limit_for_the_fleet_measured_at_the_server(sim, books_dir, tmp
     assert codes == [0, 0], outputs
     at = requests_at(log)
     assert len(at) == 12
-    spans = query(pg_url, "SELECT MIN(started_at), MAX(ended_at) FROM calls GROUP BY book")
-    assert min(end for _, end in spans) - max(start for start, _ in spans) > 2.0  # the drivers ran together
     # in any span of requests, at most the burst plus the rate times the span (and 0.3 s of
     # the way from the ledger's admission to the server)
     for i in range(len(at)):
         for j in range(i + 1, len(at)):
             assert j - i + 1 <= RATE_BURST + (at[j] - at[i] + 0.3) * per_second, (i, j, at)
+    spans = query(pg_url, "SELECT MIN(started_at), MAX(ended_at) FROM calls GROUP BY book")
+    assert min(end for _, end in spans) - max(start for start, _ in spans) > 1.0  # the drivers ran together
     assert query(pg_url, "SELECT per_second FROM rate")[0][0] == per_second  # kept for the runs after
     check_fleet(pg_url, server, {"b1": 6, "b2": 6})
 
