@@ -200,17 +200,17 @@ def test_one_rate_limit_for_the_fleet_measured_at_the_server(sim, books_dir, tmp
         ocr_done(books_dir, pg_url, book)
     log = tmp_path / "requests.jsonl"
     server = sim("--api-key", KEY, "--latency-ms", "100", "--log-requests", str(log))
-    per_second = 3.0
+    per_second = 2.0
     env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url, "AR_RPM": str(per_second * 60)}
     codes, outputs = finish(correct_both(books_dir, env, "--workers", "2"))
     assert codes == [0, 0], outputs
     at = requests_at(log)
     assert len(at) == 12
-    # in any span of requests, at most the burst plus the rate times the span (and 0.3 s of
-    # the way from the ledger's admission to the server)
+    # in any span of requests, at most the burst plus the rate times the span, and the time a
+    # call admitted by the ledger may take to reach the server (0.5 s, on a loaded machine)
     for i in range(len(at)):
         for j in range(i + 1, len(at)):
-            assert j - i + 1 <= RATE_BURST + (at[j] - at[i] + 0.3) * per_second, (i, j, at)
+            assert j - i + 1 <= RATE_BURST + (at[j] - at[i] + 0.5) * per_second, (i, j, at)
     spans = query(pg_url, "SELECT MIN(started_at), MAX(ended_at) FROM calls GROUP BY book")
     assert min(end for _, end in spans) - max(start for start, _ in spans) > 1.0  # the drivers ran together
     assert query(pg_url, "SELECT per_second FROM rate")[0][0] == per_second  # kept for the runs after
@@ -232,9 +232,12 @@ def test_a_429_with_retry_after_pauses_the_whole_fleet(sim, books_dir, tmp_path,
     at = requests_at(log)
     assert len(at) == 13  # each page once, and the refused one again
     refused = at[3]
-    # 0.3 s for the 429 to reach its driver and the pause the ledger, and what it admitted before
-    quiet = [t - refused for t in at if refused + 0.3 < t < refused + pause]
-    assert quiet == [], quiet
+    (until,), = query(pg_url, "SELECT extract(epoch from paused_until)::float8 FROM rate") or [(None,)]
+    noted = until - pause if until else refused  # when the ledger noted the pause (this machine's clock)
+    # from 0.25 s after (a call admitted just before it may still be on its way) to its end
+    sent = [t - noted for t in at if noted + 0.25 < t < noted + pause]
+    assert sent == [], sent
+    assert until and noted - refused < 1.0  # the pause was noted as soon as the 429 came
     assert query(pg_url, "SELECT COUNT(*) FROM calls WHERE error LIKE 'HTTP 429%%'")[0][0] == 1
     check_fleet(pg_url, server, {"b1": 6, "b2": 6})
     for book in ("b1", "b2"):
