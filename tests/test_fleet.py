@@ -264,3 +264,6 @@ def test_library_budget_from_the_command_line_caps_two_drivers(sim, books_dir, t
     again = run_ar("process", stopped, "--stages", "correct", books_dir=books_dir, env=env)  # the cap is kept
     assert again.returncode == 3 and "library budget" in again.stdout + again.stderr, again.stdout + again.stderr
     assert query(pg_url, f"SELECT COALESCE(SUM({CALL_COST}), 0)::float8 FROM calls")[0][0] <= limit
+    shown = json.loads(run_ar("library", "--json", books_dir=books_dir, env=env).stdout)["library_budget"]
+    assert shown["budget_usd"] == limit and shown["calls_held"] == 0
+    assert shown["spent_usd"] == pytest.approx(server.credits(), abs=1e-9)
