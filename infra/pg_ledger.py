@@ -451,11 +451,6 @@ class PgLedger(_Connected):
         self._write("UPDATE budgets SET limit_usd = %s WHERE scope = %s", (_usd(limit_usd), f"book:{self.book}"))
         return LedgerBudget()
 
-    def set_budget_limit(self, scope: str, limit_usd: float | None) -> None:
-        """The cap of a budget row: `library` (all books together), or `book:ID`."""
-        self._write("INSERT INTO budgets (scope, limit_usd) VALUES (%s, %s)"
-                    " ON CONFLICT (scope) DO UPDATE SET limit_usd = excluded.limit_usd", (scope, _usd(limit_usd)))
-
     def set_rate(self, per_minute: float) -> None:
         """The fleet's rate limit: calls a minute, all writers together (0: none; a pause
         still holds). Kept for the runs after, until a new value replaces it."""

@@ -141,27 +141,6 @@ def test_postgresql_restarted_immediately_mid_run(sim, books_dir, tmp_path, pg_u
     check_fleet(pg_url, server, {"b": 6})
 
 
-def test_two_processes_on_two_books_under_one_library_budget(sim, books_dir, tmp_path, pg_url):
-    for book in ("b1", "b2"):
-        fleet_book(books_dir, tmp_path, pg_url, book, 5)
-    server = sim("--api-key", KEY, "--latency-ms", "200", "--jitter-ms", "400")
-    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
-    limit = 0.0035
-    ledger = PgLedger.open_writer(pg_url, "b1")
-    ledger.set_budget_limit("library", limit)
-    ledger.close()
-    procs = [start_ar("process", book, "--stages", "correct", "--workers", "2", books_dir=books_dir, env=env,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for book in ("b1", "b2")]
-    codes = [p.wait(timeout=240) for p in procs]
-    assert 3 in codes and set(codes) <= {0, 3}, [p.stderr.read() for p in procs]
-    budgets = check_fleet(pg_url, server, {"b1": 5, "b2": 5})
-    library = budgets["library"]
-    assert library["spent_usd"] <= limit
-    assert budgets["book:b1"]["spent_usd"] + budgets["book:b2"]["spent_usd"] == pytest.approx(library["spent_usd"])
-    assert budgets["book:b1"]["spent_usd"] > 0 and budgets["book:b2"]["spent_usd"] > 0  # both had a share
-    assert len(done_pages(pg_url, "b1")) + len(done_pages(pg_url, "b2")) < 10  # the cap stopped them
-
-
 @pytest.fixture(scope="session")
 def ocr_done(tmp_path_factory):
     """put(books_dir, url, book): a 6-page book of real prose, its OCR done once for the session
