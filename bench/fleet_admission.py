@@ -23,7 +23,7 @@ CLIENTS = (1, 8, 32)
 
 
 def client(url: str, index: int, start_at: float, results) -> None:
-    from infra.pg_ledger import PgLedger
+    from infra.pg_ledger import PgLedger, PgLibrary
 
     ledger = PgLedger.open_writer(url, f"book{index}")
     ledger.run_budget(1e9)
@@ -53,7 +53,7 @@ def measure(url: str, clients: int) -> float:
 
 
 def main() -> None:
-    from infra.pg_ledger import PgLedger
+    from infra.pg_ledger import PgLedger, PgLibrary
     from tests.pgserver import PgServer
 
     server = PgServer().start()
@@ -62,9 +62,11 @@ def main() -> None:
         for clients in CLIENTS:
             url = server.new_database()
             ledger = PgLedger.open_writer(url, "setup")
-            ledger.set_budget_limit("library", 1e9)
             ledger.set_rate(1e9)  # a bucket to take from, never empty
             ledger.close()
+            library = PgLibrary.open(url)
+            library.set_limit(1e9)
+            library.close()
             rate = measure(url, clients)
             checks = PgLedger.read(url, "book0", lambda led: led.budgets(), {})
             assert all(row["agrees"] for row in checks.values()), checks

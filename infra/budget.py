@@ -144,7 +144,8 @@ class NotYet(Exception):
 class LedgerBudget:
     """The fleet's budgets and rate limit, kept in PostgreSQL (infra/pg_ledger.py): a call is
     admitted by one transaction of the ledger (recorded pending, its worst case reserved
-    against every budget it falls under, a rate token taken) and settled by another, when its
+    against every budget it falls under, a rate token taken unless the fleet is paused after
+    a 429) and settled by another, when its
     cost is recorded (PgLedger.finish_call). Nothing is held in this process: a cut call
     keeps its reservation in the database until the provider says what it billed."""
 
@@ -154,6 +155,11 @@ class LedgerBudget:
                 return recorder, recorder.begin(model, attempt, reserve_usd=worst_case_usd)
             except NotYet as wait:
                 await asyncio.sleep(wait.seconds)
+
+    def pause(self, recorder, seconds: float) -> None:
+        """The provider answered 429: no writer of the fleet is admitted a call for `seconds`
+        (the recorder's ledger is the fleet's: any book's will do)."""
+        recorder.ledger.pause_fleet(seconds)
 
 
 def book_budget(ledger, given_usd: float | None, default_usd: float | None) -> float | None:

@@ -47,6 +47,20 @@ def writer_lock(book):
     return WriterLock(book.lock_path, book.id) if ledger_url() is None else nullcontext()
 
 
+def open_library(library, create: bool = False, read_only: bool = False):
+    """The library's cap (infra/library_budget.py's LibraryBudget) where the books' ledgers
+    are: library.db in the books folder (infra.books.Library), or the PostgreSQL ledger's
+    `library` budget row; None when there is none yet and `create` is not asked."""
+    url = ledger_url()
+    if url is None:
+        from infra.library_budget import SqliteLibrary
+
+        return SqliteLibrary.open(library, create=create, read_only=read_only)
+    from infra.pg_ledger import PgLibrary
+
+    return PgLibrary.open(url, create=create, read_only=read_only)
+
+
 def read_ledger(book, queries: Callable[[Ledger], T], absent: T) -> T:
     """What `queries(ledger)` returns from one consistent state of `book`'s ledger; `absent`
     when it has none yet (see Ledger.read)."""

@@ -3,8 +3,9 @@ with several `ar` processes at once: the library ledger, `library.db` in the boo
 
 `LibraryBudget` is what a run needs of it (reserve before a call, settle after, release what a
 crash left); `SqliteLibrary` is the one-machine implementation (SQLite, BEGIN IMMEDIATE:
-one process at a time decides). A PostgreSQL ledger implements the same calls in its own
-transactions.
+one process at a time decides). With AR_LEDGER, infra/pg_ledger.py's `PgLibrary` implements it
+on the PostgreSQL ledger's `library` budget row, reserved in each call's own admission;
+infra/ledgers.py's `open_library` chooses.
 
 library.db holds:
 - `spent`: one row per settled call of every book, (book, call_id) -> its cost as the book's
@@ -62,10 +63,11 @@ class LibraryBudget(Protocol):
 
     limit: float | None
 
-    def set_limit(self, usd: float) -> None: ...
+    def set_limit(self, usd: float) -> None: ...  # a new value replaces the kept one
     def sync(self, book_ids: list[str], own: frozenset[str] = frozenset()) -> None: ...
-    def share(self, book_id: str): ...  # a Cap whose calls are `book_id`'s
+    def caps(self, book_id: str) -> tuple: ...  # the Caps `book_id`'s calls reserve on, beside its ledger's
     def figures(self) -> dict: ...
+    def close(self) -> None: ...
 
 
 class SqliteLibrary:
@@ -118,8 +120,8 @@ class SqliteLibrary:
         self._db.execute("INSERT INTO meta VALUES ('budget_usd', ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value", (repr(usd),))
 
-    def share(self, book_id: str) -> BookShare:
-        return BookShare(self, book_id)
+    def caps(self, book_id: str) -> tuple[BookShare]:
+        return (BookShare(self, book_id),)
 
     async def reserve(self, book_id: str, worst_case_usd: float) -> int:
         """A reservation's id once `worst_case_usd` fits in what is left of the library's cap;

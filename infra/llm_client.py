@@ -389,8 +389,12 @@ class LLMClient:
                 error = e
                 if isinstance(e, _NoEndpoint):
                     e.attempt = number
-                if isinstance(e, RetryableError) and tried <= self.max_retries:
-                    e.wait = self._backoff(e, tried)
+                if isinstance(e, RetryableError):
+                    wait = self._backoff(e, tried)
+                    if tried <= self.max_retries:
+                        e.wait = wait
+                    if traced.http_status == 429 and isinstance(self.budget, LedgerBudget):
+                        self.budget.pause(recorder, wait)  # the whole fleet waits, not only this call
                 raise
             finally:
                 _log_attempt(body["model"], recorder, number, traced, error, time.monotonic() - started)
@@ -411,7 +415,8 @@ class LLMClient:
         """One request: (text, usage, cost, finish_reason, its handle), its cost recorded."""
         model, traced = body["model"], recorder
         async with self._slots:
-            await self._pacer.wait()
+            if not isinstance(self.budget, LedgerBudget):  # the fleet's ledger paces its admissions itself
+                await self._pacer.wait()
             # reserved against every cap, then pending; BudgetReached here: the call is not sent
             recorder, handle = await admit(recorder, self.budget, model, attempt, self.worst_case(body))
             generation_id: str | None = None

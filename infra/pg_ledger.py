@@ -44,6 +44,7 @@ LEASE_S = float(os.environ.get("AR_LEASE_S", "30"))
 SESSION_OPTIONS = f"-c idle_in_transaction_session_timeout={int(LEASE_S * 500)}"
 RECONNECT_MAX_S = 5.0
 ADMIT_POLL_S = 0.05  # a call waiting for room in a budget asks again this often
+RATE_BURST = 1  # calls the fleet's rate bucket admits at once: in any T seconds, at most RATE_BURST + T x rate
 LIBRARY = "library"  # the budget row every call falls under; a book's is f"book:{id}"
 
 # Each entry upgrades the schema from version i to i + 1. Append, never edit.
@@ -191,19 +192,53 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-class PgLedger:
+class _Connected:
+    """A connection to the fleet's database that outlives an outage: work done through it
+    (`_one`, `_all`, `_write`) waits for the database and is done again."""
+
+    def __init__(self, url: str, conn: psycopg.Connection, path: str):
+        self.url, self._db, self.path = url, conn, path  # path: what messages name
+        self._reader = conn.read_only
+        self._in_snapshot = False
+
+    def _one(self, sql: str, params=()):
+        return self._retrying(lambda conn: conn.execute(sql, params).fetchone())
+
+    def _all(self, sql: str, params=()):
+        return self._retrying(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _write(self, sql: str, params=()) -> int:
+        return self._retrying(lambda conn: conn.execute(sql, params).rowcount)
+
+    def _retrying(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """`work(conn)`; when the database is out of reach, wait for it and do it again: the
+        fleet pauses, and goes on when it is back. Work done here must be idempotent: a
+        commit whose answer was lost may have happened."""
+        waited = 0.0
+        while True:
+            try:
+                if self._db.closed:
+                    self._db = connect(self.url, read_only=self._reader)
+                return work(self._db)
+            except (psycopg.OperationalError, LedgerError) as e:
+                lost = isinstance(e, LedgerError) or self._db.closed or self._db.broken
+                if not lost or self._in_snapshot:
+                    raise  # a real error, or a lost snapshot (PgLedger.read does it again)
+                self._db.close()
+                waited = _wait_for_database(waited, self.path, e)
+
+
+class PgLedger(_Connected):
     """One book's ledger in the fleet's database: the interface of infra.checkpoint.Ledger."""
 
     write_errors = (psycopg.Error,)
 
     def __init__(self, url: str, book: str, conn: psycopg.Connection, holder_id: int | None = None):
-        self.url, self.book, self._db = url, book, conn
-        self.path = f"ledger {describe(url)} (book {book!r})"  # what messages name
+        super().__init__(url, conn, f"ledger {describe(url)} (book {book!r})")
+        self.book = book
         self.holder_id = holder_id
         self.scopes = sorted([LIBRARY, f"book:{book}"])  # the budgets its calls fall under, in lock order
         self._epochs: dict[tuple[str, int], int] = {}  # the pages this writer holds: their claim's epoch
-        self._reader = conn.read_only
-        self._in_snapshot = False
         self._lease = _Lease(self) if holder_id is not None else None
 
     # ---- opening -------------------------------------------------------------------
@@ -280,32 +315,6 @@ class PgLedger:
                 yield
         finally:
             self._in_snapshot = False
-
-    def _one(self, sql: str, params=()):
-        return self._retrying(lambda conn: conn.execute(sql, params).fetchone())
-
-    def _all(self, sql: str, params=()):
-        return self._retrying(lambda conn: conn.execute(sql, params).fetchall())
-
-    def _write(self, sql: str, params=()) -> int:
-        return self._retrying(lambda conn: conn.execute(sql, params).rowcount)
-
-    def _retrying(self, work: Callable[[psycopg.Connection], T]) -> T:
-        """`work(conn)`; when the database is out of reach, wait for it and do it again: the
-        fleet pauses, and goes on when it is back. Work done here must be idempotent: a
-        commit whose answer was lost may have happened."""
-        waited = 0.0
-        while True:
-            try:
-                if self._db.closed:
-                    self._db = connect(self.url, read_only=self._reader)
-                return work(self._db)
-            except (psycopg.OperationalError, LedgerError) as e:
-                lost = isinstance(e, LedgerError) or self._db.closed or self._db.broken
-                if not lost or self._in_snapshot:
-                    raise  # a real error, or a lost snapshot (PgLedger.read does it again)
-                self._db.close()
-                waited = _wait_for_database(waited, self.path, e)
 
     # ---- meta ----------------------------------------------------------------------
 
@@ -442,18 +451,20 @@ class PgLedger:
         self._write("UPDATE budgets SET limit_usd = %s WHERE scope = %s", (_usd(limit_usd), f"book:{self.book}"))
         return LedgerBudget()
 
-    def set_budget_limit(self, scope: str, limit_usd: float | None) -> None:
-        """The cap of a budget row: `library` (all books together), or `book:ID`."""
-        self._write("INSERT INTO budgets (scope, limit_usd) VALUES (%s, %s)"
-                    " ON CONFLICT (scope) DO UPDATE SET limit_usd = excluded.limit_usd", (scope, _usd(limit_usd)))
-
     def set_rate(self, per_minute: float) -> None:
-        """The fleet's rate limit: calls a minute, all writers together (0: none)."""
-        if not per_minute:
-            self._write("DELETE FROM rate WHERE name = 'provider'")
-            return
-        self._write("INSERT INTO rate (name, per_second, burst, tokens) VALUES ('provider', %s, 1, 1)"
-                    " ON CONFLICT (name) DO UPDATE SET per_second = excluded.per_second", (per_minute / 60,))
+        """The fleet's rate limit: calls a minute, all writers together (0: none; a pause
+        still holds). Kept for the runs after, until a new value replaces it."""
+        self._write("INSERT INTO rate (name, per_second, burst, tokens) VALUES ('provider', %s, %s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET per_second = excluded.per_second",
+                    (per_minute / 60, RATE_BURST, RATE_BURST))
+
+    def pause_fleet(self, seconds: float) -> None:
+        """The provider answered 429: no writer of the fleet is admitted a call for `seconds`
+        from now, by the database's clock (a longer pause already set stands)."""
+        self._write("INSERT INTO rate AS r (name, per_second, burst, tokens, paused_until) VALUES ('provider', 0,"
+                    " %s, %s, clock_timestamp() + make_interval(secs => %s)) ON CONFLICT (name) DO UPDATE"
+                    " SET paused_until = GREATEST(r.paused_until, excluded.paused_until)",
+                    (RATE_BURST, RATE_BURST, seconds))
 
     def budgets(self) -> dict[str, dict]:
         """Every budget row, beside what the calls it covers add up to (invariant 4: the rows
@@ -513,7 +524,8 @@ class PgLedger:
                         if reserved > 0:
                             raise NotYet(ADMIT_POLL_S)
                         raise BudgetReached(
-                            f"budget reached ({scope}): ${spent:.4f} of ${limit:.4f} spent; the next call "
+                            f"{'library budget' if scope == LIBRARY else 'budget'} reached ({scope}): ${spent:.4f}"
+                            f" of ${limit:.4f} spent; the next call "
                             f"could cost up to ${reserve:.4f} and only ${max(0, limit - spent):.4f} is left")
                 self._take_token(conn)
                 call_id = conn.execute(
@@ -528,17 +540,19 @@ class PgLedger:
         return self._retrying(work)
 
     def _take_token(self, conn) -> None:
-        """One token of the fleet's rate limit (a bucket refilled at `per_second`), unless the
-        fleet is paused (a provider's 429 with Retry-After): NotYet until then."""
+        """One token of the fleet's rate limit (a bucket refilled at `per_second`; 0: no limit),
+        unless the fleet is paused (a provider's 429: pause_fleet): NotYet until then."""
         row = conn.execute(
             "SELECT LEAST(burst, tokens + per_second * extract(epoch from clock_timestamp() - refilled_at)),"
-            " per_second, extract(epoch from paused_until - clock_timestamp())"
+            " per_second, extract(epoch from paused_until - clock_timestamp())::float8"
             " FROM rate WHERE name = 'provider' FOR UPDATE").fetchone()
-        if row is None:  # no limit of the fleet's own
+        if row is None:  # neither a limit nor a pause ever set
             return
         tokens, per_second, paused = row
         if paused is not None and paused > 0:
-            raise NotYet(float(paused))
+            raise NotYet(paused)
+        if not per_second:
+            return
         if tokens < 1:
             raise NotYet((1 - tokens) / per_second)
         conn.execute("UPDATE rate SET tokens = %s - 1, refilled_at = clock_timestamp() WHERE name = 'provider'",
@@ -693,6 +707,51 @@ class PgLedger:
             "computed_cost_usd", "provider_cost_usd", "upstream_cost_usd", "pending_calls", "pages",
         )
         return {str(row[0]): {k: (v or 0) for k, v in zip(keys, row[1:])} for row in rows}
+
+
+class PgLibrary(_Connected):
+    """The library's cap on a fleet (infra/library_budget.py's LibraryBudget): the `library`
+    budget row. Every call's admission reserves on it in the ledger's own transaction
+    (PgLedger.begin_call), so it adds no cap of its own to a run, and has nothing to sync."""
+
+    @classmethod
+    def open(cls, url: str, create: bool = False, read_only: bool = False) -> PgLibrary | None:
+        """None when the database has no ledger yet and none is asked for."""
+        conn = connect(url, read_only=read_only)
+        if create:
+            migrate(conn)
+        elif not conn.execute("SELECT to_regclass('ar_schema') IS NOT NULL").fetchone()[0]:
+            conn.close()
+            return None
+        return cls(url, conn, f"ledger {describe(url)} (library)")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def limit(self) -> float | None:
+        row = self._one("SELECT limit_usd::float8 FROM budgets WHERE scope = %s", (LIBRARY,))
+        return row[0] if row else None
+
+    def set_limit(self, usd: float) -> None:
+        """A new value replaces the kept one."""
+        self._write("INSERT INTO budgets (scope, limit_usd) VALUES (%s, %s)"
+                    " ON CONFLICT (scope) DO UPDATE SET limit_usd = excluded.limit_usd", (LIBRARY, _usd(usd)))
+
+    def sync(self, book_ids: list[str], own: frozenset[str] = frozenset()) -> None:
+        """Nothing to copy: the row is written in the transactions of the calls it counts."""
+
+    def caps(self, book_id: str) -> tuple:
+        return ()  # the ledger's admission reserves on the library's row itself
+
+    def figures(self) -> dict:
+        """The cap, what is spent and held, and what is left (one statement: one snapshot)."""
+        row = self._one("SELECT limit_usd::float8, spent_usd::float8, reserved_usd::float8, (SELECT COUNT(*)"
+                        " FROM calls WHERE status = 'pending' AND reserved_usd > 0) FROM budgets WHERE scope = %s",
+                        (LIBRARY,))
+        limit, spent, reserved, held = row or (None, 0.0, 0.0, 0)
+        return {"budget_usd": limit, "spent_usd": spent, "reserved_usd": reserved, "calls_held": held,
+                "left_usd": None if limit is None else limit - spent - reserved}
 
 
 class _Lease:

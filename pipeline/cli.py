@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from infra.books import BOOK_TEXT, PREVIOUS, Library, book_id_from_path, validate_book_id
-from infra.ledgers import ledger_errors, ledger_url, open_ledger, read_ledger
+from infra.ledgers import ledger_errors, ledger_url, open_ledger, open_library, read_ledger
 from infra.config import Settings, load_settings
 from infra.errors import ArError, BudgetReached, UsageError, exit_code
 from infra.lock import WriterLock
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every book of the library")
     p.add_argument("--library-budget", type=usd_amount, metavar="USD",
                    help="the most the whole library may cost, all books and runs together; kept for later runs "
-                   "(in library.db)")
+                   "(in library.db; with AR_LEDGER, in the PostgreSQL ledger)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES.names)} (default: all)")
     p.add_argument("--workers", type=int, help="pages in flight per stage, and LLM calls in flight "
                    "for all stages together; OCR takes at most one page per core (default 32, $AR_WORKERS)")
@@ -360,16 +360,10 @@ def _books_to_process(args, library: Library) -> list:
 
 
 def _library_ledger(args, library: Library):
-    """library.db when the library has a cap (given now, or kept), brought up to date with every
-    book's ledger first (what earlier runs spent, what crashes left); None: no cap."""
-    from infra.library_budget import SqliteLibrary
-
-    if ledger_url() is not None:  # the fleet's ledger keeps the library's cap on its own budget row
-        if args.library_budget is not None:
-            raise UsageError("--library-budget keeps its cap in library.db, beside books with their own "
-                             "checkpoint.db; with AR_LEDGER the cap is the PostgreSQL ledger's 'library' budget row")
-        return None
-    lib = SqliteLibrary.open(library, create=args.library_budget is not None and not args.dry_run)
+    """The library's cap when it has one (given now, or kept: library.db, or with AR_LEDGER the
+    PostgreSQL ledger's `library` row), brought up to date with every book's ledger first
+    (what earlier runs spent, what crashes left); None: no cap."""
+    lib = open_library(library, create=args.library_budget is not None and not args.dry_run)
     if lib is None:
         return None
     if args.library_budget is None and lib.limit is None:
@@ -500,16 +494,17 @@ def cmd_log(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_library(args, settings: Settings, library: Library) -> int:
-    from infra.library_budget import SqliteLibrary
+    if args.check:  # library.db against each book's checkpoint.db
+        from infra.library_budget import SqliteLibrary
 
-    lib = SqliteLibrary.open(library, read_only=True)
-    if args.check:
+        lib = SqliteLibrary.open(library, read_only=True)
         if lib is None:
             raise ArError(f"no library ledger in {library.root} (a run with --library-budget makes one)")
         report = lib.check()
         lib.close()
         _emit(args, report, render.library_check)
         return 0 if report["ok"] else ArError.exit_code
+    lib = open_library(library, read_only=True)
     report = library_report(library)
     report["library_budget"] = lib.figures() if lib is not None else None
     if lib is not None:

@@ -240,12 +240,14 @@ class LLMSetup:
                     ctx.llm.costs.worst_case(ctx.models[spec.name], 0, 0, ceiling=ctx.llm.ceiling)
         budget = ctx.ledger.run_budget(limit)
         if isinstance(budget, LedgerBudget):  # the fleet's ledger admits each call against every cap itself
+            if "requests_per_minute" in settings.model_fields_set:  # AR_RPM given: the fleet's one rate, kept
+                ctx.ledger.set_rate(settings.requests_per_minute)
             ctx.llm.budget = budget
         elif budget is not None:
             ctx.budgets += (budget,)
         if self.library is not None:  # after the pending calls: their costs are the book's now
             self.library.sync([ctx.book.id], own=frozenset([ctx.book.id]))
-            ctx.budgets += (self.library.share(ctx.book.id),)
+            ctx.budgets += self.library.caps(ctx.book.id)
 
     async def close(self, contexts: list[RunContext]) -> None:
         """The run's last step with a client: every cut call settled, the key's counter noted."""

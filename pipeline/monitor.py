@@ -19,8 +19,7 @@ import time
 from infra.books import Book, Library
 from infra.budget import kept_budget
 from infra.checkpoint import Ledger
-from infra.ledgers import read_ledger
-from infra.library_budget import SqliteLibrary
+from infra.ledgers import open_library, read_ledger
 from pipeline.registry import STAGES
 from pipeline.reports import status_figures, status_from
 
@@ -98,8 +97,9 @@ def _elapsed(run: dict | None, running: bool, now: float) -> float | None:
 
 
 def library_budget_figures(library: Library) -> dict | None:
-    """The library's cap, spent, held and left (library.db, read-only); None: no library ledger."""
-    lib = SqliteLibrary.open(library, read_only=True)
+    """The library's cap, spent, held and left (library.db, or the fleet's ledger; read-only);
+    None: no library ledger."""
+    lib = open_library(library, read_only=True)
     if lib is None:
         return None
     try:

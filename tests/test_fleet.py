@@ -3,17 +3,21 @@ tests/pgserver.py) against the local OpenRouter-compatible server. Each scenario
 same checks (check_fleet): the ledger equals the server's bill, per generation and in total; no
 call is left pending; every budget row equals the calls it covers and no cap was passed; every
 page done once, by one writer."""
+import json
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from infra.checkpoint import CALL_COST
-from infra.pg_ledger import PgLedger
+from infra.books import Book
+from infra.pg_ledger import RATE_BURST, PgLedger, import_book
 from tests.conftest import llm_env, run_ar, start_ar, text_pages
 
 pytestmark = pytest.mark.fleet
@@ -137,22 +141,108 @@ def test_postgresql_restarted_immediately_mid_run(sim, books_dir, tmp_path, pg_u
     check_fleet(pg_url, server, {"b": 6})
 
 
-def test_two_processes_on_two_books_under_one_library_budget(sim, books_dir, tmp_path, pg_url):
+@pytest.fixture(scope="session")
+def ocr_done(tmp_path_factory):
+    """put(books_dir, url, book): a 6-page book of real prose, its OCR done once for the session
+    (SQLite), copied to `books_dir` and its ledger imported into the database at `url`."""
+    template = tmp_path_factory.mktemp("fleet-book")
+    for args in (("add", str(text_pages(template / "scans", 6)), "--id", "book"), ("process", "book", "--stages", "ocr")):
+        r = run_ar(*args, books_dir=template / "books", env={"AR_LEDGER": ""})
+        assert r.returncode == 0, r.stderr
+
+    def put(books_dir, url: str, book: str) -> None:
+        import_book(url, Book(Path(shutil.copytree(template / "books" / "book", books_dir / book))))
+
+    return put
+
+
+def requests_at(log) -> list[float]:
+    """When each chat request arrived at the server (its --log-requests file), in order."""
+    return [json.loads(line)["received_at"] for line in log.read_text().splitlines()]
+
+
+def correct_both(books_dir, env: dict, *extra: str) -> list[subprocess.Popen]:
+    """Two drivers, one on each of the books b1 and b2, at once."""
+    return [start_ar("process", book, "--stages", "correct", *extra, books_dir=books_dir, env=env,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for book in ("b1", "b2")]
+
+
+def finish(procs: list[subprocess.Popen]) -> tuple[list[int], list[str]]:
+    outputs = [p.communicate(timeout=240) for p in procs]
+    return [p.returncode for p in procs], [out + err for out, err in outputs]
+
+
+def test_one_rate_limit_for_the_fleet_measured_at_the_server(sim, books_dir, tmp_path, pg_url, ocr_done):
+    """AR_RPM with AR_LEDGER is the fleet's one token bucket: two drivers together stay within
+    it (plus its burst), where each alone, at that rate, would make the pair pass it twice over."""
     for book in ("b1", "b2"):
-        fleet_book(books_dir, tmp_path, pg_url, book, 5)
-    server = sim("--api-key", KEY, "--latency-ms", "200", "--jitter-ms", "400")
+        ocr_done(books_dir, pg_url, book)
+    log = tmp_path / "requests.jsonl"
+    server = sim("--api-key", KEY, "--latency-ms", "100", "--log-requests", str(log))
+    per_second = 2.0
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url, "AR_RPM": str(per_second * 60)}
+    codes, outputs = finish(correct_both(books_dir, env, "--workers", "2"))
+    assert codes == [0, 0], outputs
+    at = requests_at(log)
+    assert len(at) == 12
+    # in any span of requests, at most the burst plus the rate times the span, and the time a
+    # call admitted by the ledger may take to reach the server (0.5 s, on a loaded machine)
+    for i in range(len(at)):
+        for j in range(i + 1, len(at)):
+            assert j - i + 1 <= RATE_BURST + (at[j] - at[i] + 0.5) * per_second, (i, j, at)
+    spans = query(pg_url, "SELECT MIN(started_at), MAX(ended_at) FROM calls GROUP BY book")
+    assert min(end for _, end in spans) - max(start for start, _ in spans) > 1.0  # the drivers ran together
+    assert query(pg_url, "SELECT per_second FROM rate")[0][0] == per_second  # kept for the runs after
+    check_fleet(pg_url, server, {"b1": 6, "b2": 6})
+
+
+def test_a_429_with_retry_after_pauses_the_whole_fleet(sim, books_dir, tmp_path, pg_url, ocr_done):
+    """The server answers its 4th request 429 with Retry-After 2 s: from then on, for 2 s, no
+    driver sends anything (not only the one that got it); then both go on and finish."""
+    for book in ("b1", "b2"):
+        ocr_done(books_dir, pg_url, book)
+    log = tmp_path / "requests.jsonl"
+    pause = 2.0
+    server = sim("--api-key", KEY, "--latency-ms", "300", "--fail-429-request", "4", "--retry-after", str(pause),
+                 "--log-requests", str(log))
     env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
-    limit = 0.0035
-    ledger = PgLedger.open_writer(pg_url, "b1")
-    ledger.set_budget_limit("library", limit)
-    ledger.close()
-    procs = [start_ar("process", book, "--stages", "correct", "--workers", "2", books_dir=books_dir, env=env,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for book in ("b1", "b2")]
-    codes = [p.wait(timeout=240) for p in procs]
-    assert 3 in codes and set(codes) <= {0, 3}, [p.stderr.read() for p in procs]
-    budgets = check_fleet(pg_url, server, {"b1": 5, "b2": 5})
-    library = budgets["library"]
-    assert library["spent_usd"] <= limit
-    assert budgets["book:b1"]["spent_usd"] + budgets["book:b2"]["spent_usd"] == pytest.approx(library["spent_usd"])
+    codes, outputs = finish(correct_both(books_dir, env, "--workers", "1"))
+    assert codes == [0, 0], outputs
+    at = requests_at(log)
+    assert len(at) == 13  # each page once, and the refused one again
+    refused = at[3]
+    (until,), = query(pg_url, "SELECT extract(epoch from paused_until)::float8 FROM rate") or [(None,)]
+    noted = until - pause if until else refused  # when the ledger noted the pause (this machine's clock)
+    # from 0.25 s after (a call admitted just before it may still be on its way) to its end
+    sent = [t - noted for t in at if noted + 0.25 < t < noted + pause]
+    assert sent == [], sent
+    assert until and noted - refused < 1.0  # the pause was noted as soon as the 429 came
+    assert query(pg_url, "SELECT COUNT(*) FROM calls WHERE error LIKE 'HTTP 429%%'")[0][0] == 1
+    check_fleet(pg_url, server, {"b1": 6, "b2": 6})
+    for book in ("b1", "b2"):
+        assert sorted(done_pages(pg_url, book)) == list(range(1, 7))
+
+
+def test_library_budget_from_the_command_line_caps_two_drivers(sim, books_dir, tmp_path, pg_url, ocr_done):
+    """`--library-budget` with AR_LEDGER sets the ledger's library row: two drivers on two books
+    stop on it (exit 3) without passing it; it is kept, so a later run without it stops on it too."""
+    for book in ("b1", "b2"):
+        ocr_done(books_dir, pg_url, book)
+    server = sim("--api-key", KEY, "--latency-ms", "200", "--jitter-ms", "300")
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
+    limit = 0.004
+    codes, outputs = finish(correct_both(books_dir, env, "--workers", "2", "--library-budget", str(limit), "--force"))
+    assert 3 in codes and set(codes) <= {0, 3}, outputs
+    assert any("library budget reached" in out for out in outputs), outputs
+    budgets = check_fleet(pg_url, server, {"b1": 6, "b2": 6})
+    assert budgets["library"]["limit_usd"] == limit
+    assert 0 < budgets["library"]["spent_usd"] <= limit
     assert budgets["book:b1"]["spent_usd"] > 0 and budgets["book:b2"]["spent_usd"] > 0  # both had a share
-    assert len(done_pages(pg_url, "b1")) + len(done_pages(pg_url, "b2")) < 10  # the cap stopped them
+    assert len(done_pages(pg_url, "b1")) + len(done_pages(pg_url, "b2")) < 12  # the cap stopped them
+    stopped = ("b1", "b2")[codes.index(3)]
+    again = run_ar("process", stopped, "--stages", "correct", books_dir=books_dir, env=env)  # the cap is kept
+    assert again.returncode == 3 and "library budget" in again.stdout + again.stderr, again.stdout + again.stderr
+    assert query(pg_url, f"SELECT COALESCE(SUM({CALL_COST}), 0)::float8 FROM calls")[0][0] <= limit
+    shown = json.loads(run_ar("library", "--json", books_dir=books_dir, env=env).stdout)["library_budget"]
+    assert shown["budget_usd"] == limit and shown["calls_held"] == 0
+    assert shown["spent_usd"] == pytest.approx(server.credits(), abs=1e-9)

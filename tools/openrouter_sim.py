@@ -344,6 +344,7 @@ class Options:
     byok: bool = False
     byok_fee: float = 0.05
     retry_after: float = 1
+    fail_429_request: int | None = None
     credits: float | None = None
     api_key: str | None = None
     generation_delay_ms: float = 300
@@ -510,6 +511,7 @@ class Simulator:
         self.total_usage = 0.0  # what OpenRouter charged: /credits total_usage, /key usage
         self.byok_usage = 0.0  # what providers billed to the user's own keys: /key byok_usage
         self.requests: dict[str, int] = {}
+        self.chats = 0  # chat requests received, in order of arrival
         self.seen_prompts: set[tuple[str, str]] = set()
         self.connections: set[tuple] = set()  # client (host, port) pairs: one per TCP connection
         self._requests_log = open(options.log_requests, "a", encoding="utf-8") if options.log_requests else None
@@ -542,12 +544,13 @@ class Simulator:
         if gen.byok:
             self.byok_usage += gen.upstream
 
-    def log_request(self, body: dict) -> None:
-        """--log-requests: each chat request's body as a JSON line, an image's data as its size."""
+    def log_request(self, body: dict, arrived: float) -> None:
+        """--log-requests: each chat request's body as a JSON line, an image's data as its size,
+        with `received_at`: when it arrived (epoch seconds, this machine's clock)."""
         if self._requests_log is not None:
             messages = [{**m, "content": [_short_image(p) for p in m["content"]]}
                         if isinstance(m.get("content"), list) else m for m in body["messages"]]
-            self._requests_log.write(json.dumps({**body, "messages": messages}) + "\n")
+            self._requests_log.write(json.dumps({**body, "messages": messages, "received_at": arrived}) + "\n")
             self._requests_log.flush()
 
     def count(self, outcome: str) -> None:
@@ -734,7 +737,7 @@ class Simulator:
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        arrived = time.monotonic()
+        arrived, received_at = time.monotonic(), time.time()
         self.connections.add(request.transport.get_extra_info("peername") if request.transport else None)
         if not self.authorized(request):
             self.count("401")
@@ -748,14 +751,15 @@ class Simulator:
         except (ValueError, KeyError, TypeError, AssertionError):
             self.count("400")
             return self.error(400, "Invalid request: a JSON body with model and messages is required")
-        self.log_request(body)
+        self.chats += 1
+        self.log_request(body, received_at)
         if model is None:
             self.count("400")
             return self.error(400, f"{body['model']} is not a valid model ID")
         if self.o.credits is not None and self.total_usage >= self.o.credits:
             self.count("402")
             return self.error(402, "Insufficient credits. Add more using https://openrouter.ai/credits")
-        if self.fault(self.o.fail_429, model):
+        if self.fault(self.o.fail_429, model) or self.chats == self.o.fail_429_request:
             self.count("429")
             return self.error(429, "Rate limit exceeded", {"Retry-After": f"{self.o.retry_after:g}"})
         if self.fault(self.o.fail_500, model):
@@ -947,6 +951,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--faults-model", metavar="MODEL",
                    help="the --fail-* faults hit only requests to this model (default: every model)")
     p.add_argument("--retry-after", type=float, default=1, help="seconds in the Retry-After of a 429")
+    p.add_argument("--fail-429-request", type=int, metavar="N",
+                   help="answer the Nth chat request (counting from 1) 429 with Retry-After, and only it")
     p.add_argument("--credits", type=float, help="USD available; once billed, answers 402")
     p.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
     p.add_argument("--generation-delay-ms", type=float, default=300,
