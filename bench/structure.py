@@ -140,7 +140,8 @@ def make_book(seed: int, pages_wanted: int, folder: Path) -> list[TruePage]:
                 text = f"{printed}    {header}" if len(truth) % 2 == 0 else f"{header}    {printed}"
             ops[-1].append((WIDTH // 2, 150, text, t.small, "ma"))
             truth[-1].lines.append(TrueLine(text, "header"))
-        if printed and t.header_kind != "with_folio" and (t.folio_at == "foot" or roman_front):
+        # the front matter's roman folio is at the foot whatever the body pages do
+        if printed and (roman_front or t.header_kind != "with_folio" and t.folio_at == "foot"):
             ops[-1].append((WIDTH // 2, HEIGHT - 190, printed, t.small, "ma"))
             truth[-1].lines.append(TrueLine(printed, "folio"))
         elif printed and t.header_kind != "with_folio":

@@ -28,7 +28,7 @@ from PIL import Image
 
 from infra.errors import OcrError, UsageError
 from infra.logs import log_event
-from pipeline import orientation
+from pipeline import margins, orientation
 from pipeline.executor import page_runner
 from pipeline.stage import Stage, kept_language
 
@@ -190,6 +190,7 @@ async def ocr_page(image: Path, lang: str = "eng") -> dict:
         if _confident(osd):
             rotate = osd.rotate
             result = await _read(image, page, lang, rotate, await asyncio.to_thread(_skew, page, rotate))
+    result["margins"] = await read_margins(image, page, result, lang) if result["text"].strip() else []
     flags = {}
     if rotate:
         flags["rotated"] = f"turned {rotate} degrees (OSD confidence {osd.confidence})"
@@ -232,6 +233,28 @@ async def _read(image: Path, page: _Page, lang: str, rotate: int, skew: float) -
             result = parse_tsv(await run_tesseract(turned, *dpi, *options, "-l", lang, "tsv", what=str(image)))
     return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew,
             "lighting": page.lighting, "threshold": threshold}
+
+
+async def read_margins(image: Path, page: _Page, result: dict, lang: str) -> list[dict]:
+    """The words of a second reading of the print the first reading `result` left unread in the
+    page's top and bottom margins (a lone page number: pipeline/margins.py), each patch read as
+    one word, with its band, box (in the coordinates of the image the first reading read) and
+    confidence. Evidence for the layout's page numbers, never part of the page's text."""
+    seen = await asyncio.to_thread(orientation.upright, page.image, result["rotated"], result["deskewed"])
+    patches = await asyncio.to_thread(margins.unread_patches, seen, result)
+    dpi = ("--dpi", str(round(page.dpi[0]))) if page.dpi else ()
+    words = []
+    for band, box in patches:
+        crop, left, top = margins.crop(seen, box)
+        data = io.BytesIO()
+        crop.save(data, "PPM")
+        tsv = await run_tesseract("stdin", "--psm", "8", *dpi, "-l", lang, "tsv", stdin=data.getvalue(),
+                                  what=f"{image} (its {band} margin)")
+        for word in (w for b in parse_tsv(tsv)["blocks"] for ln in b["lines"] for w in ln["words"]):
+            x, y, w, h = word["bbox"]
+            words.append({"band": band, "text": word["text"], "confidence": word["confidence"],
+                          "bbox": [x + left, y + top, w, h]})
+    return words
 
 
 def text_layer_usable(text: str) -> bool:
