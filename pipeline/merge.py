@@ -277,9 +277,10 @@ _ANCHOR = re.compile(r'id="page-(\d+)"')
 _BREAK = '<span epub:type="pagebreak"'
 
 
-def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str) -> bytes:
+def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str, modified: float) -> bytes:
     """book.epub: a document per chapter (and one for what comes before the first), the notes
-    in their own, and a page list of the printed page numbers."""
+    in their own, and a page list of the printed page numbers. `modified`: when its text last
+    changed (seconds since the epoch), its one date."""
     printed = {ly.page: ly.printed for ly in layouts}
     docs: list[epub.Document] = []
     pages: list[epub.PageTarget] = []
@@ -326,8 +327,8 @@ def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str) -> 
         notes = "\n".join(f'<aside epub:type="footnote" id="note-{n.number}"><p>{n.number}. {escape(n.text)}</p></aside>'
                           for n in book.notes)
         docs.append(epub.Document("notes.xhtml", "Notes", notes))
-    modified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return epub.package(docs, pages, named["title"], named["author"], epub.language(lang), modified)
+    return epub.package(docs, pages, named["title"], named["author"], epub.language(lang),
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)))
 
 
 def chapters(book: Book, layouts: list[PageLayout]) -> list[dict]:
@@ -398,6 +399,12 @@ class MergeStage(Stage):
         _, final = self._page_stages()
         return {p: final.read_page(self.ctx.book, p)["text"] for p in pages}
 
+    def text_written(self, pages) -> float:
+        """When the newest of the pages' final texts was written: the EPUB's date, taken from
+        its inputs, never the clock, so merging the same pages again gives the same bytes."""
+        _, final = self._page_stages()
+        return max((final.page_path(self.ctx.book, p).stat().st_mtime for p in pages), default=0.0)
+
     async def run_book(self) -> None:
         book = self.ctx.book
         pages = list(range(1, book.page_count() + 1))
@@ -430,7 +437,9 @@ class MergeStage(Stage):
         atomic_write_json(structured / "chapters.json", {"chapters": parts})
         if toc:
             atomic_write_json(structured / "toc.json", {"entries": toc})
-        atomic_write_bytes(book.root / "book.epub", epub_book(made, layouts, named, kept_language(self.ctx.ledger)))
+        epub_bytes = epub_book(made, layouts, named, kept_language(self.ctx.ledger),
+                               self.text_written(p for p, t in texts.items() if t is not None))
+        atomic_write_bytes(book.root / "book.epub", epub_bytes)
         status = status_report(book)
         metadata = {
             "book": book.id,
