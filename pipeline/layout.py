@@ -29,7 +29,7 @@ from pipeline.stage import Stage
 FURNITURE = ("header", "footer", "folio")
 KEPT_BREAKS = ("toc", "list", "verse")
 _ROMAN = re.compile(r"^m{0,3}(cm|cd|d?c{0,3})(xc|xl|l?x{0,3})(ix|iv|v?i{0,3})$")
-_NUMBER = re.compile(r"^[\W_]{0,3}(\d{1,4}|[ivxlcdm]{1,8})[\W_]{0,3}$", re.IGNORECASE)
+NUMBER_SHAPE = re.compile(r"^[\W_]{0,3}(\d{1,4}|[ivxlcdm]{1,8})[\W_]{0,3}$", re.IGNORECASE)
 _EDGE_NUMBER = re.compile(r"^(\d{1,4}|[ivxlcdm]{1,8})\s+\S|\S\s+(\d{1,4}|[ivxlcdm]{1,8})$", re.IGNORECASE)
 _MARKER = re.compile(r"^([*†‡§¶]+|\d{1,2}|[¹²³⁴⁵⁶⁷⁸⁹⁰]+)[.)]?(?=\s|$)")
 _TOC_LINE = re.compile(r"^(?P<title>.*[^\s.…·])[\s.…·]{2,}(?P<page>\d{1,4}|[ivxlc]{1,7})$", re.IGNORECASE)
@@ -70,7 +70,7 @@ def number_of(token: str) -> tuple[str, int] | None:
 
 def lone_number(text: str) -> tuple[str, str, int] | None:
     """(token, 'arabic'|'roman', value) of a line that is a page number alone ("12", "- 12 -", "xiv")."""
-    alone = _NUMBER.match(text.strip())
+    alone = NUMBER_SHAPE.match(text.strip())
     parsed = number_of(alone.group(1)) if alone else None
     return (alone.group(1), *parsed) if parsed else None
 

@@ -23,7 +23,7 @@ from html import escape
 from infra.logs import log_event
 from infra.storage import atomic_write_bytes, atomic_write_json
 from pipeline import epub
-from pipeline.layout import FURNITURE, KEPT_BREAKS, Line, PageLayout, analyse, read_layout, write_layout
+from pipeline.layout import FURNITURE, KEPT_BREAKS, NUMBER_SHAPE, Line, PageLayout, analyse, read_layout, write_layout
 from pipeline.reports import status_report
 from pipeline.stage import Stage, kept_language
 
@@ -108,7 +108,9 @@ def labelled(layout: PageLayout, text: str) -> list[tuple[str, Line]]:
     matched = align(layout.lines, corrected)
     out = []
     for t, ocr, new_par in zip(corrected, matched, follows_blank):
-        if ocr is None or (ocr.label in FURNITURE and not _similar(ocr.text, t)):
+        # a folio the model corrected into another number's shape ("ii" -> "li") is still the folio
+        sure = ocr is not None and (_similar(ocr.text, t) or ocr.label == "folio" and NUMBER_SHAPE.match(t))
+        if ocr is None or (ocr.label in FURNITURE and not sure):
             out.append((t, Line(t, paragraph=new_par)))
         elif not layout.geometry:
             out.append((t, Line(t, label=ocr.label, paragraph=new_par or ocr.paragraph)))
@@ -119,12 +121,13 @@ def labelled(layout: PageLayout, text: str) -> list[tuple[str, Line]]:
 
 def _hyphen_keeps(left: str, right: str, words: dict[str, int]) -> bool:
     """A hyphen at a line's end before a lower-case word: a real compound ("well-known") when
-    the book prints the compound, or prints both halves and never the joined word."""
+    the book prints the compound, or the next line goes on with more of one ("five-" /
+    "and-twentieth"), or the book prints both halves and never the joined word."""
     a, b = re.findall(r"[A-Za-z]+$", left[:-1]), re.findall(r"^[a-z]+", right)
     if not a or not b:
         return False
     a, b = a[0].lower(), b[0]
-    if words.get(f"{a}-{b}"):
+    if words.get(f"{a}-{b}") or re.match(r"^[a-z]+-[A-Za-z]", right):
         return True
     if words.get(a + b):
         return False

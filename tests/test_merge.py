@@ -130,6 +130,13 @@ def test_a_real_compound_hyphen_at_a_page_end_is_kept():
     assert "so well-known <!-- page 2 --> in the town" in md
 
 
+def test_a_compound_of_three_parts_split_at_its_first_hyphen_keeps_it():
+    """"five-" / "and-twentieth", and "five" printed nowhere else in the book."""
+    md = merged(book(Page().body("Mrs. Southcott had recently attained her five-", indent=True)
+                     .body("and-twentieth blessed birthday, of whom a prophet spoke.", short=True).folio("1")))
+    assert "her five-and-twentieth blessed" in md
+
+
 def test_verse_lists_and_contents_keep_their_lines():
     page = (Page().body("He sang:", short=True).verse("The wind is in the willow,").verse("The rain is on the hill,")
             .verse("And all the roads run homeward").body(PROSE[0], indent=True))
@@ -163,6 +170,17 @@ def test_a_corrected_page_keeps_its_labels_and_unsure_lines_are_kept():
     md = merged(pages, texts)
     assert "A line the OCR did not have." in md and "Tbe library" in md
     assert "Vilage" not in md  # still the header, near enough
+
+
+def test_a_folio_the_model_corrected_into_another_number_is_still_the_folio():
+    """A local model "corrected" the folio ii into li: too unlike its OCR line to be sure by
+    likeness, yet still a number alone on the folio's line, so not body text."""
+    pages = book(*novel(["", "", "", ""]))
+    texts = {p: o["text"] for p, o in pages.items()}
+    texts[2] = texts[2].replace("\n12", "\n17")
+    texts[3] = texts[3].replace("\n13", "\nIN")  # not a number's shape: kept, unsure
+    md = merged(pages, texts)
+    assert "17" not in md and "\nIN\n" in md
 
 
 def test_pages_without_geometry_keep_every_line():
