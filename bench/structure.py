@@ -357,12 +357,57 @@ def figures(scores: list[dict]) -> list[tuple[str, float, str, bool]]:
     return rows
 
 
+def ocr_cost(books: int, pages: int) -> dict:
+    """Seconds a page of ar's OCR (pipeline/ocr.py's ocr_page) takes on the generated pages with
+    its margin reading and without it (read_margins replaced by nothing), each page read both
+    ways in turn, one at a time; and how many pages read their margins again."""
+    import asyncio
+    import time
+
+    from pipeline import ocr
+
+    real = ocr.read_margins
+
+    async def nothing(*args):
+        return []
+
+    async def measure(paths: list[Path]) -> dict:
+        spent = {"with": 0.0, "without": 0.0}
+        read_again = 0
+        for path in paths:
+            for way, reader in (("with", real), ("without", nothing)):
+                ocr.read_margins = reader
+                start = time.perf_counter()
+                result = await ocr.ocr_page(path)
+                spent[way] += time.perf_counter() - start
+                read_again += way == "with" and bool(result.get("margins"))
+        ocr.read_margins = real
+        return {"pages": len(paths), "pages_with_margin_words": read_again,
+                **{f"s_per_page_{way}": round(t / len(paths), 3) for way, t in spent.items()}}
+
+    work = Path(tempfile.mkdtemp(prefix="ar-bench-ocr-cost-"))
+    paths = []
+    for b in range(books):
+        (work / f"b{b}").mkdir()
+        make_book(1000 + b, pages, work / f"b{b}")
+        paths += sorted((work / f"b{b}").glob("p*.png"))
+    return asyncio.run(measure(paths))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--books", type=int, default=3)
     parser.add_argument("--pages", type=int, default=12)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--ocr-cost", action="store_true",
+                        help="only time the OCR of the pages with and without its margin reading")
     args = parser.parse_args()
+    if args.ocr_cost:
+        cost = ocr_cost(args.books, args.pages)
+        print(json.dumps(cost, indent=2) if args.json else
+              f"{cost['pages']} pages: {cost['s_per_page_with']} s a page with the margin reading, "
+              f"{cost['s_per_page_without']} s without ({cost['pages_with_margin_words']} pages read words there)")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="ar-bench-structure-"))
     server, url = start_server()
     env = dict(os.environ, OPENROUTER_BASE_URL=url, OPENROUTER_API_KEY=DEMO_KEY, AR_BOOKS_DIR=str(work / "books"),
