@@ -2,7 +2,8 @@
 confidences, and how the page was read, as JSON (README, "OCR: scans as they come").
 
 One page per core at a time, its `tesseract` runs one after the other (OSD when in doubt, a
-second reading once turned: pipeline/orientation.py), each with OMP_THREAD_LIMIT=1:
+second reading once turned: pipeline/orientation.py; a lone word its reading left out of a
+margin, read again alone: pipeline/margins.py), each with OMP_THREAD_LIMIT=1:
 Tesseract's own threads help one page but cost throughput when every core is busy
 (bench/ocr_throughput.py measures it against the bare command). The processes are started
 straight from the event loop and their TSV parsed here (under a millisecond a page): no pool
