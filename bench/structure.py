@@ -431,7 +431,8 @@ def main() -> int:
     rows = figures(scores)
     lost_by = {step: sum(x["lost_by"][step] for x in scores) for step in STEPS}
     if args.json:
-        print(json.dumps({"books": args.books, "pages_per_book": args.pages, "per_book": scores, "lost_by": lost_by,
+        print(json.dumps({"books": args.books, "pages_per_book": args.pages, "per_book": scores,
+                          "lost_by": lost_by,
                           "figures": [{"figure": f, "value": v, "goal": g, "met": m} for f, v, g, m in rows]}, indent=2))
     else:
         print(f"{args.books} books of {args.pages} pages, through ar.py process against the local server")

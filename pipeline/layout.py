@@ -298,8 +298,8 @@ def _find_folios(layouts: dict[int, PageLayout], m: dict[int, Metrics], margins:
                 layouts[p].printed, layouts[p].printed_margin = c.token, c.margin
                 if c.alone and c.line is not None:
                     line = layouts[p].lines[c.line]
-                    line.label, line.why = "folio", f"page number {c.token}, in step with the scan" + (
-                        f" (read again alone in the margin; first read {line.text!r})" if c.margin else " on other pages")
+                    where = f" (read again alone in the margin; first read {line.text!r})" if c.margin else " on other pages"
+                    line.label, line.why = "folio", f"page number {c.token}, in step with the scan{where}"
 
 
 def _set_apart_as_running(ln: Line, m: Metrics, printed: str | None) -> bool:
