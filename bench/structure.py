@@ -374,7 +374,8 @@ def ocr_cost(books: int, pages: int) -> dict:
     async def measure(paths: list[Path]) -> dict:
         spent = {"with": 0.0, "without": 0.0}
         read_again = 0
-        for path in paths:
+        for n, path in enumerate(paths, start=1):
+            print(f"structure: OCR cost: page {n}/{len(paths)}, read with and without its margins", file=sys.stderr)
             for way, reader in (("with", real), ("without", nothing)):
                 ocr.read_margins = reader
                 start = time.perf_counter()
