@@ -31,6 +31,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from rapidfuzz import fuzz
 
+from pipeline.layout import NUMBER_SHAPE
 from tools.demo import DEMO_KEY, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ NOTES = ["So the chroniclers of the time report it.", "A coat of the old cut, mu
 class TrueLine:
     text: str
     role: str  # header, folio, heading, body, footnote, toc
+    hyphenated: bool = False  # ends with the first part of a word the typesetter split ("everyth-")
 
 
 @dataclass
@@ -96,7 +98,8 @@ class Typesetter:
     def width(self) -> int:
         return WIDTH - 2 * self.margin
 
-    def lines_of(self, para: str, indent: int, eager_last: bool = False) -> list[str]:
+    def lines_of(self, para: str, indent: int) -> list[tuple[str, bool]]:
+        """The paragraph's lines, each with whether it ends in a word the typesetter split."""
         words, lines, line = para.split(), [], ""
         room = self.width() - indent
         while words:
@@ -105,22 +108,22 @@ class Typesetter:
             if self.font.getlength(candidate) <= room:
                 line, words = candidate, words[1:]
                 continue
-            split = None
+            split, hyphenated = None, False
             if "-" in word[1:-1] and self.font.getlength(f"{line} {word.split('-')[0]}-") <= room:
                 head = word.split("-")[0]
                 split = (head + "-", word[len(head) + 1:])  # a compound breaks at its own hyphen
             elif len(word) >= 8 and word.isalpha():
                 for cut in range(len(word) - 3, 2, -1):
                     if self.font.getlength(f"{line} {word[:cut]}-") <= room:
-                        split = (word[:cut] + "-", word[cut:])
+                        split, hyphenated = (word[:cut] + "-", word[cut:]), True
                         break
             if split:
-                lines.append(f"{line} {split[0]}".strip())
+                lines.append((f"{line} {split[0]}".strip(), hyphenated))
                 words = [split[1]] + words[1:]
             else:
-                lines.append(line)
+                lines.append((line, False))
             line, room = "", self.width()
-        lines.append(line)
+        lines.append((line, False))
         return lines
 
 
@@ -140,7 +143,8 @@ def make_book(seed: int, pages_wanted: int, folder: Path) -> list[TruePage]:
                 text = f"{printed}    {header}" if len(truth) % 2 == 0 else f"{header}    {printed}"
             ops[-1].append((WIDTH // 2, 150, text, t.small, "ma"))
             truth[-1].lines.append(TrueLine(text, "header"))
-        if printed and t.header_kind != "with_folio" and (t.folio_at == "foot" or roman_front):
+        # the front matter's roman folio is at the foot whatever the body pages do
+        if printed and (roman_front or t.header_kind != "with_folio" and t.folio_at == "foot"):
             ops[-1].append((WIDTH // 2, HEIGHT - 190, printed, t.small, "ma"))
             truth[-1].lines.append(TrueLine(printed, "folio"))
         elif printed and t.header_kind != "with_folio":
@@ -165,12 +169,13 @@ def make_book(seed: int, pages_wanted: int, folder: Path) -> list[TruePage]:
         truth[-1].printed = str(number)
         ops[-1].append((WIDTH // 2, 420, heading, t.big, "ma"))
         truth[-1].lines.append(TrueLine(heading, "heading"))
-        truth[toc_at].lines.append(TrueLine(f"{heading.title()} .......... {number}", "toc"))
+        numeral, _, words_ = heading.partition(" ")[2].partition(". ")
+        truth[toc_at].lines.append(TrueLine(f"Chapter {numeral}. {words_.title()} .......... {number}", "toc"))
         y = 420 + 3 * t.pitch
         for para in text.split("\n"):
             note = next(notes) if para.endswith("*") else None
             lines = t.lines_of(para, 60)
-            for k, line in enumerate(lines):
+            for k, (line, hyphenated) in enumerate(lines):
                 if y > bottom - (2 * t.pitch if note else 0):
                     number += 1
                     if len(truth) >= pages_wanted:
@@ -179,7 +184,7 @@ def make_book(seed: int, pages_wanted: int, folder: Path) -> list[TruePage]:
                     truth[-1].continues = k > 0
                     y = 330
                 ops[-1].append((t.margin + (60 if k == 0 else 0), y, line, t.font, "la"))
-                truth[-1].lines.append(TrueLine(line, "body"))
+                truth[-1].lines.append(TrueLine(line, "body", hyphenated))
                 y += t.pitch
             if note:
                 ops[-1].append((t.margin, bottom + t.pitch // 2, f"* {note}", t.small, "la"))
@@ -221,6 +226,55 @@ def md_body(md: str) -> str:
     return re.sub(r"<!--.*?-->|\[\^\d+\]:?|^#+ ", " ", md, flags=re.M)
 
 
+def true_words(truth: list[TruePage]) -> Counter:
+    """The words of the book's text (furniture aside) as printed whole: a word the typesetter
+    split at a line's or a page's end counts once, joined (its halves are no words of the book)."""
+    out: Counter = Counter()
+    carried = ""  # the first part of a split word, waiting for the next body line
+    for page in truth:
+        for ln in page.lines:
+            if ln.role in ("header", "folio"):
+                continue
+            text = ln.text
+            if ln.role == "body" and carried:
+                text, carried = carried + text, ""
+            if ln.role == "body" and ln.hyphenated:
+                text, _, carried = text[:-1].rpartition(" ")
+            out.update(words(text))
+    return out + Counter(words(carried))
+
+
+COMPOUNDS = {c.lower() for _, text in CHAPTERS for c in re.findall(r"[A-Za-z]+-[A-Za-z]+", text)}
+STEPS = ("ocr", "correction", "guard", "fix", "merge")
+
+
+def page_words(text: str, furniture: set[str]) -> Counter:
+    """A page's words, the truth's furniture lines aside, a word split at a line's end counted
+    whole (a real compound's parts apart, as book.md prints them)."""
+    lines = "\n".join(ln for ln in text.splitlines() if re.sub(r"\W", "", ln.lower()) not in furniture)
+    joined = re.sub(r"([A-Za-z]+)-\n\s*([a-z]+)", lambda m: m.group(0) if f"{m.group(1)}-{m.group(2)}".lower()
+                    in COMPOUNDS else m.group(1) + m.group(2), lines)
+    return Counter(words(joined))
+
+
+def recall_by_step(book: Path, truth: list[TruePage], true: Counter, in_md: Counter) -> dict:
+    """Where the true words book.md misses were lost: true words present after each step (the
+    OCR's text; the correction as the model answered; as the guard let it stand; after fix;
+    book.md), and how many each step lost."""
+    def texts(folder: str, key: str, fallback: str = "text") -> Counter:
+        out = Counter()
+        for p in sorted((book / folder).glob("page_*.json")):
+            page = json.loads(p.read_text())
+            furniture = {re.sub(r"\W", "", ln.text.lower()) for ln in truth[int(p.stem[5:]) - 1].lines
+                         if ln.role in ("header", "folio")}
+            out += page_words(page.get(key) or page.get(fallback) or "", furniture)
+        return out
+    present = [sum((true & c).values()) for c in (texts("ocr", "text"), texts("corrected", "rejected_text"),
+                                                   texts("corrected", "text"), texts("fixed", "text"), in_md)]
+    return {step: before - after for step, before, after in
+            zip(STEPS, [sum(true.values())] + present, present)}
+
+
 def score(book: Path, truth: list[TruePage]) -> dict:
     md = (book / "book.md").read_text()
     fixed = {int(p.stem[5:]): json.loads(p.read_text())["text"] for p in (book / "fixed").glob("page_*.json")}
@@ -230,10 +284,16 @@ def score(book: Path, truth: list[TruePage]) -> dict:
     # merge losses: words of the corrected pages, furniture lines aside, missing from book.md
     # (a word split at a line's or page's end counts once, joined or, if book.md keeps its
     # hyphen, as its two halves)
+    # on a page whose folio ar removed and whose printed number it mapped right, a number alone
+    # is that folio, however the OCR or the model changed it ("il", "li" for "ii"): not a loss
+    removed = json.loads((book / "structured" / "furniture.json").read_text())["pages"]
+    right_folio = {f["scan"] for f, m in zip(removed, page_map)
+                   if m["printed"] == truth[f["scan"] - 1].printed and any(r["label"] == "folio" for r in f["removed"])}
     kept_lines = []
     for p in sorted(fixed):
         fur = {re.sub(r"\W", "", ln.text.lower()) for ln in truth[p - 1].lines if ln.role in ("header", "folio")}
-        kept_lines += [line for line in fixed[p].splitlines() if re.sub(r"\W", "", line.lower()) not in fur]
+        kept_lines += [line for line in fixed[p].splitlines() if re.sub(r"\W", "", line.lower()) not in fur
+                       and not (p in right_folio and NUMBER_SHAPE.match(line.strip()))]
     kept = Counter()
     for token in re.findall(r"[a-z0-9]+(?:-\s*\n\s*[a-z0-9]+)?", "\n".join(kept_lines).lower()):
         halves = re.split(r"-\s*\n\s*", token)
@@ -265,18 +325,18 @@ def score(book: Path, truth: list[TruePage]) -> dict:
     defs = re.findall(r"^\[\^\d+\]: (.*)$", md, flags=re.M)
     apart = sum(1 for n in notes if any(fuzz.ratio(n.lower(), d.lower()) >= 85 for d in defs))
     mapped = [(page.printed, m["printed"]) for page, m in zip(truth, page_map) if page.printed]
-    body_truth = Counter(w for page in truth for ln in page.lines if ln.role in ("body", "heading", "footnote", "toc")
-                         for w in words(ln.text))
+    body_truth = true_words(truth)
     return {"losses": losses, "invented": invented, "furniture": len(furniture), "furniture_left": left,
             "heading_hits": hit, "heading_true": len(true_heads), "heading_found": len(found_heads),
             "heading_right": right, "precision": precision, "recall": recall,
             "breaks": len(breaks), "joined": joined, "notes": len(notes), "notes_apart": apart,
             "pages_numbered": len(mapped), "pages_mapped": sum(1 for a, b in mapped if a == b),
-            "truth_words": sum(body_truth.values()), "recalled": sum((body_truth & in_md).values())}
+            "truth_words": sum(body_truth.values()), "recalled": sum((body_truth & in_md).values()),
+            "lost_by": recall_by_step(book, truth, body_truth, in_md)}
 
 
 def figures(scores: list[dict]) -> list[tuple[str, float, str, bool]]:
-    s = {k: sum(x[k] for x in scores) for k in scores[0]}
+    s = {k: sum(x[k] for x in scores) for k in scores[0] if k != "lost_by"}
     p = s["heading_right"] / max(1, s["heading_found"])
     r = s["heading_hits"] / max(1, s["heading_true"])
     f1 = 2 * p * r / (p + r) if p + r else 0.0
@@ -297,12 +357,58 @@ def figures(scores: list[dict]) -> list[tuple[str, float, str, bool]]:
     return rows
 
 
+def ocr_cost(books: int, pages: int) -> dict:
+    """Seconds a page of ar's OCR (pipeline/ocr.py's ocr_page) takes on the generated pages with
+    its margin reading and without it (read_margins replaced by nothing), each page read both
+    ways in turn, one at a time; and how many pages read their margins again."""
+    import asyncio
+    import time
+
+    from pipeline import ocr
+
+    real = ocr.read_margins
+
+    async def nothing(*args):
+        return []
+
+    async def measure(paths: list[Path]) -> dict:
+        spent = {"with": 0.0, "without": 0.0}
+        read_again = 0
+        for n, path in enumerate(paths, start=1):
+            print(f"structure: OCR cost: page {n}/{len(paths)}, read with and without its margins", file=sys.stderr)
+            for way, reader in (("with", real), ("without", nothing)):
+                ocr.read_margins = reader
+                start = time.perf_counter()
+                result = await ocr.ocr_page(path)
+                spent[way] += time.perf_counter() - start
+                read_again += way == "with" and bool(result.get("margins"))
+        ocr.read_margins = real
+        return {"pages": len(paths), "pages_with_margin_words": read_again,
+                **{f"s_per_page_{way}": round(t / len(paths), 3) for way, t in spent.items()}}
+
+    work = Path(tempfile.mkdtemp(prefix="ar-bench-ocr-cost-"))
+    paths = []
+    for b in range(books):
+        (work / f"b{b}").mkdir()
+        make_book(1000 + b, pages, work / f"b{b}")
+        paths += sorted((work / f"b{b}").glob("p*.png"))
+    return asyncio.run(measure(paths))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--books", type=int, default=3)
     parser.add_argument("--pages", type=int, default=12)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--ocr-cost", action="store_true",
+                        help="only time the OCR of the pages with and without its margin reading")
     args = parser.parse_args()
+    if args.ocr_cost:
+        cost = ocr_cost(args.books, args.pages)
+        print(json.dumps(cost, indent=2) if args.json else
+              f"{cost['pages']} pages: {cost['s_per_page_with']} s a page with the margin reading, "
+              f"{cost['s_per_page_without']} s without ({cost['pages_with_margin_words']} pages read words there)")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="ar-bench-structure-"))
     server, url = start_server()
     env = dict(os.environ, OPENROUTER_BASE_URL=url, OPENROUTER_API_KEY=DEMO_KEY, AR_BOOKS_DIR=str(work / "books"),
@@ -324,14 +430,18 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=10)
     rows = figures(scores)
+    lost_by = {step: sum(x["lost_by"][step] for x in scores) for step in STEPS}
     if args.json:
         print(json.dumps({"books": args.books, "pages_per_book": args.pages, "per_book": scores,
+                          "lost_by": lost_by,
                           "figures": [{"figure": f, "value": v, "goal": g, "met": m} for f, v, g, m in rows]}, indent=2))
     else:
         print(f"{args.books} books of {args.pages} pages, through ar.py process against the local server")
         for f, v, g, m in rows:
             value = f"{v:.3f}" if isinstance(v, float) else str(v)
             print(f"  {f:<72} {value:>7}  goal {g:<8} {'met' if m else 'NOT MET'}")
+        print("  true words missing from book.md, by the step that lost them (a step may also win some back): "
+              + ", ".join(f"{step} {n}" for step, n in lost_by.items()))
     return 0
 
 

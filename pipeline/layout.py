@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from statistics import median
+from typing import NamedTuple
 
 from infra.storage import atomic_write_json
 from pipeline.stage import Stage
@@ -28,7 +29,7 @@ from pipeline.stage import Stage
 FURNITURE = ("header", "footer", "folio")
 KEPT_BREAKS = ("toc", "list", "verse")
 _ROMAN = re.compile(r"^m{0,3}(cm|cd|d?c{0,3})(xc|xl|l?x{0,3})(ix|iv|v?i{0,3})$")
-_NUMBER = re.compile(r"^[\W_]{0,3}(\d{1,4}|[ivxlcdm]{1,8})[\W_]{0,3}$", re.IGNORECASE)
+NUMBER_SHAPE = re.compile(r"^[\W_]{0,3}(\d{1,4}|[ivxlcdm]{1,8})[\W_]{0,3}$", re.IGNORECASE)
 _EDGE_NUMBER = re.compile(r"^(\d{1,4}|[ivxlcdm]{1,8})\s+\S|\S\s+(\d{1,4}|[ivxlcdm]{1,8})$", re.IGNORECASE)
 _MARKER = re.compile(r"^([*†‡§¶]+|\d{1,2}|[¹²³⁴⁵⁶⁷⁸⁹⁰]+)[.)]?(?=\s|$)")
 _TOC_LINE = re.compile(r"^(?P<title>.*[^\s.…·])[\s.…·]{2,}(?P<page>\d{1,4}|[ivxlc]{1,7})$", re.IGNORECASE)
@@ -42,6 +43,10 @@ WIDER = 1.5  # or its letters at least this much wider (capitals are about 1.3 t
 SMALLER = 0.88  # footnote print is at most this tall
 CENTRED = 1.0  # a centred line's left and right margins differ by at most this
 INDENT = 0.8  # a paragraph's first line starts at least this far right of the column
+# A number the OCR read again in a margin counts from this word confidence (0..100): the margin
+# folios of bench/structure.py's pages read at 50-97 (a blurred "ii" the lowest); what is not
+# a number (a speck, a rule) is refused by its shape, and a number by the scan's step.
+MARGIN_CONFIDENCE = 40.0
 
 
 def roman_value(text: str) -> int | None:
@@ -61,6 +66,13 @@ def number_of(token: str) -> tuple[str, int] | None:
         return "arabic", int(token)
     value = roman_value(token)
     return ("roman", value) if value else None
+
+
+def lone_number(text: str) -> tuple[str, str, int] | None:
+    """(token, 'arabic'|'roman', value) of a line that is a page number alone ("12", "- 12 -", "xiv")."""
+    alone = NUMBER_SHAPE.match(text.strip())
+    parsed = number_of(alone.group(1)) if alone else None
+    return (alone.group(1), *parsed) if parsed else None
 
 
 @dataclass
@@ -101,11 +113,13 @@ class PageLayout:
     geometry: bool
     printed: str | None = None  # the printed page number, as printed
     printed_inferred: bool = False  # not printed on the page: from its neighbours
+    printed_margin: bool = False  # read only by the OCR's second reading of the margins
     continues: bool = False  # its first body paragraph goes on from the previous page
     toc: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"page": self.page, "printed": self.printed, "printed_inferred": self.printed_inferred,
+                "printed_margin": self.printed_margin,
                 "continues": self.continues, "geometry": self.geometry, "toc": self.toc,
                 "lines": [{k: v for k, v in asdict(line).items() if v not in ("", None, False) or k == "text"}
                           for line in self.lines]}
@@ -200,22 +214,49 @@ def _key(text: str, folio: str | None) -> str:
     return re.sub(r"[^a-z0-9]", "", " ".join(words))
 
 
-def _folio_candidates(lines: list[Line], m: Metrics) -> list[tuple[int, str, str, int, bool]]:
-    """(line index, token, kind, value, alone) for a number alone on the first or last line,
-    or at either end of it (a header carrying the page number, never a heading like
-    "CHAPTER 2"), in print no larger than the body's."""
+class Candidate(NamedTuple):
+    line: int | None  # the page's line that is (or carries) the number; None: read only in the margin
+    token: str
+    kind: str
+    value: int
+    alone: bool  # a number alone on its line, not at the end of a header
+    margin: bool = False  # from the OCR's second reading of the margins
+
+
+def _folio_candidates(lines: list[Line], m: Metrics) -> list[Candidate]:
+    """A number alone on the first or last line, or at either end of it (a header carrying the
+    page number, never a heading like "CHAPTER 2"), in print no larger than the body's."""
     out = []
     for i in sorted({0, len(lines) - 1}):
         text = lines[i].text.strip()
         if lines[i].height > 1.1 * m.height:
             continue  # a number in large print is a chapter's or a section's
-        alone = _NUMBER.match(text)
+        alone = lone_number(text)
         edge = None if alone or _CHAPTER_WORD.match(text) else _EDGE_NUMBER.search(text)
-        token = alone.group(1) if alone else (edge.group(1) or edge.group(2)) if edge else None
+        token = edge and (edge.group(1) or edge.group(2))
         parsed = number_of(token) if token else None
-        if parsed:
-            out.append((i, token, *parsed, bool(alone)))
-    return sorted(out, key=lambda c: not c[4])  # a number alone first
+        if alone:
+            out.append(Candidate(i, *alone, True))
+        elif parsed:
+            out.append(Candidate(i, token, *parsed, False))
+    return sorted(out, key=lambda c: not c.alone)  # a number alone first
+
+
+def _margin_candidates(words: list[dict], lines: list[Line], m: Metrics) -> list[Candidate]:
+    """Numbers the OCR's second reading found alone in the page's margins (pipeline/margins.py),
+    sure enough. Where one stands on a line of the first
+    reading (a short word alone, misread: "il" for "ii"), that line is the folio."""
+    out = []
+    for word in words:
+        number = lone_number(word["text"])
+        # its box may take in a speck beside it: the patch it was read from had the size of print
+        if not number or word["confidence"] < MARGIN_CONFIDENCE or word["bbox"][3] > 1.6 * m.height:
+            continue
+        x, y, w, h = word["bbox"]
+        under = [i for i, ln in enumerate(lines) if ln.box and len(ln.text.split()) == 1
+                 and ln.left < x + w and x < ln.right and ln.top < y + h and y < ln.bottom]
+        out.append(Candidate(under[0] if under else None, *number, True, margin=True))
+    return out
 
 
 def analyse(ocr_pages: dict[int, dict]) -> list[PageLayout]:
@@ -226,7 +267,7 @@ def analyse(ocr_pages: dict[int, dict]) -> list[PageLayout]:
     book_metrics = _metrics([layouts[p].lines for p in numbers if layouts[p].geometry])
     if book_metrics is not None:
         m = {p: _page_metrics(layouts[p].lines, book_metrics) for p in numbers if layouts[p].geometry}
-        _find_folios(layouts, m)
+        _find_folios(layouts, m, {p: ocr_pages[p].get("margins") or [] for p in m})
         _find_running_lines(layouts, m)
         for p, page_m in m.items():
             _label_page(layouts[p], page_m)
@@ -239,21 +280,26 @@ def analyse(ocr_pages: dict[int, dict]) -> list[PageLayout]:
     return [layouts[p] for p in numbers]
 
 
-def _find_folios(layouts: dict[int, PageLayout], m: dict[int, Metrics]) -> None:
-    """A number on a page's edge is a folio when its value less the scan page agrees with
-    another page's: printed page numbers advance with the scan, a chart's axis labels or a
-    section's "II" do not."""
-    found = {p: _folio_candidates(layouts[p].lines, page_m) for p, page_m in m.items()}
-    offsets = Counter((kind, value - p) for p, cands in found.items() for _, _, kind, value, _ in cands)
+def _find_folios(layouts: dict[int, PageLayout], m: dict[int, Metrics], margins: dict[int, list[dict]]) -> None:
+    """A number on a page's edge (or read again alone in its margin) is a folio when its value
+    less the scan page agrees with another page's: printed page numbers advance with the scan,
+    a chart's axis labels or a section's "II" do not. One roman number alone in lower case
+    agrees with the scan itself when its value is its scan page (front matter is counted from
+    the book's first leaf: the contents on page ii). The page's own reading comes first."""
+    found = {p: _folio_candidates(layouts[p].lines, page_m) + _margin_candidates(margins[p], layouts[p].lines, page_m)
+             for p, page_m in m.items()}
+    offsets = Counter((c.kind, c.value - p) for p, cands in found.items() for c in cands)
     for p, cands in found.items():
-        for i, token, kind, value, alone in cands:
+        for c in cands:
             # roman page numbers are set in lower case; "II", "III" on pages in a row are sections
-            least = 3 if kind == "roman" and token.isupper() else 2
-            if offsets[(kind, value - p)] >= least and layouts[p].printed is None:
-                layouts[p].printed = token
-                if alone:
-                    line = layouts[p].lines[i]
-                    line.label, line.why = "folio", f"page number {token}, in step with the scan on other pages"
+            least = 3 if c.kind == "roman" and c.token.isupper() else 2
+            front = c.kind == "roman" and c.token.islower() and c.alone and c.value == p
+            if (offsets[(c.kind, c.value - p)] >= least or front) and layouts[p].printed is None:
+                layouts[p].printed, layouts[p].printed_margin = c.token, c.margin
+                if c.alone and c.line is not None:
+                    line = layouts[p].lines[c.line]
+                    where = f" (read again alone in the margin; first read {line.text!r})" if c.margin else " on other pages"
+                    line.label, line.why = "folio", f"page number {c.token}, in step with the scan{where}"
 
 
 def _set_apart_as_running(ln: Line, m: Metrics, printed: str | None) -> bool:
@@ -449,7 +495,8 @@ def write_layout(book, layouts: list[PageLayout]) -> None:
     root = book.root / "structured"
     atomic_write_json(root / "layout.json", {"pages": [ly.to_json() for ly in layouts]})
     atomic_write_json(root / "page_map.json", {"pages": [
-        {"scan": ly.page, "printed": ly.printed, "inferred": ly.printed_inferred} for ly in layouts]})
+        {"scan": ly.page, "printed": ly.printed, "inferred": ly.printed_inferred, "margin": ly.printed_margin}
+        for ly in layouts]})
     atomic_write_json(root / "furniture.json", {"pages": [
         {"scan": ly.page, "removed": [{"text": ln.text, "label": ln.label, "why": ln.why}
                                      for ln in ly.lines if ln.label in FURNITURE]}
@@ -459,4 +506,5 @@ def write_layout(book, layouts: list[PageLayout]) -> None:
 def read_layout(book) -> list[PageLayout]:
     data = json.loads((book.root / "structured" / "layout.json").read_bytes())
     return [PageLayout(d["page"], [Line(**ln) for ln in d["lines"]], d["geometry"], d["printed"],
-                       d["printed_inferred"], d["continues"], d["toc"]) for d in data["pages"]]
+                       d["printed_inferred"], d.get("printed_margin", False), d["continues"], d["toc"])
+            for d in data["pages"]]

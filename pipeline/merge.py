@@ -23,7 +23,7 @@ from html import escape
 from infra.logs import log_event
 from infra.storage import atomic_write_bytes, atomic_write_json
 from pipeline import epub
-from pipeline.layout import FURNITURE, KEPT_BREAKS, Line, PageLayout, analyse, read_layout, write_layout
+from pipeline.layout import FURNITURE, KEPT_BREAKS, NUMBER_SHAPE, Line, PageLayout, analyse, read_layout, write_layout
 from pipeline.reports import status_report
 from pipeline.stage import Stage, kept_language
 
@@ -108,7 +108,9 @@ def labelled(layout: PageLayout, text: str) -> list[tuple[str, Line]]:
     matched = align(layout.lines, corrected)
     out = []
     for t, ocr, new_par in zip(corrected, matched, follows_blank):
-        if ocr is None or (ocr.label in FURNITURE and not _similar(ocr.text, t)):
+        # a folio the model corrected into another number's shape ("ii" -> "li") is still the folio
+        sure = ocr is not None and (_similar(ocr.text, t) or ocr.label == "folio" and NUMBER_SHAPE.match(t))
+        if ocr is None or (ocr.label in FURNITURE and not sure):
             out.append((t, Line(t, paragraph=new_par)))
         elif not layout.geometry:
             out.append((t, Line(t, label=ocr.label, paragraph=new_par or ocr.paragraph)))
@@ -119,12 +121,13 @@ def labelled(layout: PageLayout, text: str) -> list[tuple[str, Line]]:
 
 def _hyphen_keeps(left: str, right: str, words: dict[str, int]) -> bool:
     """A hyphen at a line's end before a lower-case word: a real compound ("well-known") when
-    the book prints the compound, or prints both halves and never the joined word."""
+    the book prints the compound, or the next line goes on with more of one ("five-" /
+    "and-twentieth"), or the book prints both halves and never the joined word."""
     a, b = re.findall(r"[A-Za-z]+$", left[:-1]), re.findall(r"^[a-z]+", right)
     if not a or not b:
         return False
     a, b = a[0].lower(), b[0]
-    if words.get(f"{a}-{b}"):
+    if words.get(f"{a}-{b}") or re.match(r"^[a-z]+-[A-Za-z]", right):
         return True
     if words.get(a + b):
         return False
@@ -277,9 +280,10 @@ _ANCHOR = re.compile(r'id="page-(\d+)"')
 _BREAK = '<span epub:type="pagebreak"'
 
 
-def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str) -> bytes:
+def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str, modified: float) -> bytes:
     """book.epub: a document per chapter (and one for what comes before the first), the notes
-    in their own, and a page list of the printed page numbers."""
+    in their own, and a page list of the printed page numbers. `modified`: when its text last
+    changed (seconds since the epoch), its one date."""
     printed = {ly.page: ly.printed for ly in layouts}
     docs: list[epub.Document] = []
     pages: list[epub.PageTarget] = []
@@ -326,8 +330,8 @@ def epub_book(book: Book, layouts: list[PageLayout], named: dict, lang: str) -> 
         notes = "\n".join(f'<aside epub:type="footnote" id="note-{n.number}"><p>{n.number}. {escape(n.text)}</p></aside>'
                           for n in book.notes)
         docs.append(epub.Document("notes.xhtml", "Notes", notes))
-    modified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return epub.package(docs, pages, named["title"], named["author"], epub.language(lang), modified)
+    return epub.package(docs, pages, named["title"], named["author"], epub.language(lang),
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)))
 
 
 def chapters(book: Book, layouts: list[PageLayout]) -> list[dict]:
@@ -398,6 +402,12 @@ class MergeStage(Stage):
         _, final = self._page_stages()
         return {p: final.read_page(self.ctx.book, p)["text"] for p in pages}
 
+    def text_written(self, pages) -> float:
+        """When the newest of the pages' final texts was written: the EPUB's date, taken from
+        its inputs, never the clock, so merging the same pages again gives the same bytes."""
+        _, final = self._page_stages()
+        return max((final.page_path(self.ctx.book, p).stat().st_mtime for p in pages), default=0.0)
+
     async def run_book(self) -> None:
         book = self.ctx.book
         pages = list(range(1, book.page_count() + 1))
@@ -430,7 +440,9 @@ class MergeStage(Stage):
         atomic_write_json(structured / "chapters.json", {"chapters": parts})
         if toc:
             atomic_write_json(structured / "toc.json", {"entries": toc})
-        atomic_write_bytes(book.root / "book.epub", epub_book(made, layouts, named, kept_language(self.ctx.ledger)))
+        epub_bytes = epub_book(made, layouts, named, kept_language(self.ctx.ledger),
+                               self.text_written(p for p, t in texts.items() if t is not None))
+        atomic_write_bytes(book.root / "book.epub", epub_bytes)
         status = status_report(book)
         metadata = {
             "book": book.id,

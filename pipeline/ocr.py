@@ -2,7 +2,8 @@
 confidences, and how the page was read, as JSON (README, "OCR: scans as they come").
 
 One page per core at a time, its `tesseract` runs one after the other (OSD when in doubt, a
-second reading once turned: pipeline/orientation.py), each with OMP_THREAD_LIMIT=1:
+second reading once turned: pipeline/orientation.py; a lone word its reading left out of a
+margin, read again alone: pipeline/margins.py), each with OMP_THREAD_LIMIT=1:
 Tesseract's own threads help one page but cost throughput when every core is busy
 (bench/ocr_throughput.py measures it against the bare command). The processes are started
 straight from the event loop and their TSV parsed here (under a millisecond a page): no pool
@@ -29,7 +30,7 @@ from PIL import Image
 from infra.errors import OcrError, UsageError
 from infra.ledgers import read_ledger
 from infra.logs import log_event
-from pipeline import orientation
+from pipeline import margins, orientation
 from pipeline.executor import page_runner
 from pipeline.stage import DEFAULT_LANG, Stage, kept_language
 
@@ -160,8 +161,10 @@ def _skew(page: _Page, rotate: int) -> float:
     return orientation.measure_skew(orientation.upright(page.inked, rotate, 0.0))
 
 
-def _save_upright(page: _Page, rotate: int, skew: float, dest: Path) -> None:
-    orientation.upright(page.image, rotate, skew).save(dest)
+def _save_upright(page: _Page, rotate: int, skew: float, dest: Path) -> Image.Image:
+    upright = orientation.upright(page.image, rotate, skew)
+    upright.save(dest)
+    return upright
 
 
 async def ocr_page(image: Path, lang: str = "eng") -> dict:
@@ -176,7 +179,7 @@ async def ocr_page(image: Path, lang: str = "eng") -> dict:
     except (OSError, ValueError) as e:
         raise OcrError(f"{image}: cannot read the page image ({e})") from None
     if page.ink_fraction < orientation.BLANK_INK:
-        result = await _read(image, page, lang, 0, 0.0)
+        result, _ = await _read(image, page, lang, 0, 0.0)
         return {**result, "osd": None, "flags": {"blank": f"{page.ink_fraction:.3%} of the page is ink"}}
     skew, sharpness = await asyncio.to_thread(orientation.level, page.inked)
     osd = None
@@ -185,12 +188,13 @@ async def ocr_page(image: Path, lang: str = "eng") -> dict:
     rotate = osd.rotate if _confident(osd) else 0
     if rotate:
         skew = await asyncio.to_thread(_skew, page, rotate)
-    result = await _read(image, page, lang, rotate, skew)
+    result, seen = await _read(image, page, lang, rotate, skew)
     if osd is None and (result["mean_confidence"] < OSD_BELOW or not result["text"].strip()):
         osd = await _osd(image, page)
         if _confident(osd):
             rotate = osd.rotate
-            result = await _read(image, page, lang, rotate, await asyncio.to_thread(_skew, page, rotate))
+            result, seen = await _read(image, page, lang, rotate, await asyncio.to_thread(_skew, page, rotate))
+    result["margins"] = await read_margins(image, seen, page.dpi, result, lang) if result["text"].strip() else []
     flags = {}
     if rotate:
         flags["rotated"] = f"turned {rotate} degrees (OSD confidence {osd.confidence})"
@@ -216,23 +220,46 @@ def _confident(osd: orientation.Osd | None) -> bool:
     return osd is not None and osd.rotate != 0 and osd.confidence >= orientation.OSD_MIN_CONFIDENCE
 
 
-async def _read(image: Path, page: _Page, lang: str, rotate: int, skew: float) -> dict:
+async def _read(image: Path, page: _Page, lang: str, rotate: int, skew: float) -> tuple[dict, Image.Image]:
     """tesseract on the scan, or on a copy turned `rotate` and levelled by `skew` (when at
-    least MIN_SKEW): an uncompressed PGM in a temp folder, its resolution given with --dpi."""
+    least MIN_SKEW): an uncompressed PGM in a temp folder, its resolution given with --dpi.
+    With the image it read (the margins are read again from it)."""
     if abs(skew) < orientation.MIN_SKEW:
         skew = 0.0
     threshold = "sauvola" if page.lighting < orientation.UNEVEN_LIGHT else "otsu"
     options = ("-c", "thresholding_method=2") if threshold == "sauvola" else ()
+    seen = page.image
     if not rotate and not skew:
         result = parse_tsv(await run_tesseract(image, *options, "-l", lang, "tsv"))
     else:
         with tempfile.TemporaryDirectory(prefix="ar-ocr-") as tmp:
             turned = Path(tmp) / f"{image.stem}.pgm"
-            await asyncio.to_thread(_save_upright, page, rotate, skew, turned)
+            seen = await asyncio.to_thread(_save_upright, page, rotate, skew, turned)
             dpi = ("--dpi", str(round(page.dpi[0]))) if page.dpi else ()
             result = parse_tsv(await run_tesseract(turned, *dpi, *options, "-l", lang, "tsv", what=str(image)))
     return {**result, "text_source": "ocr", "lang": lang, "rotated": rotate, "deskewed": skew,
-            "lighting": page.lighting, "threshold": threshold}
+            "lighting": page.lighting, "threshold": threshold}, seen
+
+
+async def read_margins(image: Path, seen: Image.Image, dpi: tuple | None, result: dict, lang: str) -> list[dict]:
+    """The words of a second reading of the print the first reading `result` left unread in the
+    top and bottom margins of `seen`, the image it read (a lone page number:
+    pipeline/margins.py), each patch read as one word, with its band, box and confidence.
+    Evidence for the layout's page numbers, never part of the page's text."""
+    patches = await asyncio.to_thread(margins.unread_patches, seen, result)
+    dpi = ("--dpi", str(round(dpi[0]))) if dpi else ()
+    words = []
+    for band, box in patches:
+        crop, left, top = margins.crop(seen, box)
+        data = io.BytesIO()
+        crop.save(data, "PPM")
+        tsv = await run_tesseract("stdin", "--psm", "8", *dpi, "-l", lang, "tsv", stdin=data.getvalue(),
+                                  what=f"{image} (its {band} margin)")
+        for word in (w for b in parse_tsv(tsv)["blocks"] for ln in b["lines"] for w in ln["words"]):
+            x, y, w, h = word["bbox"]
+            words.append({"band": band, "text": word["text"], "confidence": word["confidence"],
+                          "bbox": [x + left, y + top, w, h]})
+    return words
 
 
 def text_layer_usable(text: str) -> bool:

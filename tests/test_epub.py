@@ -36,7 +36,7 @@ def test_the_epub_is_valid_with_contents_footnotes_and_printed_page_numbers(tmp_
     pages = typeset_book()
     layouts = analyse(pages)
     named = {"title": "The Quiet Shelf", "author": "A. Keeper"}
-    data = epub_book(build(layouts, {p: o["text"] for p, o in pages.items()}), layouts, named, "eng")
+    data = epub_book(build(layouts, {p: o["text"] for p, o in pages.items()}), layouts, named, "eng", 0.0)
     path = tmp_path / "book.epub"
     path.write_bytes(data)
     checked = epubcheck(path)
@@ -60,7 +60,7 @@ def test_an_invalid_epub_is_refused_by_the_check(tmp_path):
     pages = typeset_book()
     layouts = analyse(pages)
     data = epub_book(build(layouts, {p: o["text"] for p, o in pages.items()}), layouts,
-                     {"title": "x", "author": None}, "eng")
+                     {"title": "x", "author": None}, "eng", 0.0)
     broken = tmp_path / "broken.epub"
     with zipfile.ZipFile(io.BytesIO(data)) as z, zipfile.ZipFile(broken, "w") as out:
         for name in z.namelist():

@@ -130,6 +130,13 @@ def test_a_real_compound_hyphen_at_a_page_end_is_kept():
     assert "so well-known <!-- page 2 --> in the town" in md
 
 
+def test_a_compound_of_three_parts_split_at_its_first_hyphen_keeps_it():
+    """"five-" / "and-twentieth", and "five" printed nowhere else in the book."""
+    md = merged(book(Page().body("Mrs. Southcott had recently attained her five-", indent=True)
+                     .body("and-twentieth blessed birthday, of whom a prophet spoke.", short=True).folio("1")))
+    assert "her five-and-twentieth blessed" in md
+
+
 def test_verse_lists_and_contents_keep_their_lines():
     page = (Page().body("He sang:", short=True).verse("The wind is in the willow,").verse("The rain is on the hill,")
             .verse("And all the roads run homeward").body(PROSE[0], indent=True))
@@ -163,6 +170,42 @@ def test_a_corrected_page_keeps_its_labels_and_unsure_lines_are_kept():
     md = merged(pages, texts)
     assert "A line the OCR did not have." in md and "Tbe library" in md
     assert "Vilage" not in md  # still the header, near enough
+
+
+def test_a_folio_the_model_corrected_into_another_number_is_still_the_folio():
+    """A local model "corrected" the folio ii into li: too unlike its OCR line to be sure by
+    likeness, yet still a number alone on the folio's line, so not body text."""
+    pages = book(*novel(["", "", "", ""]))
+    texts = {p: o["text"] for p, o in pages.items()}
+    texts[2] = texts[2].replace("\n12", "\n17")
+    texts[3] = texts[3].replace("\n13", "\nIN")  # not a number's shape: kept, unsure
+    md = merged(pages, texts)
+    assert "17" not in md and "\nIN\n" in md
+
+
+def test_numbers_read_again_in_the_margins_map_pages_only_in_step_with_the_scan():
+    """The OCR's second reading of the margins (ocr JSON `margins`) is folio evidence under the
+    same rule as a folio line: "2" and "4" on scans 3 and 5 map them (and scan 4 between, as
+    inferred); a chart's "600" read in a margin maps nothing; "ii" read again where the page
+    reading had "il" under the contents makes that line the folio (front matter counted from
+    the first leaf), and it leaves the text; the margin's words never enter it."""
+    pages = book(Page().heading("THE OLD TIMES"),
+                 Page().heading("CONTENTS").body("Chapter I. The Period ........ 1").body("il", short=True),
+                 *[Page().body(PROSE[0], indent=True).body(PROSE[1]).body(f"and so on, page {n}.", short=True)
+                   for n in range(3, 7)])
+    def margin(text, top=60, confidence=90.0):
+        return [{"band": "top", "text": text, "confidence": confidence, "bbox": [100, top, 20, 25]}]
+    il = pages[2]["blocks"][-1]["lines"][-1]["bbox"]
+    pages[2]["margins"] = [{"band": "bottom", "text": "ii", "confidence": 50.0, "bbox": list(il)}]
+    pages[3]["margins"] = margin("2")
+    pages[5]["margins"] = margin("4")
+    pages[6]["margins"] = margin("600")
+    layouts = analyse(pages)
+    assert [ly.printed for ly in layouts] == [None, "ii", "2", "3", "4", "5"]
+    assert [ly.printed_margin for ly in layouts] == [False, True, True, False, True, False]
+    assert layouts[5].printed_inferred  # the 600 was no evidence
+    md = merged(pages)
+    assert "il" not in md.split() and "600" not in md and "\n2\n" not in md
 
 
 def test_pages_without_geometry_keep_every_line():
