@@ -173,6 +173,7 @@ def ray_cluster(tmp_path_factory, pg_server):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars=node_env)
     cluster.wait_for_nodes()
     cluster.tesseract_log = log
+    cluster.node_env = node_env  # for a node a test adds (and removes) itself
     cluster.ledger_url = node_env["AR_LEDGER"]
     yield cluster
     cluster.shutdown()
