@@ -156,8 +156,9 @@ class RayLLM:
 
         actor = ray.remote(LLMActor)
         endpoint = hashlib.sha1(client.base_url.encode()).hexdigest()[:8]  # the actors of one endpoint
-        # on the driver's node while it lives (they need no CPU): an OCR node lost takes no call with it
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # on the driver's node (they need no CPU): an OCR node lost takes no call with it. Not soft:
+        # Ray 2.60 spilled soft ones to other nodes while the driver's was starting workers
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._actors = [actor.options(name=f"ar-llm-{endpoint}-{i}", get_if_exists=True, namespace="ar",
                                       lifetime="detached", num_cpus=0, max_concurrency=max(1, workers),
                                       scheduling_strategy=here)
