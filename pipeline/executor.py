@@ -109,9 +109,13 @@ def connect_ray():
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     import ray
 
-    # "local": a Ray of our own, never the last one `ray start` (or a test's cluster) left on this machine
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:  # "local": a Ray of our own, never the last one `ray start` (or a test's cluster) left on this machine
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    except Exception as e:  # Ray's own errors have no common base; say it in one line
+        where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"
+        reason = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
+        raise StopRun(f"cannot {where}: {reason.strip()}") from None
     _own_ray = address is None
     return ray
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.pg_ledger import PgLedger
-from tests.conftest import RAY_NODE_KEY, llm_env, noting_tesseract, run_ar, start_ar, text_pages
+from tests.conftest import RAY_NODE_KEY, llm_env, noting_tesseract, one_error_line, run_ar, start_ar, text_pages
 from tests.test_fleet import check_fleet, done_pages, fleet_book, pending, query, wait_for
 
 pytestmark = pytest.mark.fleet
@@ -213,3 +213,12 @@ def test_two_drivers_on_ray_share_one_library_budget(ray_cluster, sim, books_dir
     assert spent <= cap and budgets["library"]["spent_usd"] == pytest.approx(before + spent)
     assert budgets["book:lib1"]["spent_usd"] > 0 and budgets["book:lib2"]["spent_usd"] > 0  # both had a share
     assert len(done_pages(url, "lib1")) + len(done_pages(url, "lib2")) < 10  # the cap stopped them
+
+
+def test_a_ray_address_ar_cannot_use_is_one_line(books_dir, tmp_path, pg_url):
+    scans = text_pages(tmp_path / "scans", 1)
+    assert run_ar("add", str(scans), "--id", "b", books_dir=books_dir, env={"AR_LEDGER": pg_url}).returncode == 0
+    r = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir,
+               env={"AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": "no-port-here"})
+    assert r.returncode == 1
+    assert one_error_line(r, "cannot reach the Ray cluster at RAY_ADDRESS=no-port-here")
