@@ -103,15 +103,17 @@ def connect_ray():
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return sys.modules["ray"]
     address = os.environ.get("RAY_ADDRESS") or None
+    code = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if address is None:  # before Ray is imported: it reads them then, and its processes inherit them
         os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                           "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+                           "RAY_AUTH_TOKEN": secrets.token_hex(32), **code})
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     import ray
 
     try:  # "local": a Ray of our own, never the last one `ray start` (or a test's cluster) left on this machine
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+                 # a local Ray's workers have it from the environment: the ones Ray starts ahead serve at once
+                 runtime_env={"env_vars": code} if address else None)
     except Exception as e:  # Ray's own errors have no common base; say it in one line
         where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"
         reason = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)

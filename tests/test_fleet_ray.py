@@ -151,7 +151,7 @@ def test_a_worker_node_killed_mid_run_its_pages_go_to_the_others_once(ray_cluste
     (OCR is bounded by what the cluster schedules, not by the driver's cores), and is killed
     while it reads a page; the run finishes on the others."""
     url = ray_cluster.ledger_url
-    scans = text_pages(tmp_path / "scans", 16)
+    scans = text_pages(tmp_path / "scans", 10)
     assert run_ar("add", str(scans), "--id", "lost", books_dir=books_dir, env={"AR_LEDGER": url}).returncode == 0
     bin_dir = tmp_path / "node-bin"
     bin_dir.mkdir()
@@ -180,19 +180,19 @@ def test_a_worker_node_killed_mid_run_its_pages_go_to_the_others_once(ray_cluste
             ray_cluster.remove_node(node)
     assert driver.returncode == 0, out + err
     assert cut  # the node died reading pages; they were read again elsewhere, and each done once
-    ocr_done_once(url, "lost", 16)
-    assert sorted(done_pages(url, "lost")) == list(range(1, 17))
-    check_fleet(url, server, {"lost": 16})
+    ocr_done_once(url, "lost", 10)
+    assert sorted(done_pages(url, "lost")) == list(range(1, 11))
+    check_fleet(url, server, {"lost": 10})
 
 
 def test_two_drivers_on_ray_share_one_library_budget(ray_cluster, sim, books_dir, tmp_path):
     """Two drivers, their calls made by the same Ray actors, under the database's library cap."""
     url = ray_cluster.ledger_url
     for book in ("lib1", "lib2"):
-        scans = text_pages(tmp_path / f"scans-{book}", 5)
-        assert run_ar("add", str(scans), "--id", book, books_dir=books_dir, env={"AR_LEDGER": url}).returncode == 0
-    ocr = run_ar("process", "lib1", "lib2", "--stages", "ocr", books_dir=books_dir, env={"AR_LEDGER": url})
-    assert ocr.returncode == 0, ocr.stderr
+        text_pages(tmp_path / "shelf" / book, 5)
+    for args in (("add", str(tmp_path / "shelf")), ("process", "lib1", "lib2", "--stages", "ocr")):
+        r = run_ar(*args, books_dir=books_dir, env={"AR_LEDGER": url})
+        assert r.returncode == 0, r.stderr
     server = sim("--api-key", RAY_NODE_KEY, "--latency-ms", "100", "--jitter-ms", "300")
     env = {**llm_env(server, tmp_path), "AR_LEDGER": url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": ray_cluster.address}
     ledger = PgLedger.open_writer(url, "lib1")
