@@ -1,6 +1,6 @@
 """Where the OCR of a page runs: in this process's event loop (tesseract processes on this
 machine's cores, the default), or with AR_EXECUTOR=ray as Ray tasks, one core each, on every
-node of a Ray cluster (RAY_ADDRESS; without it a local Ray that ar starts itself).
+node of a Ray cluster (RAY_ADDRESS; without it a Ray that ar starts for the run and stops at its end).
 
 Book files sit on storage that every node sees at the same path: a task gets the page image's
 path and returns the page's OCR as a dict; the driver writes it and marks it done in the
