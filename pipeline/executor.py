@@ -1,6 +1,6 @@
 """Where the OCR of a page runs: in this process's event loop (tesseract processes on this
 machine's cores, the default), or with AR_EXECUTOR=ray as Ray tasks, one core each, on every
-node of a Ray cluster (RAY_ADDRESS; without it a local Ray that ar starts itself).
+node of a Ray cluster (RAY_ADDRESS; without it a Ray that ar starts for the run and stops at its end).
 
 Book files sit on storage that every node sees at the same path: a task gets the page image's
 path and returns the page's OCR as a dict; the driver writes it and marks it done in the
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,20 +32,18 @@ def executor_name() -> str:
     return name
 
 
-def page_runner(local: PageWork, workers: int) -> tuple[PageWork, int]:
-    """(how a page's CPU-bound work `local` is run, how many pages at a time): as it is, one
-    page per core of this machine; or as a Ray task of one core, one page per core of the
-    cluster. `local` must be a module's function (a task names it, and a node imports it)."""
+def page_runner(local: PageWork) -> PageWork:
+    """How a page's CPU-bound work `local` is run: as it is, here; or as a Ray task of one
+    core. `local` must be a module's function (a task names it, and a node imports it). How
+    many pages at a time: OcrSlots."""
     if executor_name() == "local":
-        return local, max(1, min(workers, os.cpu_count() or 1))
-    ray = connect_ray()
-    cores = int(ray.cluster_resources().get("CPU", 1))
-    task = ray.remote(num_cpus=1, max_retries=3)(_run_task)
+        return local
+    task = connect_ray().remote(num_cpus=1, max_retries=3)(_run_task)
 
     async def run(*args):
         return await task.remote(local, *args)
 
-    return run, max(1, min(workers, cores))
+    return run
 
 
 def _run_task(work: PageWork, *args):
@@ -51,20 +51,86 @@ def _run_task(work: PageWork, *args):
     return asyncio.run(work(*args))
 
 
+IN_FLIGHT_PER_CPU = 2  # Ray tasks given per CPU: one runs, one waits at its node, so no node idles while the driver writes
+
+
+class OcrSlots:
+    """The run's one bound on OCR pages in flight, whichever book they are of: here one per
+    core of this machine; with Ray IN_FLIGHT_PER_CPU per CPU of the cluster (what Ray
+    schedules, not this machine's cores), never all of a book at once. `--workers` bounds the
+    pages running at once in both. Counted when the first OCR stage asks: a run without OCR
+    never connects to Ray for it; a node that joins later is not counted."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def size(self) -> int:
+        self._semaphore()
+        return self._size
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            if executor_name() == "local":
+                size = min(self.workers, os.cpu_count() or 1)
+            else:
+                cpus = int(connect_ray().cluster_resources().get("CPU", 0))
+                size = min(self.workers, max(1, cpus)) * IN_FLIGHT_PER_CPU
+            self._size = max(1, size)
+            self._slots = asyncio.Semaphore(self._size)
+        return self._slots
+
+    async def __aenter__(self) -> None:
+        await self._semaphore().acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self._slots.release()
+
+
+_own_ray = False  # a local Ray that connect_ray started, for this process's run
+
+
 def connect_ray():
-    """Ray, connected once per process: to RAY_ADDRESS's cluster, else a local Ray started
-    here on loopback (127.0.0.1 kept as it is, no token: it listens on this machine only).
-    The workers import this checkout of ar (PYTHONPATH); nothing secret goes in the
-    runtime_env, which Ray stores and shows."""
-    if "RAY_ADDRESS" not in os.environ:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Ray, connected once per process: to RAY_ADDRESS's cluster (its auth settings are the
+    environment's: RAY_AUTH_MODE, RAY_AUTH_TOKEN ...), else a Ray of this run's own, started
+    here: listening on 127.0.0.1 only (Ray rewrites 127.0.0.1 to the host's address unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), token auth with a token made for this run and kept
+    in its processes' environment (nothing written under $HOME, no other user of this machine
+    can reach it), no dashboard; stop_own_ray ends it. The workers import this checkout of ar
+    (PYTHONPATH); nothing secret goes in the runtime_env, which Ray stores and shows."""
+    global _own_ray
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return sys.modules["ray"]
+    address = os.environ.get("RAY_ADDRESS") or None
+    code = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if address is None:  # before Ray is imported: it reads them then, and its processes inherit them
+        os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                           "RAY_AUTH_TOKEN": secrets.token_hex(32), **code})
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:  # "local": a Ray of our own, never the last one `ray start` (or a test's cluster) left on this machine
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 # a local Ray's workers have it from the environment: the ones Ray starts ahead serve at once
+                 runtime_env={"env_vars": code} if address else None)
+    except Exception as e:  # Ray's own errors have no common base; say it in one line
+        where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"
+        reason = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
+        raise StopRun(f"cannot {where}: {reason.strip()}") from None
+    _own_ray = address is None
     return ray
+
+
+def stop_own_ray() -> None:
+    """At the end of a run: the local Ray that connect_ray started is shut down, every process
+    of it; a cluster's (RAY_ADDRESS) goes on."""
+    global _own_ray
+    if _own_ray:
+        import ray
+
+        ray.shutdown()
+        _own_ray = False
 
 
 # ---- LLM pages in detached actors ------------------------------------------------------
@@ -92,10 +158,16 @@ class RayLLM:
     def __init__(self, client, workers: int):
         self._client = client
         ray = connect_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         actor = ray.remote(LLMActor)
         endpoint = hashlib.sha1(client.base_url.encode()).hexdigest()[:8]  # the actors of one endpoint
+        # on the driver's node (they need no CPU): an OCR node lost takes no call with it. Not soft:
+        # Ray 2.60 spilled soft ones to other nodes while the driver's was starting workers
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._actors = [actor.options(name=f"ar-llm-{endpoint}-{i}", get_if_exists=True, namespace="ar",
-                                      lifetime="detached", num_cpus=0, max_concurrency=max(1, workers))
+                                      lifetime="detached", num_cpus=0, max_concurrency=max(1, workers),
+                                      scheduling_strategy=here)
                         .remote(client.base_url) for i in range(LLM_ACTORS)]
         self._next = 0
 

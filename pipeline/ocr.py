@@ -20,7 +20,6 @@ import logging
 import signal
 import subprocess
 import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,7 +30,7 @@ from infra.errors import OcrError, UsageError
 from infra.ledgers import read_ledger
 from infra.logs import log_event
 from pipeline import margins, orientation
-from pipeline.executor import page_runner
+from pipeline.executor import OcrSlots, page_runner
 from pipeline.stage import DEFAULT_LANG, Stage, kept_language
 
 log = logging.getLogger("ar.ocr")
@@ -304,7 +303,8 @@ class OcrStage(Stage):
         kept = kept_language(ctx.ledger)
         self.lang = ctx.options.get("lang") or kept
         self.text_layer = ctx.options.get("text_layer") or "auto"
-        self.read_page, self.cores = page_runner(ocr_page, ctx.workers)  # here, or on Ray (pipeline/executor.py)
+        self.read_page = page_runner(ocr_page)  # here, or on Ray (pipeline/executor.py)
+        self.slots = ctx.ocr_slots or OcrSlots(ctx.workers)  # the run's, shared by its books
         if self.lang != kept:
             ctx.ledger.set_meta("lang", self.lang)
             done = len(ctx.ledger.done_pages(self.name))
@@ -319,7 +319,7 @@ class OcrStage(Stage):
 
     @property
     def concurrency(self) -> int:
-        return self.cores
+        return self.slots.size
 
     async def process_page(self, page: int) -> dict:
         image = self.ctx.book.source_image(page)
@@ -330,5 +330,5 @@ class OcrStage(Stage):
                 return {"page": page, "text": text.strip(), "text_source": "text_layer", "lang": self.lang,
                         "mean_confidence": None, "blocks": [],
                         "flags": {} if text.strip() else {"no_text": "the page's text layer is empty"}}
-        async with self.ctx.ocr_slots or nullcontext():  # one core each, whichever book it is
+        async with self.slots:  # one core each, whichever book it is
             return {"page": page, **await self.read_page(image, self.lang)}

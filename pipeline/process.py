@@ -21,6 +21,7 @@ from infra.ledgers import ledger_errors, open_ledger, writer_lock
 from infra.errors import ArError, LedgerError, exit_code
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
+from pipeline.executor import OcrSlots, stop_own_ray
 from pipeline.registry import STAGES, Registry, StageSpec
 from pipeline.reports import cost_report
 from pipeline.runner import RESUME, Outcome, Pipeline
@@ -93,6 +94,7 @@ def process_books(
         for book in books:
             stack.enter_context(writer_lock(book))
         stack.enter_context(progress or nullcontext())
+        stack.callback(stop_own_ray)  # a Ray that ar started for the run ends with it
         on_progress = progress.update if progress is not None else None
         runs = [_BookRun(book) for book in books]
         held = _hold_stop_signals()  # until the runs are on record and their closing assured
@@ -100,7 +102,7 @@ def process_books(
             for run in runs:
                 run.open([s.name for s in stages])
             _release(held)  # a stop from here on is the interrupt of runs on record
-            ocr_slots = asyncio.Semaphore(max(1, min(workers, os.cpu_count() or 1)))  # one OCR pool
+            ocr_slots = OcrSlots(workers)  # one OCR pool: this machine's cores, or the Ray cluster's
             contexts = [RunContext(book=r.book, ledger=r.ledger, run_id=r.run_id, registry=registry, workers=workers,
                                    options=options or {}, models=models or {}, books_in_run=len(runs),
                                    ocr_slots=ocr_slots) for r in runs]

@@ -45,7 +45,7 @@ class RunContext:
     llm: Any = None  # the run's LLMClient, shared by the LLM stages (and the run's books)
     budgets: tuple = ()  # the caps this book's calls fall under (infra/budget.py's Cap)
     books_in_run: int = 1
-    ocr_slots: asyncio.Semaphore | None = None  # the run's one pool of OCR processes, shared by its books
+    ocr_slots: Any = None  # the run's one bound on OCR pages in flight, shared by its books (OcrSlots)
     run_cost_usd: float = 0.0  # every stage's spending in this run
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

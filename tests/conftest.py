@@ -142,23 +142,32 @@ def ledger_backend(request, monkeypatch) -> str:
 RAY_NODE_KEY = "sk-or-v1-ray-node-0123456789abcdef"  # the key the Ray nodes' environment holds
 
 
+def noting_tesseract(folder: Path) -> Path:
+    """A `tesseract` in `folder` that runs the real one and notes in `folder`/tesseract.log
+    each image it reads, as `S time image` when it starts and `E time image` when it ends."""
+    import shutil
+
+    log = folder / "tesseract.log"
+    (folder / "tesseract").write_text(f'#!/bin/sh\necho "S $(date +%s.%N) $1" >> {log}\n'
+                                      f'{shutil.which("tesseract")} "$@"\ncode=$?\n'
+                                      f'echo "E $(date +%s.%N) $1" >> {log}\nexit $code\n')
+    (folder / "tesseract").chmod(0o755)
+    return log
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory, pg_server):
     """A real Ray cluster shared by the whole test run: a head with no CPU of its own and two
     worker nodes of one core each, on 127.0.0.1 (kept as it is: not rewritten to the host's
     address), without token auth (loopback only). On the worker nodes `tesseract` is the real
     one behind a wrapper that notes each image it reads in `cluster.tesseract_log`, so a test
-    sees which pages the nodes read."""
-    import shutil
-
+    sees which pages the nodes read, and when."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from ray.cluster_utils import Cluster
 
     wrapper = tmp_path_factory.mktemp("node-bin")
-    log = wrapper / "tesseract.log"
-    (wrapper / "tesseract").write_text(f'#!/bin/sh\necho "$1" >> {log}\nexec {shutil.which("tesseract")} "$@"\n')
-    (wrapper / "tesseract").chmod(0o755)
+    log = noting_tesseract(wrapper)
     # what each node's environment gives the LLM actors: the key and the ledger (never task arguments)
     import psycopg
 
@@ -167,12 +176,15 @@ def ray_cluster(tmp_path_factory, pg_server):
     node_env = {"PATH": f"{wrapper}:{os.environ['PATH']}", "OPENROUTER_API_KEY": RAY_NODE_KEY,
                 "AR_LEDGER": pg_server.url("fleet"), "AR_CACHE_DIR": str(wrapper / "cache"),
                 "AR_ACTOR_IDLE_S": "20"}
+    # a node killed is known dead in about 3 s (not Ray's 15 s): the tasks it ran are retried that much sooner
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
-                                                            "env_vars": node_env})
+                                                            "env_vars": node_env, "_system_config": health})
     for _ in range(2):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars=node_env)
     cluster.wait_for_nodes()
     cluster.tesseract_log = log
+    cluster.node_env = node_env  # for a node a test adds (and removes) itself
     cluster.ledger_url = node_env["AR_LEDGER"]
     yield cluster
     cluster.shutdown()

@@ -1,12 +1,18 @@
 """The executor seam on a real Ray cluster (conftest.ray_cluster: a head and two worker nodes
 on 127.0.0.1), with the ledger in a real PostgreSQL."""
 import json
+import os
 import shutil
 import signal
+import subprocess
+import threading
+import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import RAY_NODE_KEY, llm_env, run_ar, start_ar, text_pages
+from infra.pg_ledger import PgLedger
+from tests.conftest import RAY_NODE_KEY, llm_env, noting_tesseract, one_error_line, run_ar, start_ar, text_pages
 from tests.test_fleet import check_fleet, done_pages, fleet_book, pending, query, wait_for
 
 pytestmark = pytest.mark.fleet
@@ -61,3 +67,158 @@ def test_the_driver_killed_its_actors_finish_and_record_their_calls_and_a_new_dr
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(done_pages(url, "killed")) == list(range(1, 7))
     check_fleet(url, server, {"killed": 6})
+
+
+def processes_with(marker: str) -> dict[int, tuple[str, str]]:
+    """pid -> (name, command line) of each live process whose environment holds `marker`:
+    whatever a process started, and they started, inherited it."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "environ").read_bytes() and " Z " not in (proc / "stat").read_text():
+                found[int(proc.name)] = ((proc / "comm").read_text().strip(),
+                                         (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def ocr_done_once(url: str, book: str, pages: int) -> None:
+    rows = query(url, "SELECT page, attempts FROM pages WHERE book = %s AND stage = 'ocr' AND status = 'done'", (book,))
+    assert sorted(rows) == [(p, 1) for p in range(1, pages + 1)]
+
+
+def test_without_ray_address_ar_starts_its_own_ray_on_loopback_and_stops_it(ray_cluster, sim, books_dir, tmp_path,
+                                                                           pg_url):
+    """The session's cluster is up (and noted as this machine's latest Ray): ar must not use it."""
+    scans = text_pages(tmp_path / "scans", 2)
+    assert run_ar("add", str(scans), "--id", "own", books_dir=books_dir, env={"AR_LEDGER": pg_url}).returncode == 0
+    server = sim("--api-key", RAY_NODE_KEY, "--latency-ms", "20")
+    marker = uuid.uuid4().hex
+    home = tmp_path / "home"
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": "",
+           "AR_TEST_RUN": marker, "HOME": str(home)}
+    seen: dict[int, tuple[str, str]] = {}
+    running = True
+
+    def watch():  # the run's processes, while it runs
+        while running:
+            seen.update(processes_with(marker))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = run_ar("process", "own", books_dir=books_dir, env=env, timeout=240)
+    finally:
+        running = False
+        watcher.join()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+    raylets = [cmd for name, cmd in seen.values() if name == "raylet"]
+    assert len(raylets) == 1 and "--node_ip_address=127.0.0.1 " in raylets[0]  # its own Ray, kept on loopback
+    assert {"gcs_server", "raylet"} <= {name for name, _ in seen.values()}
+    assert not any("dashboard/dashboard.py" in cmd and "--minimal" not in cmd for _, cmd in seen.values())
+    assert not (home / ".ray").exists()  # its token lives in its processes' environment, not under $HOME
+    assert not ray_cluster.tesseract_log.exists() or "/own/" not in ray_cluster.tesseract_log.read_text()
+    wait_for(lambda: not processes_with(marker), timeout=20)  # nothing of the run outlives it
+
+    ocr_done_once(pg_url, "own", 2)
+    assert sorted(done_pages(pg_url, "own")) == [1, 2]
+    check_fleet(pg_url, server, {"own": 2})
+    assert (books_dir / "own" / "book.md").is_file()
+
+
+def readings(logs: list[Path], book: str) -> tuple[int, list[str]]:
+    """From noting tesseracts' logs: the most pages of `book` read at once, and those whose
+    reading started and has not ended."""
+    edges, open_ = [], {}
+    for log in logs:
+        for line in (log.read_text().splitlines() if log.exists() else []):
+            mark, time, image = line.split(maxsplit=2)
+            if f"/{book}/" in image:
+                edges.append((float(time), 1 if mark == "S" else -1))
+                open_[image] = open_.get(image, 0) + (1 if mark == "S" else -1)
+    running = most = 0
+    for _, step in sorted(edges):
+        running += step
+        most = max(most, running)
+    return most, [image for image, n in open_.items() if n > 0]
+
+
+def test_a_worker_node_killed_mid_run_its_pages_go_to_the_others_once(ray_cluster, sim, books_dir, tmp_path):
+    """A node joins the session's cluster, so that it has more CPUs than this machine has cores
+    (OCR is bounded by what the cluster schedules, not by the driver's cores), and is killed
+    while it reads a page; the run finishes on the others."""
+    url = ray_cluster.ledger_url
+    scans = text_pages(tmp_path / "scans", 10)
+    assert run_ar("add", str(scans), "--id", "lost", books_dir=books_dir, env={"AR_LEDGER": url}).returncode == 0
+    bin_dir = tmp_path / "node-bin"
+    bin_dir.mkdir()
+    log = noting_tesseract(bin_dir)
+    cores = os.cpu_count() or 1
+    node = ray_cluster.add_node(num_cpus=cores, node_ip_address="127.0.0.1",
+                                env_vars={**ray_cluster.node_env, "PATH": f"{bin_dir}:{ray_cluster.node_env['PATH']}"})
+    server = sim("--api-key", RAY_NODE_KEY, "--latency-ms", "50")
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": ray_cluster.address}
+    try:
+        driver = start_ar("process", "lost", "--stages", "ocr,correct", books_dir=books_dir, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def more_than_cores_and_one_there():
+            most, _ = readings([log, ray_cluster.tesseract_log], "lost")
+            return most > cores and readings([log], "lost")[1]
+
+        wait_for(lambda: more_than_cores_and_one_there() or driver.poll() is not None, timeout=120)
+        assert driver.poll() is None, driver.communicate()  # more pages at once than this machine has cores
+        cut = readings([log], "lost")[1]
+        ray_cluster.remove_node(node, allow_graceful=False)  # its raylet, object store, workers: killed
+        node = None
+        out, err = driver.communicate(timeout=240)
+    finally:
+        if node is not None:
+            ray_cluster.remove_node(node)
+    assert driver.returncode == 0, out + err
+    assert cut  # the node died reading pages; they were read again elsewhere, and each done once
+    ocr_done_once(url, "lost", 10)
+    assert sorted(done_pages(url, "lost")) == list(range(1, 11))
+    check_fleet(url, server, {"lost": 10})
+
+
+def test_two_drivers_on_ray_share_one_library_budget(ray_cluster, sim, books_dir, tmp_path):
+    """Two drivers, their calls made by the same Ray actors, under the database's library cap."""
+    url = ray_cluster.ledger_url
+    for book in ("lib1", "lib2"):
+        text_pages(tmp_path / "shelf" / book, 5)
+    for args in (("add", str(tmp_path / "shelf")), ("process", "lib1", "lib2", "--stages", "ocr")):
+        r = run_ar(*args, books_dir=books_dir, env={"AR_LEDGER": url})
+        assert r.returncode == 0, r.stderr
+    server = sim("--api-key", RAY_NODE_KEY, "--latency-ms", "100", "--jitter-ms", "300")
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": ray_cluster.address}
+    ledger = PgLedger.open_writer(url, "lib1")
+    before = ledger.budgets().get("library", {}).get("spent_usd") or 0.0  # the shared database's earlier tests
+    cap = 0.0035
+    ledger.set_budget_limit("library", before + cap)
+    try:
+        procs = [start_ar("process", book, "--stages", "correct", "--workers", "2", books_dir=books_dir, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for book in ("lib1", "lib2")]
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        ledger.set_budget_limit("library", None)  # the later tests' calls are not capped
+        ledger.close()
+    codes = [p.returncode for p in procs]
+    assert 3 in codes and set(codes) <= {0, 3}, outputs
+    budgets = check_fleet(url, server, {"lib1": 5, "lib2": 5})
+    spent = budgets["book:lib1"]["spent_usd"] + budgets["book:lib2"]["spent_usd"]
+    assert spent <= cap and budgets["library"]["spent_usd"] == pytest.approx(before + spent)
+    assert budgets["book:lib1"]["spent_usd"] > 0 and budgets["book:lib2"]["spent_usd"] > 0  # both had a share
+    assert len(done_pages(url, "lib1")) + len(done_pages(url, "lib2")) < 10  # the cap stopped them
+
+
+def test_a_ray_address_ar_cannot_use_is_one_line(books_dir, tmp_path, pg_url):
+    scans = text_pages(tmp_path / "scans", 1)
+    assert run_ar("add", str(scans), "--id", "b", books_dir=books_dir, env={"AR_LEDGER": pg_url}).returncode == 0
+    r = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir,
+               env={"AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": "no-port-here"})
+    assert r.returncode == 1
+    assert one_error_line(r, "cannot reach the Ray cluster at RAY_ADDRESS=no-port-here")
