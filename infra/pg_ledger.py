@@ -733,8 +733,8 @@ class PgLibrary(_Connected):
         row = self._one("SELECT limit_usd::float8 FROM budgets WHERE scope = %s", (LIBRARY,))
         return row[0] if row else None
 
-    def set_limit(self, usd: float) -> None:
-        """A new value replaces the kept one."""
+    def set_limit(self, usd: float | None) -> None:
+        """A new value replaces the kept one (None: no cap)."""
         self._write("INSERT INTO budgets (scope, limit_usd) VALUES (%s, %s)"
                     " ON CONFLICT (scope) DO UPDATE SET limit_usd = excluded.limit_usd", (LIBRARY, _usd(usd)))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.pg_ledger import PgLedger
+from infra.pg_ledger import PgLibrary
 from tests.conftest import RAY_NODE_KEY, llm_env, noting_tesseract, one_error_line, run_ar, start_ar, text_pages
 from tests.test_fleet import check_fleet, done_pages, fleet_book, pending, query, wait_for
 
@@ -195,17 +195,17 @@ def test_two_drivers_on_ray_share_one_library_budget(ray_cluster, sim, books_dir
         assert r.returncode == 0, r.stderr
     server = sim("--api-key", RAY_NODE_KEY, "--latency-ms", "100", "--jitter-ms", "300")
     env = {**llm_env(server, tmp_path), "AR_LEDGER": url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": ray_cluster.address}
-    ledger = PgLedger.open_writer(url, "lib1")
-    before = ledger.budgets().get("library", {}).get("spent_usd") or 0.0  # the shared database's earlier tests
+    library = PgLibrary.open(url, create=True)
+    before = library.figures()["spent_usd"]  # the shared database's earlier tests
     cap = 0.0035
-    ledger.set_budget_limit("library", before + cap)
+    library.set_limit(before + cap)
     try:
         procs = [start_ar("process", book, "--stages", "correct", "--workers", "2", books_dir=books_dir, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for book in ("lib1", "lib2")]
         outputs = [p.communicate(timeout=240) for p in procs]
     finally:
-        ledger.set_budget_limit("library", None)  # the later tests' calls are not capped
-        ledger.close()
+        library.set_limit(None)  # the later tests' calls are not capped
+        library.close()
     codes = [p.returncode for p in procs]
     assert 3 in codes and set(codes) <= {0, 3}, outputs
     budgets = check_fleet(url, server, {"lib1": 5, "lib2": 5})
