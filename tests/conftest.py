@@ -142,13 +142,14 @@ def ledger_backend(request, monkeypatch) -> str:
 RAY_NODE_KEY = "sk-or-v1-ray-node-0123456789abcdef"  # the key the Ray nodes' environment holds
 
 
-def noting_tesseract(folder: Path) -> Path:
+def noting_tesseract(folder: Path, slow_s: float = 0) -> Path:
     """A `tesseract` in `folder` that runs the real one and notes in `folder`/tesseract.log
-    each image it reads, as `S time image` when it starts and `E time image` when it ends."""
+    each image it reads, as `S time image` when it starts and `E time image` when it ends;
+    `slow_s` seconds later than the real one (a slow machine)."""
     import shutil
 
     log = folder / "tesseract.log"
-    (folder / "tesseract").write_text(f'#!/bin/sh\necho "S $(date +%s.%N) $1" >> {log}\n'
+    (folder / "tesseract").write_text(f'#!/bin/sh\necho "S $(date +%s.%N) $1" >> {log}\nsleep {slow_s}\n'
                                       f'{shutil.which("tesseract")} "$@"\ncode=$?\n'
                                       f'echo "E $(date +%s.%N) $1" >> {log}\nexit $code\n')
     (folder / "tesseract").chmod(0o755)

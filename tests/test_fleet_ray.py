@@ -155,7 +155,7 @@ def test_a_worker_node_killed_mid_run_its_pages_go_to_the_others_once(ray_cluste
     assert run_ar("add", str(scans), "--id", "lost", books_dir=books_dir, env={"AR_LEDGER": url}).returncode == 0
     bin_dir = tmp_path / "node-bin"
     bin_dir.mkdir()
-    log = noting_tesseract(bin_dir)
+    log = noting_tesseract(bin_dir, slow_s=2)  # a slow node: its readings last long enough to be cut
     cores = os.cpu_count() or 1
     node = ray_cluster.add_node(num_cpus=cores, node_ip_address="127.0.0.1",
                                 env_vars={**ray_cluster.node_env, "PATH": f"{bin_dir}:{ray_cluster.node_env['PATH']}"})
