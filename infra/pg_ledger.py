@@ -126,6 +126,12 @@ MIGRATIONS: list[str] = [
         refilled_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
         paused_until TIMESTAMPTZ)
     """,
+    # what the monitor's fleet view reads without a scan of every call or page (infra/pg_fleet.py)
+    """
+    CREATE INDEX runs_running ON runs (book) WHERE status = 'running';
+    CREATE INDEX calls_errors ON calls ((COALESCE(ended_at, started_at))) WHERE error IS NOT NULL;
+    CREATE INDEX pages_failed ON pages (updated_at) WHERE status = 'failed'
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

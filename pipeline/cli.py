@@ -529,11 +529,17 @@ def cmd_monitor(args, settings: Settings, library: Library) -> int:
     from pipeline import live
     from pipeline.monitor import monitor_report
 
+    fleet = ledger_url() if not args.books else None  # the whole fleet, as its PostgreSQL ledger has it
     if args.once or args.json:
+        if fleet:
+            from pipeline.monitor import fleet_report
+
+            _emit(args, fleet_report(library, fleet), live.print_once)
+            return 0
         _emit(args, monitor_report(library, args.books, settings.budget_usd),
               lambda r: live.print_once(r, detail_all=bool(args.books)))
         return 0
-    return live.watch(library, args.books, settings.budget_usd, args.interval)
+    return live.watch(library, args.books, settings.budget_usd, args.interval, fleet=fleet)
 
 
 def cmd_pricing(args, settings: Settings, library: Library) -> int:
