@@ -258,3 +258,23 @@ def test_a_run_of_many_books_holds_few_open_at_once(books_dir):
     assert all(x["outcome"]["status"] == "done" and x["stages"]["ocr"]["done"] == 1 for x in report["books"])
     for book_id in ids:  # each book's run opened and closed
         assert rows(books_dir / book_id / "checkpoint.db", "SELECT status FROM runs") == [("done",)]
+
+
+def test_a_run_of_many_books_shows_one_bar_per_stage_for_all_of_them():
+    from types import SimpleNamespace
+
+    from pipeline.progress import StageProgress
+
+    ids = [f"b{n}" for n in range(20)]
+    progress = StageProgress({(b, s): 10 for b in ids for s in ("ocr", "correct")},
+                             {(b, "ocr"): 10 for b in ids}, {(b, "correct"): 0.5 for b in ids})
+    assert [t.description for t in progress.progress.tasks] == ["ocr (20 books)", "correct (20 books)"]
+    stage = SimpleNamespace(ctx=SimpleNamespace(book=SimpleNamespace(id="b3")), name="correct",
+                            stats={"pages_done": 4, "total_cost_usd": 0.75, "pages_failed": 1})
+    progress.update(stage)
+    stage.stats.update(pages_done=6, total_cost_usd=1.0)
+    progress.update(stage)
+    correct = progress.progress.tasks[1]
+    assert (correct.total, correct.completed) == (200, 6)
+    assert correct.fields["cost"] == pytest.approx(20 * 0.5 + 0.5) and correct.fields["failed"] == "1 failed"
+    assert progress.progress.tasks[0].completed == 200
