@@ -322,7 +322,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     for book in books:
         outcome = outcomes[book.id]
         if not outcome.ran:  # skipped (another process holds it), or not started (the run stopped first)
-            not_run.setdefault(outcome.status.replace(" ", "_"), []).append({"book": book.id, "why": outcome.message})
+            not_run.setdefault(outcome.status, []).append({"book": book.id, "why": outcome.message})
             continue
         report = status_report(book)
         report.update(outcome={"status": outcome.status, "message": outcome.message,

@@ -68,7 +68,7 @@ def process_book(book: Book, stages: list[StageSpec], workers: int, **kwargs) ->
 # The most books a run keeps open at once, whatever the library's size: each holds its lock,
 # its ledger (3 files with SQLite, 2 connections with PostgreSQL) and its log.
 BOOKS_OPEN_AT_ONCE = 16
-SKIPPED, NOT_STARTED = "skipped", "not started"  # a book's outcome when it was not run
+SKIPPED, NOT_STARTED = "skipped", "not_started"  # a book's outcome when it was not run
 
 
 def process_books(
@@ -246,6 +246,11 @@ class _Window:
                 raise
             self.outcomes[book.id] = Outcome(status=SKIPPED, message=f"being processed by {e.holder}")
             print(f"ar: skipped {book.id}: being processed by {e.holder}", file=sys.stderr, flush=True)
+            return None
+        except (ArError, OSError, *ledger_errors()) as e:  # its run cannot be put on record (a full disk): the others go on
+            if len(self.books) == 1:
+                raise
+            self.outcomes[book.id] = Outcome(status="failed", message=str(e))
             return None
         if self.unshown is not None:  # once a lock is ours: a refused writer prints only its error
             self.shown.enter_context(self.unshown)

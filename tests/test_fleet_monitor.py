@@ -3,7 +3,6 @@ alive and one SIGKILLed so that its lease lapses, against the local server; `ar.
 --json` and its screen read from the ledger without a scan of every call or page."""
 import json
 import signal
-import subprocess
 import time
 
 import psycopg

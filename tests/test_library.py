@@ -176,11 +176,18 @@ def test_many_books_are_named_not_paths(books_dir):
 
 
 def text_layer_books(books_dir, count: int, pages: int) -> list[str]:
-    """`count` books of `pages` pages whose text is their PDF text layer: OCR is a file read."""
+    """`count` books of `pages` blank scans whose text is their PDF text layer: OCR is a file read."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    blank = BytesIO()
+    Image.new("L", (850, 1100), 255).save(blank, "PNG")
     ids = [f"b{n:03d}" for n in range(1, count + 1)]
     for book_id in ids:
         source = make_book(books_dir, book_id, pages) / "source"
         for p in range(1, pages + 1):
+            (source / f"page_{p:04d}.png").write_bytes(blank.getvalue())
             (source / f"page_{p:04d}.txt").write_text(f"Page {p} of {book_id}: call me Ishmael.\n")
     return ids
 
@@ -278,3 +285,30 @@ def test_a_run_of_many_books_shows_one_bar_per_stage_for_all_of_them():
     assert (correct.total, correct.completed) == (200, 6)
     assert correct.fields["cost"] == pytest.approx(20 * 0.5 + 0.5) and correct.fields["failed"] == "1 failed"
     assert progress.progress.tasks[0].completed == 200
+
+
+def test_a_book_whose_run_cannot_be_opened_fails_alone_and_the_others_go_on(books_dir):
+    a, b = text_layer_books(books_dir, 2, 1)
+    (books_dir / b / "logs").write_text("not a folder")  # its run's log cannot be made
+    r = run_ar("process", "--all", "--stages", "ocr", "--text-layer", "use", "--json", books_dir=books_dir)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    outcomes = {x["book"]: x["outcome"] for x in json.loads(r.stdout)["books"]}
+    assert outcomes[a]["status"] == "done" and outcomes[b]["status"] == "failed"
+    assert "logs" in outcomes[b]["message"]
+    assert rows(books_dir / b / "checkpoint.db", "SELECT status FROM runs") == [("failed",)]
+
+
+def test_a_stop_on_the_library_budget_opens_no_further_book(sim, books_dir, tmp_path):
+    server = sim("--api-key", KEY, "--seed", "5")
+    ids = text_layer_books(books_dir, 6, 2)
+    r = run_ar("process", "--all", "--stages", "ocr,correct", "--text-layer", "use", "--workers", "1",
+               "--library-budget", "0.0001", "--force", "--json", books_dir=books_dir, env=llm_env(server, tmp_path))
+    assert r.returncode == 3, r.stderr
+    report = json.loads(r.stdout)
+    run = [x["book"] for x in report["books"]]
+    assert run and run == ids[:len(run)] and len(run) < len(ids)
+    assert all(x["outcome"]["status"] == "budget" and "library budget reached" in x["outcome"]["message"]
+               for x in report["books"])
+    assert [x["book"] for x in report["not_started"]] == ids[len(run):]  # no run on record, nothing spent
+    assert all(not (books_dir / b / "checkpoint.db").exists() for b in ids[len(run):])
+    assert server.credits() == 0
