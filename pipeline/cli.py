@@ -317,7 +317,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                              options={"warn_run_usd": settings.warn_run_usd, "vision": args.vision,
                                       "lang": args.lang, "text_layer": args.text_layer},
                              progress=progress, before_run=llm.before_run, after_run=llm.after_run,
-                             after_all=llm.close)
+                             after_all=llm.close, together=lib is not None)
     reports, not_run = [], {}
     for book in books:
         outcome = outcomes[book.id]

@@ -83,6 +83,7 @@ def process_books(
     before_run=None,
     after_run=None,
     after_all=None,
+    together: bool = False,
 ) -> dict[str, Outcome]:
     """Run the selected `stages` of `registry` on each of `books`, in one run on one event
     loop: their pages interleave, sharing the LLM client and the OCR processes (`before_run`
@@ -90,8 +91,9 @@ def process_books(
     model of each LLM stage.
 
     Books open in a window (`_Window`): a book is opened (its lock taken, its run on record)
-    when those open have too little work left to keep the workers busy, and closed as soon as
-    it is finished; so a run of thousands holds open at most BOOKS_OPEN_AT_ONCE.
+    when those open have too little work left to keep the workers busy, or with `together`
+    (a library budget, which each book should get a share of) as long as there is room; and
+    closed as soon as it is finished; so a run of thousands holds open at most BOOKS_OPEN_AT_ONCE.
 
     `progress` (a context manager with `update(stage)`) is shown once a lock is ours, so a
     refused second writer prints nothing but its error.
@@ -104,7 +106,7 @@ def process_books(
     (Ctrl-C, the key refused, the library's cap) left unopened are NOT_STARTED.
     """
     window = _Window(books, stages, workers, registry, options or {}, models or {}, fresh, progress,
-                     (before_run, after_run, after_all))
+                     (before_run, after_run, after_all), together)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # as it is: restored at the end
     with ExitStack() as stack:
         window.shown = stack
@@ -178,8 +180,8 @@ class _BookRun:
 class _Window:
     """The books of one run, opened when they come into work and closed when finished."""
 
-    def __init__(self, books, stages, workers, registry, options, models, fresh, progress, hooks):
-        self.books, self.stages, self.workers = books, stages, workers
+    def __init__(self, books, stages, workers, registry, options, models, fresh, progress, hooks, together):
+        self.books, self.stages, self.workers, self.together = books, stages, workers, together
         self.registry, self.options, self.models, self.fresh = registry, options, models, fresh
         self.progress = progress
         self.before_run, self.after_run, self.after_all = hooks
@@ -216,8 +218,8 @@ class _Window:
         tasks = []
         try:
             for book in self.books:
-                while self.open and not self.stopping and (
-                        len(self.open) >= BOOKS_OPEN_AT_ONCE or self._in_work() >= self.workers):
+                while self.open and not self.stopping and (len(self.open) >= BOOKS_OPEN_AT_ONCE or (
+                        not self.together and self._in_work() >= self.workers)):
                     self.changed.clear()
                     await self.changed.wait()
                 if self.stopping:

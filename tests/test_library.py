@@ -299,14 +299,16 @@ def test_a_book_whose_run_cannot_be_opened_fails_alone_and_the_others_go_on(book
 
 
 def test_a_stop_on_the_library_budget_opens_no_further_book(sim, books_dir, tmp_path):
+    from pipeline.process import BOOKS_OPEN_AT_ONCE
+
     server = sim("--api-key", KEY, "--seed", "5")
-    ids = text_layer_books(books_dir, 6, 2)
+    ids = text_layer_books(books_dir, BOOKS_OPEN_AT_ONCE + 2, 1)  # under a library budget, the window opens at once
     r = run_ar("process", "--all", "--stages", "ocr,correct", "--text-layer", "use", "--workers", "1",
                "--library-budget", "0.0001", "--force", "--json", books_dir=books_dir, env=llm_env(server, tmp_path))
     assert r.returncode == 3, r.stderr
     report = json.loads(r.stdout)
     run = [x["book"] for x in report["books"]]
-    assert run and run == ids[:len(run)] and len(run) < len(ids)
+    assert run == ids[:BOOKS_OPEN_AT_ONCE]  # they advance together, each to have its share
     assert all(x["outcome"]["status"] == "budget" and "library budget reached" in x["outcome"]["message"]
                for x in report["books"])
     assert [x["book"] for x in report["not_started"]] == ids[len(run):]  # no run on record, nothing spent
