@@ -22,9 +22,23 @@ def page_text(page: int) -> str:
     return re.sub(r"\bm(\w+)", r"rn\1", text, count=2)
 
 
+def blank_scan() -> bytes:
+    """A white page as a PNG: what an estimate can open and size (a vision stage's image tokens)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("L", (1275, 1650), 255).save(out, "PNG", dpi=(150, 150))
+    return out.getvalue()
+
+
 def ocr_done_book(books_dir: Path, book_id: str, pages: int) -> Book:
-    """A book of `pages` placeholder scans whose OCR is done: outputs and ledger both."""
+    """A book of `pages` blank scans whose OCR is done: outputs and ledger both."""
     book = Book(make_book(books_dir, book_id, pages))
+    scan = blank_scan()
+    for image in book.source_pages():
+        image.write_bytes(scan)
     out = STAGES["ocr"].folder(book)
     out.mkdir()
     ledger = Ledger.open_writer(book.ledger_path)

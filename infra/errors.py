@@ -18,6 +18,7 @@
     └── StopRun                nothing more can be done in this run; it ends with `status`
         ├── FatalLLMError      the key is refused, or the credits are gone
         ├── BudgetReached      the book's budget would be passed (status budget, exit 3)
+        │   └── LibraryBudgetReached   the library's
         └── LeaseLost          a fleet writer's lease lapsed: it stops (infra/pg_ledger.py)
 
 A run ends with one of RUN_EXIT's statuses; `exit_code` maps each to the process's exit code.
@@ -48,7 +49,9 @@ class LedgerError(ArError):
 
 
 class BookLocked(ArError):
-    pass
+    def __init__(self, message: str, holder: str = "another process"):
+        super().__init__(message)
+        self.holder = holder  # "pid 123 on host (since ...)": what a run of several books says when it skips it
 
 
 class SourceError(ArError):
@@ -100,9 +103,11 @@ class TruncatedAnswer(InvalidAnswer):
 
 class StopRun(ArError):
     """Nothing more can be done in this run (out of credits, bad key, budget reached, a
-    full disk); the run ends with `status`."""
+    full disk); the run ends with `status`. `ends_run`: no other book could go on either (a
+    run of several books opens no new one)."""
 
     status = "failed"
+    ends_run = False
 
     def __init__(self, message: str, status: str | None = None):
         super().__init__(message)
@@ -114,9 +119,17 @@ class StopRun(ArError):
 class FatalLLMError(StopRun):
     """Nothing else will work either in this run: bad key (401/403) or out of credits (402)."""
 
+    ends_run = True
+
 
 class BudgetReached(StopRun):
     status = "budget"
+
+
+class LibraryBudgetReached(BudgetReached):
+    """The library's cap (every book's calls fall under it)."""
+
+    ends_run = True
 
 
 class LeaseLost(StopRun):

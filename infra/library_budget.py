@@ -32,7 +32,7 @@ from typing import Protocol
 
 from infra.books import Library
 from infra.checkpoint import Ledger
-from infra.errors import BudgetReached, LedgerError
+from infra.errors import LedgerError, LibraryBudgetReached
 from infra.lock import process_alive
 
 LIBRARY_DB = "library.db"
@@ -125,7 +125,7 @@ class SqliteLibrary:
 
     async def reserve(self, book_id: str, worst_case_usd: float) -> int:
         """A reservation's id once `worst_case_usd` fits in what is left of the library's cap;
-        BudgetReached when it cannot fit even with no call of any live process in flight."""
+        LibraryBudgetReached when it cannot fit even with no call of any live process in flight."""
         while True:
             with _transaction(self._db):
                 spent, reserved = self._spent_reserved()
@@ -138,7 +138,7 @@ class SqliteLibrary:
                 others = self._live_others()
             if self.holding == 0 and not others:
                 self._settled.set()  # this process's other waiters see it too, and stop
-                raise BudgetReached(
+                raise LibraryBudgetReached(
                     f"library budget reached: ${spent:.4f} of ${limit:.4f} spent by the library "
                     f"(${reserved:.4f} held by calls in flight or to settle); the next call could cost up "
                     f"to ${worst_case_usd:.4f} and only ${max(0.0, limit - spent - reserved):.4f} is left")

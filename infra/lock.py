@@ -32,7 +32,7 @@ class WriterLock:
                 os.close(fd)
                 raise BookLocked(
                     f"book {self.book_id!r} is being processed by {holder}; "
-                    "wait for it to finish or stop it (Ctrl-C) first"
+                    "wait for it to finish or stop it (Ctrl-C) first", holder
                 ) from None
             # The previous holder may have unlinked the file between our open and flock:
             # then we locked an orphan inode, and must start over on the current file.

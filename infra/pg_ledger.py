@@ -31,7 +31,7 @@ import psycopg
 
 from infra.checkpoint import CALL_COST, CALL_FINAL_STATUSES, RUN_STATUSES, PendingCall, _token_columns
 from infra.budget import LedgerBudget, NotYet
-from infra.errors import BudgetReached, LeaseLost, LedgerError
+from infra.errors import BudgetReached, LeaseLost, LedgerError, LibraryBudgetReached
 
 log = logging.getLogger("ar.ledger")
 T = TypeVar("T")
@@ -126,6 +126,12 @@ MIGRATIONS: list[str] = [
         tokens       DOUBLE PRECISION NOT NULL,
         refilled_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
         paused_until TIMESTAMPTZ)
+    """,
+    # what the monitor's fleet view reads without a scan of every call or page (infra/pg_fleet.py)
+    """
+    CREATE INDEX runs_running ON runs (book) WHERE status = 'running';
+    CREATE INDEX calls_errors ON calls ((COALESCE(ended_at, started_at))) WHERE error IS NOT NULL;
+    CREATE INDEX pages_failed ON pages (updated_at) WHERE status = 'failed'
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -523,7 +529,7 @@ class PgLedger(_Connected):
                     if limit is not None and spent + reserved + reserve > limit:
                         if reserved > 0:
                             raise NotYet(ADMIT_POLL_S)
-                        raise BudgetReached(
+                        raise (LibraryBudgetReached if scope == LIBRARY else BudgetReached)(
                             f"{'library budget' if scope == LIBRARY else 'budget'} reached ({scope}): ${spent:.4f}"
                             f" of ${limit:.4f} spent; the next call "
                             f"could cost up to ${reserve:.4f} and only ${max(0, limit - spent):.4f} is left")

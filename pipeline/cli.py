@@ -315,10 +315,14 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     llm = LLMSetup(settings, selected, args.budget, lib)
     outcomes = process_books(books, selected, workers, models=_models(settings), fresh=args.fresh,
                              options=options,
-                             progress=progress, before_run=llm.before_run, after_runs=llm.close)
-    reports = []
+                             progress=progress, before_run=llm.before_run, after_run=llm.after_run,
+                             after_all=llm.close, together=lib is not None)
+    reports, not_run = [], {}
     for book in books:
         outcome = outcomes[book.id]
+        if not outcome.ran:  # skipped (another process holds it), or not started (the run stopped first)
+            not_run.setdefault(outcome.status, []).append({"book": book.id, "why": outcome.message})
+            continue
         report = status_report(book)
         report.update(outcome={"status": outcome.status, "message": outcome.message,
                                "pages_processed": outcome.pages_processed},
@@ -329,11 +333,13 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
 
             report["budget_to_finish_usd"] = budget_to_finish(_estimate(book, settings, args.vision))
         reports.append(report)
-    code = worst_exit_code([outcomes[b.id].exit_code for b in books])
+    # skipped books are another process's work: they count only when no book was run here
+    code = worst_exit_code([outcomes[r["book"]].exit_code for r in reports]) if reports else ArError.exit_code
     if len(books) == 1:
         _emit(args, reports[0], lambda r: render.process_summary(r, books[0]))
     else:
-        run = {"books": reports, "exit_code": code, "library_budget": lib.figures() if lib is not None else None}
+        run = {"books": reports, "skipped": not_run.get("skipped", []), "not_started": not_run.get("not_started", []),
+               "exit_code": code, "library_budget": lib.figures() if lib is not None else None}
         _emit(args, run, lambda r: render.process_run_summary(r, library))
     if lib is not None:
         lib.close()
@@ -517,11 +523,17 @@ def cmd_monitor(args, settings: Settings, library: Library) -> int:
     from pipeline import live
     from pipeline.monitor import monitor_report
 
+    fleet = ledger_url() if not args.books else None  # the whole fleet, as its PostgreSQL ledger has it
     if args.once or args.json:
+        if fleet:
+            from pipeline.monitor import fleet_report
+
+            _emit(args, fleet_report(library, fleet), live.print_once)
+            return 0
         _emit(args, monitor_report(library, args.books, settings.budget_usd),
               lambda r: live.print_once(r, detail_all=bool(args.books)))
         return 0
-    return live.watch(library, args.books, settings.budget_usd, args.interval)
+    return live.watch(library, args.books, settings.budget_usd, args.interval, fleet=fleet)
 
 
 def cmd_pricing(args, settings: Settings, library: Library) -> int:

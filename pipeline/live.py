@@ -24,7 +24,7 @@ from rich.text import Text
 from infra.books import Library
 from infra.ledgers import ledger_errors
 from infra.errors import ArError
-from pipeline.monitor import book_snapshot, library_snapshot
+from pipeline.monitor import book_snapshot, fleet_report, library_snapshot
 from pipeline.render import to_review, usd
 
 REFRESH_S = 0.5
@@ -137,8 +137,50 @@ def view(report: dict, stale: dict[str, str] | None = None, detail_all: bool = F
     return Group(*parts)
 
 
+def fleet_view(r: dict) -> RenderableType:
+    """The fleet (AR_LEDGER): its books being run, budgets, rate, workers and their calls in
+    flight, workers whose lease lapsed, the last errors."""
+    states = [b["state"] for b in r["running"]]
+    parts: list[RenderableType] = [_line(  # the figures first: a long URL is what an 80-column line cuts
+        f"{r['books']} books", f"{states.count('running')} running",
+        f"{states.count('lapsed')} lapsed" if "lapsed" in states else "",
+        f"{r['pages_per_minute']:.1f} pages/min", f"{r['calls_in_flight']} in flight", f"fleet {r['ledger']}")]
+    lib = r["budgets"].get("library")
+    if lib is not None:
+        parts.append(_line("library: no budget" if lib["budget_usd"] is None else
+                           f"library budget {usd(lib['budget_usd'])}", f"spent {usd(lib['spent_usd'])}",
+                           f"held {usd(lib['reserved_usd'])}",
+                           "" if lib["left_usd"] is None else f"left {usd(lib['left_usd'])}"))
+    rate = r["rate"]
+    if rate is not None:
+        parts.append(_line(f"rate limit {rate['per_minute']:.0f} calls/min",
+                           f"paused {rate['paused_for_s']:.0f} s (429)" if rate["paused_for_s"] else ""))
+    t = Table("book", "state", "stages", "/min", "cost", "left", "in flight", box=None, padding=(0, 1),
+              pad_edge=False, header_style="dim")
+    for b in r["running"]:
+        stages = " ".join(f"{n} {s['done']}/{'?' if s['total'] is None else s['total']}" for n, s in b["stages"].items())
+        t.add_row(b["book"], _state(b["state"]), stages, f"{b['pages_per_minute']:.1f}", usd(b["cost_usd"]),
+                  "-" if b["budget_left_usd"] is None else usd(b["budget_left_usd"]), str(b["calls_in_flight"]))
+    parts.append(t)
+    w = Table("worker", "host", "pid", "book", "in flight", "held", "lease", box=None, padding=(0, 1),
+              pad_edge=False, header_style="dim")
+    for x in r["workers"]:
+        w.add_row(str(x["holder"]), x["host"] or "-", str(x["pid"] or "-"), x["book"] or "-",
+                  str(x["calls_in_flight"]), usd(x["reserved_usd"]), "held")
+    for x in r["lapsed_workers"]:
+        w.add_row(str(x["holder"]), x["host"] or "-", str(x["pid"] or "-"), x["book"] or "-",
+                  str(x["calls_in_flight"]), usd(x["reserved_usd"]),
+                  Text(f"lapsed {_duration(x['lapsed_for_s']) or '0:00:00'} ago", style="bold red"))
+    parts.append(w)
+    for e in r["recent_errors"][:SHOWN_ERRORS]:
+        page = f" p{e['page']}" if e["page"] else ""
+        parts.append(Text(f"{_clock(e['at'])} {e['book']} {e['stage']}{page}: {e['error']}", style="red",
+                          no_wrap=True, overflow="ellipsis"))
+    return Group(*parts)
+
+
 def print_once(report: dict, detail_all: bool = False) -> None:
-    Console(highlight=False).print(view(report, detail_all=detail_all))
+    Console(highlight=False).print(fleet_view(report) if "workers" in report else view(report, detail_all=detail_all))
 
 
 class Watcher:
@@ -175,10 +217,37 @@ class Watcher:
                      *(Text(u, style="red", no_wrap=True, overflow="ellipsis") for u in unread), footer)
 
 
+class FleetWatcher:
+    """The fleet's view, refreshed on demand over one read-only connection (one transaction a
+    refresh); when the ledger cannot be read, the last view stays, marked stale."""
+
+    def __init__(self, library: Library, url: str):
+        self.library, self.url = library, url
+        self.conn = None
+        self.last: dict | None = None
+
+    def view(self) -> RenderableType:
+        from infra.pg_ledger import connect
+
+        stale = None
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = connect(self.url, read_only=True)
+            self.last = fleet_report(self.library, self.url, self.conn)
+        except (*ledger_errors(), ArError) as e:
+            if self.conn is not None:
+                self.conn.close()
+            stale = str(e).strip().splitlines()[0]
+        parts: list[RenderableType] = [] if self.last is None else [fleet_view(self.last)]
+        if stale:
+            parts.append(Text(f"stale: {stale}", style="yellow", no_wrap=True, overflow="ellipsis"))
+        return Group(*parts, _line(f"updated {_clock(time.time())}", "Ctrl-C to quit"))
+
+
 def watch(library: Library, book_ids: list[str], default_budget_usd: float | None,
-          interval: float = REFRESH_S, console: Console | None = None) -> int:
-    """The live view, until Ctrl-C (exit 0)."""
-    watcher = Watcher(library, book_ids, default_budget_usd)
+          interval: float = REFRESH_S, console: Console | None = None, fleet: str | None = None) -> int:
+    """The live view, until Ctrl-C (exit 0); `fleet`: the PostgreSQL ledger's URL, for its view."""
+    watcher = FleetWatcher(library, fleet) if fleet else Watcher(library, book_ids, default_budget_usd)
     try:
         with Live(console=console or Console(highlight=False), auto_refresh=False) as live:
             while True:

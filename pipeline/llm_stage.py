@@ -203,7 +203,7 @@ def max_tokens_for(text: str) -> int:
 
 class LLMSetup:
     """The run's LLM side: `before_run` is each book's first step when an LLM stage is
-    selected, `close` the run's last. One client serves every book of the run (one
+    selected, `after_run` its last, `close` the run's last. One client serves every book of the run (one
     concurrency, one rate limit); each call's recorder carries its book's ledger and caps."""
 
     def __init__(self, settings: Settings, selected: list[StageSpec], budget_usd: float | None = None,
@@ -249,15 +249,18 @@ class LLMSetup:
             self.library.sync([ctx.book.id], own=frozenset([ctx.book.id]))
             ctx.budgets += self.library.caps(ctx.book.id)
 
-    async def close(self, contexts: list[RunContext]) -> None:
-        """The run's last step with a client: every cut call settled, the key's counter noted."""
-        if self.llm is None:
+    async def after_run(self, ctx: RunContext) -> None:
+        """A book's last step, before its run closes: its calls cut mid-answer settled (in its
+        ledger), the key's counter noted."""
+        if ctx.llm is None:
             return
-        await self.llm.drain()
-        for ctx in contexts:
-            if ctx.llm is not None:
-                await _note_key_usage(ctx, "key_usage_end")
-        await self.llm.aclose()
+        await ctx.llm.drain()
+        await _note_key_usage(ctx, "key_usage_end")
+
+    async def close(self) -> None:
+        """The run's last step: the client closed."""
+        if self.llm is not None:
+            await self.llm.aclose()
 
 
 async def _note_key_usage(ctx: RunContext, column: str) -> None:

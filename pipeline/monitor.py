@@ -131,3 +131,33 @@ def monitor_report(library: Library, book_ids: list[str], default_budget_usd: fl
     if len(book_ids) == 1:
         return snapshots[0]
     return library_snapshot(library, snapshots)
+
+
+def fleet_report(library: Library, url: str, conn=None) -> dict:
+    """The fleet's figures (infra/pg_fleet.py) with what the shared books folder adds: each
+    running book's pages (None when this machine does not see it) and, per stage and book,
+    pages per minute in its running runs; each book's cost and budget are its budget row's."""
+    from infra.pg_fleet import fleet_figures
+
+    report = fleet_figures(url, RECENT_ERRORS, conn)
+    live = {w["holder"] for w in report["workers"]}
+    for b in report["running"]:
+        book = library.book(b["book"])
+        b["pages"] = book.page_count() if book.source_dir.is_dir() else None
+        elapsed = max(report["at"] - b["started_at"], 1e-3)
+        order = {name: i for i, name in enumerate(STAGES.names)}
+        b["stages"] = dict(sorted(b["stages"].items(), key=lambda item: order.get(item[0], len(order))))
+        for s in b["stages"].values():
+            s["total"] = b["pages"]
+            s["pages_per_minute"] = s["done_this_run"] * 60 / elapsed
+        # how fast the book gets done: the pages leaving the last page stage at work
+        working = [s for name, s in b["stages"].items()
+                   if s["done_this_run"] and (name not in STAGES or STAGES[name].per_page)]
+        b["pages_per_minute"] = working[-1]["pages_per_minute"] if working else 0.0
+        row = report["budgets"].get(f"book:{b['book']}", {})
+        b.update(cost_usd=row.get("spent_usd", 0.0), budget_usd=row.get("budget_usd"),
+                 budget_left_usd=row.get("left_usd"),
+                 state="running" if live & set(b["holders"]) else "lapsed")
+    report["pages_per_minute"] = sum(b["pages_per_minute"] for b in report["running"] if b["state"] == "running")
+    report["calls_in_flight"] = sum(w["calls_in_flight"] for w in report["workers"])
+    return report

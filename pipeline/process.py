@@ -13,12 +13,12 @@ import os
 import shlex
 import signal
 import sys
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 
 from infra.books import PREVIOUS, READING_FILES, Book
 from infra.checkpoint import Ledger
 from infra.ledgers import ledger_errors, open_ledger, writer_lock
-from infra.errors import ArError, LedgerError, exit_code
+from infra.errors import ArError, BookLocked, LedgerError, exit_code
 from infra.logs import close_run_log, log_event, open_run_log
 from infra.storage import atomic_write_json
 from pipeline.executor import OcrSlots, stop_own_ray
@@ -66,6 +66,12 @@ def process_book(book: Book, stages: list[StageSpec], workers: int, **kwargs) ->
     return process_books([book], stages, workers, **kwargs)[book.id]
 
 
+# The most books a run keeps open at once, whatever the library's size: each holds its lock,
+# its ledger (3 files with SQLite, 2 connections with PostgreSQL) and its log.
+BOOKS_OPEN_AT_ONCE = 16
+SKIPPED, NOT_STARTED = "skipped", "not_started"  # a book's outcome when it was not run
+
+
 def process_books(
     books: list[Book],
     stages: list[StageSpec],
@@ -76,94 +82,255 @@ def process_books(
     fresh: bool = False,
     progress=None,
     before_run=None,
-    after_runs=None,
+    after_run=None,
+    after_all=None,
+    together: bool = False,
 ) -> dict[str, Outcome]:
     """Run the selected `stages` of `registry` on each of `books`, in one run on one event
     loop: their pages interleave, sharing the LLM client and the OCR processes (`before_run`
     sets them up). Each book keeps its own writer lock, ledger, run and outcome. `models`: the
     model of each LLM stage.
 
-    `progress` (a context manager with `update(stage)`) is shown once the locks are ours, so a
+    Books open in a window (`_Window`): a book is opened (its lock taken, its run on record)
+    when those open have too little work left to keep the workers busy, or with `together`
+    (a library budget, which each book should get a share of) as long as there is room; and
+    closed as soon as it is finished; so a run of thousands holds open at most BOOKS_OPEN_AT_ONCE.
+
+    `progress` (a context manager with `update(stage)`) is shown once a lock is ours, so a
     refused second writer prints nothing but its error.
     `before_run(ctx)` runs first, inside each book's run (e.g. to resolve calls a crash left
-    pending); `after_runs(ctxs)`, once every book has stopped (e.g. to close the shared client).
-    With one book, an error that stops it is raised (the CLI prints it); with several, it is
-    that book's outcome, and the others go on.
+    pending); `after_run(ctx)` last, before it closes (e.g. to settle its calls cut mid-answer);
+    `after_all()` once every book has stopped (e.g. to close the shared client).
+    With one book, an error that stops it is raised (the CLI prints it), BookLocked too; with
+    several, it is that book's outcome, and the others go on; a book another process holds is
+    skipped (its outcome SKIPPED, naming the holder), and the books a stop of the whole run
+    (Ctrl-C, the key refused, the library's cap) left unopened are NOT_STARTED.
     """
+    window = _Window(books, stages, workers, registry, options or {}, models or {}, fresh, progress,
+                     (before_run, after_run, after_all), together)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # as it is: restored at the end
     with ExitStack() as stack:
-        for book in books:
-            stack.enter_context(writer_lock(book))
-        stack.enter_context(progress or nullcontext())
+        window.shown = stack
         stack.callback(stop_own_ray)  # a Ray that ar started for the run ends with it
-        on_progress = progress.update if progress is not None else None
-        runs = [_BookRun(book) for book in books]
-        held = _hold_stop_signals()  # until the runs are on record and their closing assured
         try:
-            for run in runs:
-                run.open([s.name for s in stages])
-            _release(held)  # a stop from here on is the interrupt of runs on record
-            ocr_slots = OcrSlots(workers)  # one OCR pool: this machine's cores, or the Ray cluster's
-            contexts = [RunContext(book=r.book, ledger=r.ledger, run_id=r.run_id, registry=registry, workers=workers,
-                                   options=options or {}, models=models or {}, books_in_run=len(runs),
-                                   ocr_slots=ocr_slots) for r in runs]
-            outcomes = run_loop(_run_all(contexts, stages, on_progress, before_run, after_runs, fresh))
-            for run, outcome in zip(runs, outcomes):
-                run.outcome = outcome
+            run_loop(window.run())
         except ArError as e:
-            _ended(runs, Outcome(status=getattr(e, "status", "failed"), message=str(e)))
+            window.ended(Outcome(status=getattr(e, "status", "failed"), message=str(e)))
             raise
         except ledger_errors() as e:  # a record the ledger refused (a full disk): say which file
-            message = "cannot write " + ", ".join(str(r.book.ledger_path) for r in runs) + f": {e}"
-            _ended(runs, Outcome(status="failed", message=message))
+            message = "cannot write " + ", ".join(str(r.book.ledger_path) for r in window.open) + f": {e}"
+            window.ended(Outcome(status="failed", message=message))
             raise LedgerError(message) from None
         except KeyboardInterrupt:  # before the run's signal handlers were set, or after
-            _ended(runs, Outcome(status="interrupted", message=RESUME))
+            window.ended(Outcome(status="interrupted", message=RESUME))
             raise
         except BaseException as e:
-            _ended(runs, Outcome(status="failed", message=f"{type(e).__name__}: {e}"))
+            window.ended(Outcome(status="failed", message=f"{type(e).__name__}: {e}"))
             raise
         finally:
             _hold_stop_signals()  # a stop now waits until the runs are closed, then takes effect
             # the event loop, closing, left SIGTERM's default (death): it is Ctrl-C again
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
-                for run in runs:
+                for run in list(window.open):  # those an error left open
                     run.close()
             finally:
-                _release(held)
-    for run in runs:
-        run.outcome.run_id = run.run_id
-    return {run.book.id: run.outcome for run in runs}
+                _release(mask)
+    return window.outcomes
 
 
 class _BookRun:
-    """One book's part of a run: its ledger, its run on record, its log, its outcome."""
+    """One book's part of a run: its lock, its ledger, its run on record, its log, its outcome."""
 
     def __init__(self, book: Book):
         self.book = book
+        self.lock = writer_lock(book)
         self.ledger: Ledger | None = None
         self.run_id: int | None = None
         self.handler = None
+        self.ctx: RunContext | None = None
+        self.pipeline: Pipeline | None = None
         self.outcome: Outcome | None = None
 
     def open(self, stages: list[str]) -> None:
-        self.ledger = open_ledger(self.book)
+        """Take the book's lock (BookLocked when another process has it), then open its run."""
+        self.lock.__enter__()
         try:
-            self.run_id = self.ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
-        except self.ledger.write_errors as e:  # a full disk: not even the run's first record fits
-            raise LedgerError(f"cannot write {self.book.ledger_path}: {e}") from None
-        self.handler = open_run_log(self.book.logs_dir, self.run_id, self.book.id)
+            self.ledger = open_ledger(self.book)
+            try:
+                self.run_id = self.ledger.start_run(os.getpid(), shlex.join(["ar.py", *sys.argv[1:]]))
+            except self.ledger.write_errors as e:  # a full disk: not even the run's first record fits
+                raise LedgerError(f"cannot write {self.book.ledger_path}: {e}") from None
+            self.handler = open_run_log(self.book.logs_dir, self.run_id, self.book.id)
+        except BaseException:
+            self.close()
+            raise
         log_event(log, "run started", run_id=self.run_id, book=self.book.id, stages=stages)
 
     def close(self) -> None:
-        if self.ledger is not None:
-            _close_run(self.book, self.ledger, self.run_id, self.outcome or Outcome(status="failed"), self.handler)
+        try:
+            if self.ledger is not None:
+                _close_run(self.book, self.ledger, self.run_id, self.outcome or Outcome(status="failed"),
+                           self.handler)
+                self.ledger = None
+        finally:
+            self.lock.__exit__(None, None, None)
+        if self.outcome is not None:
+            self.outcome.run_id = self.run_id
 
 
-def _ended(runs: list[_BookRun], outcome: Outcome) -> None:
-    """How the runs that have none yet ended."""
-    for run in runs:
-        run.outcome = run.outcome or outcome
+class _Window:
+    """The books of one run, opened when they come into work and closed when finished."""
+
+    def __init__(self, books, stages, workers, registry, options, models, fresh, progress, hooks, together):
+        self.books, self.stages, self.workers, self.together = books, stages, workers, together
+        self.registry, self.options, self.models, self.fresh = registry, options, models, fresh
+        self.progress = progress
+        self.before_run, self.after_run, self.after_all = hooks
+        self.ocr_slots: OcrSlots | None = None  # the run's one bound on OCR pages in flight
+        self.open: list[_BookRun] = []
+        self.outcomes: dict[str, Outcome] = {}
+        self.shown: ExitStack | None = None  # where the progress display is entered,
+        self.unshown = progress  # once a lock is ours
+        self.stopping = False  # no new book opens: a signal, a stop of the whole run, an error
+        self.signalled = False
+        self.changed: asyncio.Event | None = None
+
+    def ended(self, outcome: Outcome) -> None:
+        """How the books open, and with no outcome yet, ended (an error escaped the run)."""
+        for run in self.open:
+            run.outcome = run.outcome or outcome
+            self.outcomes[run.book.id] = run.outcome
+
+    def _in_work(self) -> float:
+        """Pages queued or in flight in the open books (a book not planned yet: enough)."""
+        return sum(self.workers if r.pipeline is None else r.pipeline.in_work for r in self.open)
+
+    def _on_progress(self, stage) -> None:
+        if self.progress is not None:
+            self.progress.update(stage)
+        self.changed.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+        self.ocr_slots = OcrSlots(self.workers)  # this machine's cores, or the Ray cluster's
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        tasks = []
+        try:
+            for book in self.books:
+                while self.open and not self.stopping and (len(self.open) >= BOOKS_OPEN_AT_ONCE or (
+                        not self.together and self._in_work() >= self.workers)):
+                    self.changed.clear()
+                    await self.changed.wait()
+                if self.stopping:
+                    self.outcomes[book.id] = Outcome(status=NOT_STARTED, message="the run stopped before it")
+                    continue
+                run = self._open(book)
+                if run is not None:
+                    tasks.append(loop.create_task(self._book(run)))
+            errors = [e for e in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(e, BaseException)]
+            if errors:  # raised once every book has stopped
+                raise errors[0]
+        finally:
+            if self.after_all is not None:
+                await self.after_all()
+            _hold_stop_signals()  # from here until the runs are closed (process_books releases them)
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def _open(self, book: Book) -> _BookRun | None:
+        """The book's run, opened; None when it is skipped (several books: another process holds it)."""
+        run = _BookRun(book)
+        try:
+            run.open([s.name for s in self.stages])
+        except BookLocked as e:
+            if len(self.books) == 1:
+                raise
+            self.outcomes[book.id] = Outcome(status=SKIPPED, message=f"being processed by {e.holder}")
+            print(f"ar: skipped {book.id}: being processed by {e.holder}", file=sys.stderr, flush=True)
+            return None
+        except (ArError, OSError, *ledger_errors()) as e:  # its run cannot be put on record (a full disk): the others go on
+            if len(self.books) == 1:
+                raise
+            self.outcomes[book.id] = Outcome(status="failed", message=str(e))
+            return None
+        if self.unshown is not None:  # once a lock is ours: a refused writer prints only its error
+            self.shown.enter_context(self.unshown)
+            self.unshown = None
+        self.open.append(run)
+        run.ctx = RunContext(book=book, ledger=run.ledger, run_id=run.run_id, registry=self.registry,
+                             workers=self.workers, options=self.options, models=self.models,
+                             books_in_run=len(self.books), ocr_slots=self.ocr_slots)
+        return run
+
+    async def _book(self, run: _BookRun) -> None:
+        """One book from its open run to its close; what stops it is its outcome (with several)."""
+        ctx = run.ctx
+        try:
+            if len(self.books) == 1:
+                run.outcome = await self._run(run)
+            else:
+                run.outcome = await _one_of_many(ctx, self._run(run))
+        except ArError as e:
+            run.outcome = Outcome(status=getattr(e, "status", "failed"), message=str(e))
+            raise
+        except ctx.ledger.write_errors as e:
+            run.outcome = Outcome(status="failed", message=f"cannot write {ctx.book.ledger_path}: {e}")
+            raise LedgerError(run.outcome.message) from None
+        except BaseException as e:  # a bug: the other books take no new page
+            run.outcome = Outcome(status="failed", message=f"{type(e).__name__}: {e}")
+            self._stop_all()
+            raise
+        finally:
+            try:
+                if self.after_run is not None:
+                    await self.after_run(ctx)
+            finally:
+                run.close()
+                self.outcomes[run.book.id] = run.outcome
+                self.open.remove(run)
+                if run.outcome.ends_run:
+                    self.stopping = True
+                self.changed.set()
+
+    async def _run(self, run: _BookRun) -> Outcome:
+        ctx = run.ctx
+        if self.before_run is not None:
+            await self.before_run(ctx)
+        if self.fresh:  # only once the run can go on (key, prices, pending calls settled): nothing lost for naught
+            for spec in self.stages:
+                clean_stage(ctx.book, ctx.ledger, spec.name, ctx.registry)
+        pages = list(range(1, ctx.book.page_count() + 1))
+        run.pipeline = Pipeline(ctx, [spec.load()(ctx, spec) for spec in self.stages], pages, self._on_progress)
+        return await run.pipeline.run()
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for run in self.open:
+            run.ctx.stopping.set()
+        self.changed.set()
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signalled:  # the second one: leave now, the ledgers are consistent
+            for run in self.open:
+                run.ledger.end_run(run.run_id, "interrupted", "stopped at once by a second signal")
+            os._exit(exit_code("interrupted"))
+        self.signalled = True
+        self._stop_all()
+        print(f"\nar: {signal.Signals(signum).name}: finishing the pages in flight "
+              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+
+async def _one_of_many(ctx: RunContext, work) -> Outcome:
+    """A book's run among others: what stops it is its outcome, not the others'."""
+    try:
+        return await work
+    except ArError as e:
+        return Outcome(status=getattr(e, "status", "failed"), message=str(e), ends_run=getattr(e, "ends_run", False))
+    except ctx.ledger.write_errors as e:
+        return Outcome(status="failed", message=f"cannot write {ctx.book.ledger_path}: {e}")
 
 
 def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome, handler) -> None:
@@ -194,55 +361,3 @@ def _hold_stop_signals() -> set:
 
 def _release(mask: set) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-async def _run_all(contexts: list[RunContext], stages: list[StageSpec], on_progress, before_run, after_runs,
-                   fresh: bool) -> list[Outcome]:
-    loop = asyncio.get_running_loop()
-    signalled: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if signalled:  # the second one: leave now, the ledgers are consistent
-            for ctx in contexts:
-                ctx.ledger.end_run(ctx.run_id, "interrupted", "stopped at once by a second signal")
-            os._exit(exit_code("interrupted"))
-        signalled.append(signum)
-        for ctx in contexts:
-            ctx.stopping.set()
-        print(f"\nar: {signal.Signals(signum).name}: finishing the pages in flight "
-              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        if len(contexts) == 1:
-            return [await _run(contexts[0], stages, on_progress, before_run, fresh)]
-        return list(await asyncio.gather(*(_run_one_of_many(ctx, stages, on_progress, before_run, fresh)
-                                           for ctx in contexts)))
-    finally:
-        if after_runs is not None:
-            await after_runs(contexts)
-        _hold_stop_signals()  # from here until the runs are closed (process_books releases them)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-async def _run_one_of_many(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:
-    """A book's run among others: what stops it is its outcome, not the others'."""
-    try:
-        return await _run(ctx, stages, on_progress, before_run, fresh)
-    except ArError as e:
-        return Outcome(status=getattr(e, "status", "failed"), message=str(e))
-    except ctx.ledger.write_errors as e:
-        return Outcome(status="failed", message=f"cannot write {ctx.book.ledger_path}: {e}")
-
-
-async def _run(ctx: RunContext, stages: list[StageSpec], on_progress, before_run, fresh: bool) -> Outcome:
-    if before_run is not None:
-        await before_run(ctx)
-    if fresh:  # only once the run can go on (key, prices, pending calls settled): nothing lost for naught
-        for spec in stages:
-            clean_stage(ctx.book, ctx.ledger, spec.name, ctx.registry)
-    pages = list(range(1, ctx.book.page_count() + 1))
-    pipeline = Pipeline(ctx, [spec.load()(ctx, spec) for spec in stages], pages, on_progress)
-    return await pipeline.run()

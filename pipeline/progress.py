@@ -7,11 +7,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.stage import Stage
 
 
+BARS_BY_BOOK_UP_TO = 8  # more books than this: one bar per stage, for all the books together
+
+
 class StageProgress:
     def __init__(self, totals: dict[tuple[str, str], int], done: dict[tuple[str, str], int],
                  costs: dict[tuple[str, str], float]):
-        """Each figure by (book, stage); one book's bars are named by their stage alone."""
-        many = len({book for book, _ in totals}) > 1
+        """Each figure by (book, stage); one book's bars are named by their stage alone, and a
+        run of many books has one bar per stage (a library's thousand bars would be unreadable)."""
+        books = len({book for book, _ in totals})
         self.progress = Progress(
             TextColumn("{task.description:<8}"),
             BarColumn(bar_width=30),
@@ -22,11 +26,21 @@ class StageProgress:
             console=Console(stderr=True),
             transient=False,
         )
-        self.tasks = {
-            key: self.progress.add_task(" ".join(key) if many else key[1], total=total, completed=done.get(key, 0),
-                                        cost=costs.get(key, 0.0), failed="")
-            for key, total in totals.items()
-        }
+        if books == 1:
+            self.bar = lambda book, stage: stage
+        elif books <= BARS_BY_BOOK_UP_TO:
+            self.bar = lambda book, stage: f"{book} {stage}"
+        else:
+            self.bar = lambda book, stage: f"{stage} ({books} books)"
+        # each (book, stage)'s last figures: pages done, cost, pages failed; a bar shows their sum
+        self.figures = {key: (done.get(key, 0), costs.get(key, 0.0), 0) for key in totals}
+        self.sums: dict[str, list] = {}
+        for key, total in totals.items():
+            bar = self.sums.setdefault(self.bar(*key), [0, 0, 0.0, 0])  # total, done, cost, failed
+            bar[0] += total
+            bar[1:] = [a + b for a, b in zip(bar[1:], self.figures[key])]
+        self.tasks = {bar: self.progress.add_task(bar, total=total, completed=n, cost=cost, failed="")
+                      for bar, (total, n, cost, _) in self.sums.items()}
 
     def __enter__(self) -> StageProgress:
         self.progress.start()
@@ -36,11 +50,14 @@ class StageProgress:
         self.progress.stop()
 
     def update(self, stage: Stage) -> None:
-        failed = stage.stats["pages_failed"]
-        self.progress.update(
-            self.tasks[stage.ctx.book.id, stage.name], completed=stage.stats["pages_done"],
-            cost=stage.stats["total_cost_usd"], failed=f"{failed} failed" if failed else "",
-        )
+        key = (stage.ctx.book.id, stage.name)
+        now = (stage.stats["pages_done"], stage.stats["total_cost_usd"], stage.stats["pages_failed"])
+        before, self.figures[key] = self.figures[key], now
+        name = self.bar(*key)
+        bar = self.sums[name]
+        bar[1:] = [b + n - o for b, n, o in zip(bar[1:], now, before)]
+        self.progress.update(self.tasks[name], completed=bar[1], cost=bar[2],
+                             failed=f"{bar[3]} failed" if bar[3] else "")
 
 
 class ItemProgress:

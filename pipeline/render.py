@@ -155,6 +155,12 @@ def process_run_summary(r: dict, library) -> None:
     for report in r["books"]:
         console.print(f"[bold]{report['book']}[/]")
         process_summary(report, library.book(report["book"]))
+    for b in r["skipped"]:
+        console.print(f"skipped {b['book']}: {b['why']}")
+    if r["not_started"]:
+        console.print(f"not started (the run stopped first): {', '.join(b['book'] for b in r['not_started'])}")
+    if not r["books"]:
+        console.print("no book was run: every one is being processed by another process")
     if r["library_budget"] is not None:
         library_budget(r["library_budget"])
 

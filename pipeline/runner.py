@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from infra.errors import PageFailed, StopRun, exit_code
+from infra.errors import RUN_EXIT, PageFailed, StopRun, exit_code
 from pipeline.registry import BOOK_PAGE, StageSpec
 from pipeline.stage import RunContext, Stage
 
@@ -30,12 +30,18 @@ class Outcome:
     book_stages_done: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     run_id: int | None = None  # the run's number in the ledger, once it is closed
+    ends_run: bool = False  # stopped by what no other book escapes (the key, the library's cap)
 
     @property
     def idle(self) -> bool:
         """It ended with nothing done and nothing failed: every page asked for was done."""
         return self.status == "done" and not (self.pages_processed or self.book_stages_done or self.failed)
     held: dict[str, int] = field(default_factory=dict)  # pages another writer of the fleet held
+
+    @property
+    def ran(self) -> bool:
+        """It has a run on record (not skipped, nor left unstarted: pipeline/process.py)."""
+        return self.status in RUN_EXIT
 
     @property
     def exit_code(self) -> int:
@@ -56,6 +62,7 @@ class Pipeline:
         self.finished = {s.name: asyncio.Event() for s in stages}
         self.on_progress = on_progress or (lambda stage: None)
         self.outcome = Outcome()
+        self.in_work = 0  # pages queued or in flight in a page stage: a run of several books opens the next when low
         self._forget_stale_book_stages()
 
     def _spec(self, name: str) -> StageSpec:
@@ -87,6 +94,7 @@ class Pipeline:
             return
         self.queued[stage].add(page)
         self.queues[stage].put_nowait(page)
+        self.in_work += 1
 
     def _offer_downstream(self, stage: str, pages: list[int]) -> None:
         for name in self.queues:
@@ -123,6 +131,7 @@ class Pipeline:
     def _stop(self, stop: StopRun) -> None:
         if self.outcome.status in ("done", "failed"):
             self.outcome.status, self.outcome.message = stop.status, str(stop)
+            self.outcome.ends_run = stop.ends_run
         self.ctx.stopping.set()
 
     async def _after_inputs(self, stage: Stage) -> None:
@@ -188,10 +197,12 @@ class Pipeline:
                 self._stop(stop)
                 queue.put_nowait(_CLOSED)
                 return
+            finally:
+                self.in_work -= 1
+            self.on_progress(stage)
             if ok is None:  # another writer of the fleet has it
                 self.outcome.held[stage.name] = self.outcome.held.get(stage.name, 0) + 1
                 continue
-            self.on_progress(stage)
             if not ok:
                 self.outcome.failed[stage.name] = self.outcome.failed.get(stage.name, 0) + 1
                 continue

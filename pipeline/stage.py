@@ -116,8 +116,8 @@ class Stage:
             return False
         path = self.spec.page_path(self.ctx.book, page)
         self.ctx.ledger.check_lease()  # a writer whose lease lapsed writes no output
-        try:
-            atomic_write_json(path, result)
+        try:  # in a thread: its two fsyncs (a few ms each) would stall every page in flight
+            await asyncio.to_thread(atomic_write_json, path, result)
         except OSError as e:  # disk full, read-only: no page can be saved, stop cleanly
             raise StopRun(f"cannot write {path}: {e.strerror or e}") from None
         self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id, result.get("flags"))

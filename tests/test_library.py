@@ -2,14 +2,18 @@
 budget (library.db) that holds with two `ar` processes at once and after a SIGKILL. Real
 `ar.py` processes, a real SQLite library ledger, real HTTP to the local server."""
 import json
+import os
+import resource
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
 from infra.checkpoint import Ledger
-from tests.conftest import llm_env, run_ar, start_ar
+from tests.conftest import ROOT, llm_env, make_book, run_ar, start_ar
 
 KEY = "sk-or-v1-library-test-0123456789"
 
@@ -132,8 +136,9 @@ def test_one_run_of_two_books_shares_one_client_and_interleaves(sim, books_dir, 
     # one client: 6 calls in flight for both books together, never 6 each
     assert most_in_flight(spans_a + spans_b) <= 6
     assert most_in_flight(spans_a + spans_b) >= 5
-    # interleaved: book b's calls run while book a's do, from the start
-    assert min(s for s, _ in spans_b) < sorted(s for s, _ in spans_a)[10]
+    # interleaved where it keeps the workers busy: book b opens when a's pages left no longer fill
+    # them, so its calls start while a's last ones are in flight
+    assert min(s for s, _ in spans_b) < max(e for _, e in spans_a)
     # each book has its own run on record, and its own ledger equals its share of the bill
     for book in (a, b):
         assert [r[0] for r in rows(book / "checkpoint.db", "SELECT status FROM runs")] == ["done", "done"]
@@ -168,3 +173,144 @@ def test_many_books_are_named_not_paths(books_dir):
     assert r.returncode == 2 and "give one BOOK or more, or --all" in r.stderr
     r = run_ar("process", "--all", books_dir=books_dir)
     assert r.returncode == 1 and "no book in" in r.stderr
+
+
+def text_layer_books(books_dir, count: int, pages: int) -> list[str]:
+    """`count` books of `pages` blank scans whose text is their PDF text layer: OCR is a file read."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    blank = BytesIO()
+    Image.new("L", (850, 1100), 255).save(blank, "PNG")
+    ids = [f"b{n:03d}" for n in range(1, count + 1)]
+    for book_id in ids:
+        source = make_book(books_dir, book_id, pages) / "source"
+        for p in range(1, pages + 1):
+            (source / f"page_{p:04d}.png").write_bytes(blank.getvalue())
+            (source / f"page_{p:04d}.txt").write_text(f"Page {p} of {book_id}: call me Ishmael.\n")
+    return ids
+
+
+def test_two_processes_on_all_split_the_books_and_do_each_page_once(sim, books_dir, tmp_path):
+    server = sim("--api-key", KEY, "--latency-ms", "400", "--seed", "11")
+    ids = text_layer_books(books_dir, 10, 3)
+    env = llm_env(server, tmp_path)
+    args = ("process", "--all", "--stages", "ocr,correct", "--text-layer", "use", "--workers", "2", "--json")
+    procs = [start_ar(*args, books_dir=books_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reports = [json.loads(out) for out, _ in outs]
+    worked = [{b["book"] for b in r["books"] if b["outcome"]["pages_processed"]} for r in reports]
+    assert worked[0] and worked[1] and not worked[0] & worked[1]  # split: each did books, none did one twice
+    assert worked[0] | worked[1] == set(ids)
+    for me, other, err in ((0, 1, outs[0][1]), (1, 0, outs[1][1])):
+        skipped = reports[me]["skipped"]
+        assert skipped and all(f"pid {procs[other].pid} " in s["why"] for s in skipped)  # who holds it
+        assert {s["book"] for s in skipped} <= worked[other]
+        assert all(f"ar: skipped {s['book']}: being processed by pid {procs[other].pid}" in err for s in skipped)
+    processed = {}
+    for r in reports:
+        for b in r["books"]:
+            processed[b["book"]] = processed.get(b["book"], 0) + b["outcome"]["pages_processed"]
+    assert processed == {b: 6 for b in ids}  # 3 pages in ocr and 3 in correct, once each
+    for book_id in ids:  # each page marked done once, with one call
+        db = books_dir / book_id / "checkpoint.db"
+        assert rows(db, "SELECT stage, COUNT(*), MAX(attempts) FROM pages WHERE status = 'done' GROUP BY stage") == \
+            [("correct", 3, 1), ("ocr", 3, 1)]
+        assert rows(db, "SELECT COUNT(*), COUNT(DISTINCT page) FROM calls") == [(3, 3)]
+    assert abs(sum(ledger_total(books_dir / b) for b in ids) - server.credits()) <= 1e-9
+
+
+def test_a_book_another_process_holds_is_skipped_and_all_skipped_is_not_a_success(books_dir):
+    from infra.books import Book
+    from infra.lock import WriterLock
+
+    a, b = (Book(books_dir / i) for i in text_layer_books(books_dir, 2, 1))
+    args = ("process", "--all", "--stages", "ocr", "--text-layer", "use", "--json")
+    with WriterLock(a.lock_path, a.id):
+        r = run_ar(*args, books_dir=books_dir)
+        assert r.returncode == 0, r.stderr  # b was run; a is the other process's work
+        report = json.loads(r.stdout)
+        assert [x["book"] for x in report["books"]] == [b.id] and report["exit_code"] == 0
+        assert [x["book"] for x in report["skipped"]] == [a.id]
+        assert f"being processed by pid {os.getpid()} on " in report["skipped"][0]["why"]
+        assert f"ar: skipped {a.id}: being processed by pid {os.getpid()} on " in r.stderr
+        with WriterLock(b.lock_path, b.id):
+            r = run_ar(*args[:-1], books_dir=books_dir)
+    assert r.returncode == 1 and "no book was run" in r.stdout  # nothing done here: not a success
+    assert r.stderr.count("ar: skipped ") == 2 and "Traceback" not in r.stderr
+    # one book named alone, held: the one-line error, as ever
+    with WriterLock(a.lock_path, a.id):
+        r = run_ar("process", a.id, "--stages", "ocr", books_dir=books_dir)
+    assert r.returncode == 1 and "is being processed by pid" in r.stderr
+
+
+def test_a_run_of_many_books_holds_few_open_at_once(books_dir):
+    """Under an open-files limit that every book open at once would pass (5 files a book: its
+    lock, its ledger and its WAL and shared memory, its log), the books open in a window."""
+    ids = text_layer_books(books_dir, 30, 1)
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    r = subprocess.run([sys.executable, str(ROOT / "ar.py"), "process", "--all", "--stages", "ocr",
+                        "--text-layer", "use", "--workers", "2", "--json"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env={**os.environ, "AR_BOOKS_DIR": str(books_dir)},
+                       preexec_fn=few_files)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    assert [x["book"] for x in report["books"]] == ids
+    assert all(x["outcome"]["status"] == "done" and x["stages"]["ocr"]["done"] == 1 for x in report["books"])
+    for book_id in ids:  # each book's run opened and closed
+        assert rows(books_dir / book_id / "checkpoint.db", "SELECT status FROM runs") == [("done",)]
+
+
+def test_a_run_of_many_books_shows_one_bar_per_stage_for_all_of_them():
+    from types import SimpleNamespace
+
+    from pipeline.progress import StageProgress
+
+    ids = [f"b{n}" for n in range(20)]
+    progress = StageProgress({(b, s): 10 for b in ids for s in ("ocr", "correct")},
+                             {(b, "ocr"): 10 for b in ids}, {(b, "correct"): 0.5 for b in ids})
+    assert [t.description for t in progress.progress.tasks] == ["ocr (20 books)", "correct (20 books)"]
+    stage = SimpleNamespace(ctx=SimpleNamespace(book=SimpleNamespace(id="b3")), name="correct",
+                            stats={"pages_done": 4, "total_cost_usd": 0.75, "pages_failed": 1})
+    progress.update(stage)
+    stage.stats.update(pages_done=6, total_cost_usd=1.0)
+    progress.update(stage)
+    correct = progress.progress.tasks[1]
+    assert (correct.total, correct.completed) == (200, 6)
+    assert correct.fields["cost"] == pytest.approx(20 * 0.5 + 0.5) and correct.fields["failed"] == "1 failed"
+    assert progress.progress.tasks[0].completed == 200
+
+
+def test_a_book_whose_run_cannot_be_opened_fails_alone_and_the_others_go_on(books_dir):
+    a, b = text_layer_books(books_dir, 2, 1)
+    (books_dir / b / "logs").write_text("not a folder")  # its run's log cannot be made
+    r = run_ar("process", "--all", "--stages", "ocr", "--text-layer", "use", "--json", books_dir=books_dir)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    outcomes = {x["book"]: x["outcome"] for x in json.loads(r.stdout)["books"]}
+    assert outcomes[a]["status"] == "done" and outcomes[b]["status"] == "failed"
+    assert "logs" in outcomes[b]["message"]
+    assert rows(books_dir / b / "checkpoint.db", "SELECT status FROM runs") == [("failed",)]
+
+
+def test_a_stop_on_the_library_budget_opens_no_further_book(sim, books_dir, tmp_path):
+    from pipeline.process import BOOKS_OPEN_AT_ONCE
+
+    server = sim("--api-key", KEY, "--seed", "5")
+    ids = text_layer_books(books_dir, BOOKS_OPEN_AT_ONCE + 2, 1)  # under a library budget, the window opens at once
+    r = run_ar("process", "--all", "--stages", "ocr,correct", "--text-layer", "use", "--workers", "1",
+               "--library-budget", "0.0001", "--force", "--json", books_dir=books_dir, env=llm_env(server, tmp_path))
+    assert r.returncode == 3, r.stderr
+    report = json.loads(r.stdout)
+    run = [x["book"] for x in report["books"]]
+    assert run == ids[:BOOKS_OPEN_AT_ONCE]  # they advance together, each to have its share
+    assert all(x["outcome"]["status"] == "budget" and "library budget reached" in x["outcome"]["message"]
+               for x in report["books"])
+    assert [x["book"] for x in report["not_started"]] == ids[len(run):]  # no run on record, nothing spent
+    assert all(not (books_dir / b / "checkpoint.db").exists() for b in ids[len(run):])
+    assert server.credits() == 0
