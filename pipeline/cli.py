@@ -159,10 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _emit(args, report: dict, human) -> None:
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        human(report)
+    try:
+        if args.json:
+            print(json.dumps(report, indent=2, default=str))
+        else:
+            human(report)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        render.reader_gone()
 
 
 def cmd_add(args, settings: Settings, library: Library) -> int:
@@ -291,7 +295,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     before = {}
     for book in books:
         for spec in selected:  # what each stage needs is there (the OCR's languages), before any work
-            spec.load().check_ready(book, options)
+            spec.load().check_ready(spec, book, options)
         before[book.id] = status_report(book)["stages"]
         _check_inputs(book, selected, before[book.id], args.fresh)
     lib = _library_ledger(args, library)

@@ -25,7 +25,7 @@ from infra.books import Library
 from infra.ledgers import ledger_errors
 from infra.errors import ArError
 from pipeline.monitor import book_snapshot, fleet_report, library_snapshot
-from pipeline.render import to_review, usd
+from pipeline.render import ReportConsole, pages, to_review, usd
 
 REFRESH_S = 0.5
 SHOWN_ERRORS = 3
@@ -98,7 +98,7 @@ def book_view(s: dict, stale: str | None = None) -> Panel:
     if stale:
         lines.append(Text(f"stale, from {_clock(s['at'])}: {stale}", style="yellow",
                           no_wrap=True, overflow="ellipsis"))
-    title = Text.assemble((s["book"], "bold"), "  ", _state(s["state"]), f"  {s['pages']} pages")
+    title = Text.assemble((s["book"], "bold"), "  ", _state(s["state"]), f"  {pages(s['pages'])}")
     return Panel(Group(*lines), title=title, title_align="left")
 
 
@@ -180,7 +180,7 @@ def fleet_view(r: dict) -> RenderableType:
 
 
 def print_once(report: dict, detail_all: bool = False) -> None:
-    Console(highlight=False).print(fleet_view(report) if "workers" in report else view(report, detail_all=detail_all))
+    ReportConsole(highlight=False).print(fleet_view(report) if "workers" in report else view(report, detail_all=detail_all))
 
 
 class Watcher:

@@ -31,6 +31,7 @@ from infra.ledgers import read_ledger
 from infra.logs import log_event
 from pipeline import margins, orientation
 from pipeline.executor import OcrSlots, page_runner
+from pipeline.render import pages
 from pipeline.stage import DEFAULT_LANG, Stage, kept_language
 
 log = logging.getLogger("ar.ocr")
@@ -307,15 +308,17 @@ class OcrStage(Stage):
         self.slots = ctx.ocr_slots or OcrSlots(ctx.workers)  # the run's, shared by its books
         if self.lang != kept:
             ctx.ledger.set_meta("lang", self.lang)
-            done = len(ctx.ledger.done_pages(self.name))
-            if done:
-                log_event(log, f"{done} pages were read in {kept}, not {self.lang}: run "
-                          f"`ar.py clean {ctx.book.id} ocr` to read them again in {self.lang}",
-                          logging.WARNING, book=ctx.book.id)
 
     @classmethod
-    def check_ready(cls, book, options):
-        check_languages(options.get("lang") or read_ledger(book, kept_language, DEFAULT_LANG))
+    def check_ready(cls, spec, book, options):
+        """The languages are installed; and a change of language says which pages were read
+        in the old one (also when the book is done, and so nothing of this stage is built)."""
+        kept, done = read_ledger(book, lambda ledger: (kept_language(ledger), len(ledger.done_pages(spec.name))),
+                                 (DEFAULT_LANG, 0))
+        lang = check_languages(options.get("lang") or kept)
+        if lang != kept and done:
+            log_event(log, f"{pages(done)} were read in {kept}, not {lang}: run `ar.py clean {book.id} "
+                      f"{spec.name}` to read them again in {lang}", logging.WARNING, book=book.id)
 
     @property
     def concurrency(self) -> int:

@@ -23,7 +23,7 @@ from infra.pricing import same_cost
 
 def reconcile(book: Book, settings: Settings) -> dict:
     """Every recorded generation whose cost the provider states otherwise, or does not know;
-    and the unattributed spend (None: the endpoint keeps no key counter)."""
+    and the unattributed spend (None: no run of the book noted the key's counter at both ends)."""
     calls, runs = read_ledger(book, lambda ledger: (ledger.calls_with_generation(), ledger.runs()),
                               ([], []))
     billed = asyncio.run(_provider_costs(settings, [c["generation_id"] for c in calls]))
@@ -57,7 +57,8 @@ def unattributed_spend(runs: list[dict]) -> tuple[float | None, int]:
             start, cost, span = run["key_usage_start"], 0.0, 0
         cost, span = cost + run["cost_usd"], span + 1
         if run["key_usage_end"] is not None and not run["pending_calls"] and not run["settled_later"]:
-            total = (total or 0.0) + run["key_usage_end"] - start - cost
+            # to the ledger's precision: float noise is no spend, and never a "-0"
+            total = round((total or 0.0) + run["key_usage_end"] - start - cost, 9) + 0.0
             measured += span
             start = None
     return total, measured

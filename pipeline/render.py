@@ -1,6 +1,8 @@
 """Human-readable forms of the reports (their --json forms are the dicts themselves)."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 from rich.console import Console
@@ -8,7 +10,19 @@ from rich.table import Table
 
 from infra.books import Book
 
-console = Console(highlight=False, soft_wrap=True)  # a message or path stays on one line
+def reader_gone() -> None:
+    """The reader of the output left (`ar.py ... | head`): it had what it wanted, which is no
+    error of ar's. What is still written goes nowhere, so the exit's flush fails no more."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class ReportConsole(Console):
+    def on_broken_pipe(self) -> None:  # rich's own ends the process with exit 1
+        self.quiet = True
+        reader_gone()
+
+
+console = ReportConsole(highlight=False, soft_wrap=True)  # a message or path stays on one line
 if not console.is_terminal:  # piped or logged: tables as wide as they need, not cut at 80 columns
     console.width = 240
 
@@ -134,7 +148,8 @@ def process_summary(r: dict, book: Book) -> None:
                           f"made with {model}, not {other['model']}: `ar.py clean {r['book']} {stage}` "
                           "redoes them with it (and the stages made from them)")
     if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
-        console.print(f"done, {to_review(r)}: see `ar.py review {r['book']}`")
+        through = "done" if r["state"] == "done" else "the stages asked for are done"
+        console.print(f"{through}, {to_review(r)}: see `ar.py review {r['book']}`")
 
 
 def added_books(r: dict) -> None:
@@ -283,7 +298,8 @@ def reconciliation(r: dict) -> None:
     console.print(f"[bold]{r['book']}[/]: {r['generations']} generations; ledger {usd(r['ledger_usd'])}, "
                   f"provider {usd(r['provider_usd'])}")
     unattributed = r["unattributed_usd"]
-    console.print("unattributed: unknown (the endpoint keeps no key usage counter)" if unattributed is None else
+    console.print("unattributed: unknown (no run of this book noted the key's usage counter alone: the endpoint "
+                  "keeps none, or the book ran with others on the key)" if unattributed is None else
                   f"unattributed: ${unattributed:+.9f} (the key's usage over {r['runs_measured']} run(s), "
                   "less what their calls cost)")
     if not r["differences"] and not r["unknown"]:

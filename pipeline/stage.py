@@ -70,7 +70,7 @@ class Stage:
         }
 
     @classmethod
-    def check_ready(cls, book: Book, options: dict[str, Any]) -> None:
+    def check_ready(cls, spec: StageSpec, book: Book, options: dict[str, Any]) -> None:
         """Before a run does any work: what this stage needs from the machine is there (an
         ArError saying what is missing, if not). Most stages need nothing."""
 

@@ -2,14 +2,16 @@
 `ar.py`: one clear line, the exit code it deserves, and nothing changed or leaked."""
 import hashlib
 import io
+import os
 import sqlite3
 import struct
+import subprocess
 import zlib
 
 import pytest
 from PIL import Image
 
-from tests.conftest import llm_env, one_error_line, run_ar
+from tests.conftest import llm_env, one_error_line, run_ar, start_ar
 
 KEY = "sk-or-v1-catalogue-RECOGNISABLE-42"
 PADDING = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
@@ -135,3 +137,16 @@ def test_a_bad_env_file_is_a_usage_error_that_shows_no_secret(books_dir, tmp_pat
     assert r.returncode == 2
     one_error_line(r, needle)
     assert KEY not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("command", [("library",), ("library", "--json"), ("monitor", "--once"),
+                                     ("monitor", "--json")])
+def test_a_reader_that_leaves_before_the_report_is_no_error(books_dir, command):
+    """`ar.py library | head -0`: the reader is gone before ar writes. Its report was not wanted;
+    that is no error of ar's (no 'Broken pipe' line, exit 0), as for any Unix tool."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "wb") as gone:
+        r = start_ar(*command, books_dir=books_dir, stdout=gone, stderr=subprocess.PIPE, text=True)
+        _, err = r.communicate(timeout=60)
+    assert r.returncode == 0 and err == "", err
