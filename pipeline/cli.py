@@ -292,20 +292,33 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     settings = _with_models(settings, args)
     options = {"warn_run_usd": settings.warn_run_usd, "vision": args.vision, "lang": args.lang,
                "text_layer": args.text_layer}
-    before = {}
+    several = len(books) > 1
+    before, refused = {}, {}  # refused: a book of several that its own check keeps out of the run
+
+    def check(book, one_check) -> None:
+        try:
+            one_check()
+        except ArError as e:
+            if not several:
+                raise
+            refused[book.id] = e
+
     for book in books:
         for spec in selected:  # what each stage needs is there (the OCR's languages), before any work
             spec.load().check_ready(spec, book, options)
         before[book.id] = status_report(book)["stages"]
-        _check_inputs(book, selected, before[book.id], args.fresh)
+        check(book, lambda: _check_inputs(book, selected, before[book.id], args.fresh))
     lib = _library_ledger(args, library)
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
     names = [spec.name for spec in selected]
     lows = []
     for book in books:
-        if args.dry_run or (uses_llm and not args.force and (lib is not None or _has_budget(args, book, settings))):
-            lows.append(_check_estimate(args, book, settings, names))
+        if book.id not in refused and (args.dry_run or (uses_llm and not args.force and (
+                lib is not None or _has_budget(args, book, settings)))):
+            check(book, lambda: lows.append(_check_estimate(args, book, settings, names)))
+    books = [book for book in books if book.id not in refused]
+    before = {book.id: before[book.id] for book in books}
     if lib is not None and uses_llm and not args.force and not args.dry_run:
         _check_library_estimate(lib, lows, args.library_budget)
     if args.dry_run:
@@ -320,7 +333,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     outcomes = process_books(books, selected, workers, models=_models(settings), fresh=args.fresh,
                              options=options,
                              progress=progress, before_run=llm.before_run, after_run=llm.after_run,
-                             after_all=llm.close, together=lib is not None)
+                             after_all=llm.close, together=lib is not None) if books else {}
     reports, not_run = [], {}
     for book in books:
         outcome = outcomes[book.id]
@@ -332,17 +345,21 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
                                "pages_processed": outcome.pages_processed},
                       other_models=other_models(book, {n: m for n, m in _models(settings).items() if n in names}),
                       this_run=run_summary(book, outcome.run_id))
-        if outcome.status == "budget":  # what would finish the book
+        if outcome.status == "budget":  # what would finish the book: its budget raised, or the library's
             from pipeline.estimate import budget_to_finish
 
-            report["budget_to_finish_usd"] = budget_to_finish(_estimate(book, settings, args.vision))
+            report["outcome"]["library_budget"] = outcome.ends_run
+            report["budget_to_finish_usd"] = None if outcome.ends_run else budget_to_finish(
+                _estimate(book, settings, args.vision))
         reports.append(report)
     # skipped books are another process's work: they count only when no book was run here
-    code = worst_exit_code([outcomes[r["book"]].exit_code for r in reports]) if reports else ArError.exit_code
-    if len(books) == 1:
+    codes = [outcomes[r["book"]].exit_code for r in reports] + [e.exit_code for e in refused.values()]
+    code = worst_exit_code(codes) if codes else ArError.exit_code
+    if not several:
         _emit(args, reports[0], lambda r: render.process_summary(r, books[0]))
     else:
-        run = {"books": reports, "skipped": not_run.get("skipped", []), "not_started": not_run.get("not_started", []),
+        run = {"books": reports, "refused": [{"book": b, "why": str(e)} for b, e in refused.items()],
+               "skipped": not_run.get("skipped", []), "not_started": not_run.get("not_started", []),
                "exit_code": code, "library_budget": lib.figures() if lib is not None else None}
         _emit(args, run, lambda r: render.process_run_summary(r, library))
     if lib is not None:

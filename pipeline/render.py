@@ -135,7 +135,9 @@ def process_summary(r: dict, book: Book) -> None:
         undone = ", ".join(f"{name} {s['total'] - s['done']}" for name, s in r["stages"].items()
                            if s["total"] > s["done"])
         console.print(f"  left undone: {undone} (pages)")
-        if r["budget_to_finish_usd"] is not None:
+        if outcome.get("library_budget"):
+            console.print("  to finish:   raise --library-budget (`ar.py library` shows what is left of it)")
+        elif r["budget_to_finish_usd"] is not None:
             console.print(f"  to finish:   ar.py process {r['book']} --budget {r['budget_to_finish_usd']:.4f} "
                           "(spent so far, the high estimate of the rest, and one call's worst case)")
     console.print(f"  total cost:  {usd(r['total_cost_usd'])} {runs(r)}")
@@ -170,11 +172,13 @@ def process_run_summary(r: dict, library) -> None:
     for report in r["books"]:
         console.print(f"[bold]{report['book']}[/]")
         process_summary(report, library.book(report["book"]))
+    for b in r["refused"]:
+        console.print(f"[bold]{b['book']}[/]: not run: {b['why']}")
     for b in r["skipped"]:
         console.print(f"skipped {b['book']}: {b['why']}")
     if r["not_started"]:
         console.print(f"not started (the run stopped first): {', '.join(b['book'] for b in r['not_started'])}")
-    if not r["books"]:
+    if not r["books"] and not r["refused"]:
         console.print("no book was run: every one is being processed by another process")
     if r["library_budget"] is not None:
         library_budget(r["library_budget"])

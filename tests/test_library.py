@@ -152,6 +152,12 @@ def test_the_exit_code_of_several_books_is_the_worst(sim, books_dir, tmp_path, o
     env = llm_env(server, tmp_path)
     first = run_ar("process", "a", "--stages", "correct", "--budget", "0.002", "--force", books_dir=books_dir, env=env)
     assert first.returncode == 3
+    # without --force, a's own budget refuses a before any work: a is left out, named, and b runs
+    r = run_ar("process", "a", "b", "--stages", "correct", "--json", books_dir=books_dir, env=env)
+    assert r.returncode == 3, r.stderr
+    report = json.loads(r.stdout)
+    assert [x["book"] for x in report["refused"]] == ["a"] and "budget" in report["refused"][0]["why"]
+    assert {x["book"]: x["outcome"]["status"] for x in report["books"]} == {"b": "done"}
     # a stops on its kept budget (3), b goes to its end (0): the run exits 3
     r = run_ar("process", "a", "b", "--stages", "correct", "--force", "--json", books_dir=books_dir, env=env)
     assert r.returncode == 3, r.stderr
@@ -311,6 +317,8 @@ def test_a_stop_on_the_library_budget_opens_no_further_book(sim, books_dir, tmp_
     assert run == ids[:BOOKS_OPEN_AT_ONCE]  # they advance together, each to have its share
     assert all(x["outcome"]["status"] == "budget" and "library budget reached" in x["outcome"]["message"]
                for x in report["books"])
+    # what would finish them is the library's budget raised, not a book's
+    assert all(x["outcome"]["library_budget"] and x["budget_to_finish_usd"] is None for x in report["books"])
     assert [x["book"] for x in report["not_started"]] == ids[len(run):]  # no run on record, nothing spent
     assert all(not (books_dir / b / "checkpoint.db").exists() for b in ids[len(run):])
     assert server.credits() == 0
