@@ -31,12 +31,12 @@ class Outcome:
     failed: dict[str, int] = field(default_factory=dict)
     run_id: int | None = None  # the run's number in the ledger, once it is closed
     ends_run: bool = False  # stopped by what no other book escapes (the key, the library's cap)
+    held: dict[str, int] = field(default_factory=dict)  # pages another writer of the fleet held
 
     @property
     def idle(self) -> bool:
         """It ended with nothing done and nothing failed: every page asked for was done."""
         return self.status == "done" and not (self.pages_processed or self.book_stages_done or self.failed)
-    held: dict[str, int] = field(default_factory=dict)  # pages another writer of the fleet held
 
     @property
     def ran(self) -> bool:
