@@ -263,12 +263,12 @@ def _models(settings: Settings) -> dict[str, str]:
     return {spec.name: getattr(settings, spec.model) for spec in STAGES if spec.uses_llm}
 
 
-def _estimate(book, settings: Settings, vision: bool = False, fresh: list[str] = ()) -> dict:
+def _estimate(book, settings: Settings, vision: bool = False, fresh: list[str] = (), only=None) -> dict:
     from infra.pricing import PricingCache
     from pipeline.estimate import estimate
 
     return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd,
-                    vision=vision, fresh=fresh)
+                    vision=vision, fresh=fresh, only=only)
 
 
 def cmd_estimate(args, settings: Settings, library: Library) -> int:
@@ -444,11 +444,9 @@ def _check_estimate(args, book, settings: Settings, selected: list[str]) -> floa
     """What this run would cost, exactly as it would run (its stages, --fresh, --vision):
     --dry-run prints it, and whether the budget would refuse the run; otherwise a budget the
     low estimate exceeds stops here. Returns the low estimate of the rest."""
-    from pipeline.estimate import budget_to_finish, total_range
+    from pipeline.estimate import budget_to_finish
 
-    report = _estimate(book, settings, args.vision, selected if args.fresh else ())
-    report["stages"] = {s: e for s, e in report["stages"].items() if s in selected}
-    report.update(total_range(report["stages"].values()))
+    report = _estimate(book, settings, args.vision, selected if args.fresh else (), only=selected)
     if args.budget is not None:
         report["budget_usd"] = args.budget
     budget, low = report["budget_usd"], report["low_usd"]

@@ -86,13 +86,15 @@ def _read(spec: StageSpec, book: Book, page: int) -> dict | None:
 
 def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
              default_budget_usd: float | None = None, registry: Registry = STAGES,
-             vision: bool = False, fresh: Iterable[str] = ()) -> dict:
-    """The remaining cost of `book`'s LLM stages with `models` (stage -> model id), beside
-    what the book has spent and its budget (kept in the ledger, else the default); with the
-    page images if `vision`; as if the stages `fresh` (and those made from them) were not done.
-    `reserve_usd`: the most one call of the rest can reserve against a budget."""
+             vision: bool = False, fresh: Iterable[str] = (), only: Iterable[str] | None = None) -> dict:
+    """The remaining cost of `book`'s LLM stages (those named in `only`, else every one) with
+    `models` (stage -> model id), beside what the book has spent and its budget (kept in the
+    ledger, else the default); with the page images if `vision`; as if the stages `fresh` (and
+    those made from them) were not done. `reserve_usd`: the most one call of the rest can
+    reserve against a budget."""
     pages = list(range(1, book.page_count() + 1))
-    llm_stages = [spec for spec in registry if spec.uses_llm]
+    only = None if only is None else set(only)
+    llm_stages = [spec for spec in registry if spec.uses_llm and (only is None or spec.name in only)]
 
     def queries(ledger: Ledger):
         done = {spec.name: ledger.done_pages(spec.name) for spec in registry}

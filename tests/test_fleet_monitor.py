@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from infra.pg_fleet import QUERIES
-from infra.pg_ledger import PgLedger
+from infra.pg_ledger import PgLibrary
 from tests.conftest import llm_env, make_book, run_ar, start_ar
 
 pytestmark = pytest.mark.fleet
@@ -40,9 +40,9 @@ def test_the_fleet_view_shows_books_budgets_workers_in_flight_a_lapsed_lease_and
             (source / f"page_{p:04d}.txt").write_text(f"Page {p} of {book}: call me Ishmael.\n")
     server = sim("--api-key", KEY, "--latency-ms", "4000", "--fail-500", "0.5", "--seed", "3")
     env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
-    ledger = PgLedger.open_writer(pg_url, "b1")
-    ledger.set_budget_limit("library", 1.0)
-    ledger.close()
+    library = PgLibrary.open(pg_url, create=True)
+    library.set_limit(1.0)
+    library.close()
     args = ("--stages", "ocr,correct", "--text-layer", "use", "--workers", "2")
     alive = start_ar("process", "b1", *args, books_dir=books_dir, env=env)
     doomed = start_ar("process", "b2", *args, books_dir=books_dir, env={**env, "AR_LEASE_S": "1"})
