@@ -8,8 +8,9 @@ body. A page's break is marked `<!-- page N -->` (N the scan page); inside a par
 runs on across the page the marker stands inline and the paragraph stays one.
 
 Writes book.md, book.txt, book.epub (pipeline/epub.py) and structured/metadata.json,
-chapters.json and toc.json. Over the pages done so far when a run stops (`partial`): a page
-not yet corrected is an HTML comment in its place.
+chapters.json and toc.json. Over the pages done so far when a run stops (`partial`): each page
+takes the best text it has (fix's, else correct's) and a page not yet corrected is an HTML
+comment in its place.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from pipeline.stage import Stage, kept_language
 log = logging.getLogger("ar.merge")
 _SENTENCE_END = re.compile(r"[.!?:;\"'’”)\]]$")
 SURE = 0.6  # a corrected line takes its OCR line's furniture label only when this similar
+NOT_CORRECTED = "not yet corrected"  # a partial book's page comments: what a page still waits for
+NOT_FIXED = "corrected, not yet fixed"
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Lines:  # verse, a list, a table of contents: the breaks are the text
 @dataclass
 class PageMark:
     page: int
-    missing: bool = False
+    missing: bool = False  # not yet corrected: no text, only the comment
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Book:
     blocks: list = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     words: dict[str, int] = field(default_factory=dict)  # every in-line word: evidence for hyphens
+    waiting: dict[int, str] = field(default_factory=dict)  # a partial book's page -> what it waits for
 
 
 def _norm(text: str) -> str:
@@ -161,9 +165,12 @@ def _word_counts(texts: list[str]) -> dict[str, int]:
     return counts
 
 
-def build(layouts: list[PageLayout], texts: dict[int, str | None]) -> Book:
-    """The book's blocks from each page's layout and corrected text (None: not yet corrected)."""
+def build(layouts: list[PageLayout], texts: dict[int, str | None], unfixed: frozenset[int] = frozenset()) -> Book:
+    """The book's blocks from each page's layout and corrected text (None: not yet corrected;
+    a page in `unfixed` has correct's text, fix has not run on it)."""
     book = Book(words=_word_counts([t for t in texts.values() if t]))
+    book.waiting = {p: NOT_CORRECTED if texts.get(p) is None else NOT_FIXED
+                    for p in (ly.page for ly in layouts) if texts.get(p) is None or p in unfixed}
     open_para: Paragraph | None = None  # the last paragraph, while it may run on
     for layout in layouts:
         text = texts.get(layout.page)
@@ -245,18 +252,23 @@ def paragraph_text(para: Paragraph, words: dict[str, int], mark) -> str:
     return text
 
 
+def page_comment(book: Book, page: int) -> str:
+    """Where scan page `page` starts in book.md, with what it still waits for in a partial book."""
+    waiting = book.waiting.get(page)
+    return f"<!-- page {page}: {waiting} -->" if waiting else f"<!-- page {page} -->"
+
+
 def markdown(book: Book) -> str:
     out: list[str] = []
     for block in book.blocks:
         if isinstance(block, PageMark):
-            out.append(f"<!-- page {block.page}: not yet corrected -->" if block.missing
-                       else f"<!-- page {block.page} -->")
+            out.append(page_comment(book, block.page))
         elif isinstance(block, Heading):
             out.append("#" * block.level + " " + block.text)
         elif isinstance(block, Lines):
             out.append("\\\n".join(block.lines) if block.kind != "list" else "\n".join(block.lines))
         else:
-            out.append(paragraph_text(block, book.words, lambda page: f"<!-- page {page} -->"))
+            out.append(paragraph_text(block, book.words, lambda page: page_comment(book, page)))
     out.extend(f"[^{n.number}]: {n.text}" for n in book.notes)
     return "\n\n".join(out) + "\n"
 
@@ -391,45 +403,52 @@ def book_markdown(pages: list[str], layouts: list[PageLayout] | None = None) -> 
 
 
 class MergeStage(Stage):
-    """Reads the OCR pages (for a partial book's layout), the pages' final text (fix) and the
-    layout of every OCR line (layout)."""
+    """Reads the OCR pages (for a partial book's layout), the pages' text (fix's; in a partial
+    book, correct's where fix has not run) and the layout of every OCR line (layout)."""
 
     def _page_stages(self):
-        first, *_, final = [self.ctx.registry[r] for r in self.spec.reads if self.ctx.registry[r].per_page]
-        return first, final
+        """The OCR stage, and the stages of text from worst to best (correct, fix)."""
+        ocr, *texts = [self.ctx.registry[r] for r in self.spec.reads if self.ctx.registry[r].per_page]
+        return ocr, texts
 
-    def texts(self, pages) -> dict[int, str]:
-        _, final = self._page_stages()
-        return {p: final.read_page(self.ctx.book, p)["text"] for p in pages}
+    def texts(self, sources: dict) -> dict[int, str | None]:
+        """Each page's text from the stage `sources` names for it (None: no text yet)."""
+        return {p: spec.read_page(self.ctx.book, p)["text"] if spec else None for p, spec in sources.items()}
 
-    def text_written(self, pages) -> float:
-        """When the newest of the pages' final texts was written: the EPUB's date, taken from
-        its inputs, never the clock, so merging the same pages again gives the same bytes."""
-        _, final = self._page_stages()
-        return max((final.page_path(self.ctx.book, p).stat().st_mtime for p in pages), default=0.0)
+    def text_written(self, sources: dict) -> float:
+        """When the newest of the pages' texts was written: the EPUB's date, taken from its
+        inputs, never the clock, so merging the same pages again gives the same bytes."""
+        return max((spec.page_path(self.ctx.book, p).stat().st_mtime for p, spec in sources.items() if spec),
+                   default=0.0)
 
     async def run_book(self) -> None:
         book = self.ctx.book
-        pages = list(range(1, book.page_count() + 1))
-        self.write(read_layout(book), self.texts(pages), partial=False)
+        _, (*_, final) = self._page_stages()
+        self.write(read_layout(book), {p: final for p in range(1, book.page_count() + 1)}, partial=False)
 
     async def run_partial(self, done: dict[str, set[int]]) -> None:
         """The book over the pages done when a run stops: the layout of the OCR pages there
-        are, each page not yet corrected an HTML comment in its place."""
+        are, each page with the best text it has (fix's, else correct's), each page not yet
+        corrected an HTML comment in its place."""
         book = self.ctx.book
-        ocr, final = self._page_stages()
+        ocr, texts = self._page_stages()
         pages = list(range(1, book.page_count() + 1))
         layouts = analyse({p: ocr.read_page(book, p) if p in done[ocr.name] else {"text": ""} for p in pages})
-        texts = self.texts(sorted(done[final.name]))
+        sources = {p: next((spec for spec in reversed(texts) if p in done[spec.name]), None) for p in pages}
         try:
             write_layout(book, layouts)  # the record of what is removed, as the layout stage would write it
-            self.write(layouts, {p: texts.get(p) for p in pages}, partial=True)
+            self.write(layouts, sources, partial=True)
         except OSError as e:  # the disk that stopped the run: the pages are safe, the book waits
             log_event(log, f"cannot write the partial book: {e.strerror or e}", logging.WARNING, book=book.id)
 
-    def write(self, layouts: list[PageLayout], texts: dict[int, str | None], partial: bool) -> None:
+    def write(self, layouts: list[PageLayout], sources: dict, partial: bool) -> None:
+        """The book from `layouts` and each page's text from the stage `sources` names (None:
+        not yet corrected)."""
         book = self.ctx.book
-        made = build(layouts, texts)
+        _, (*_, final) = self._page_stages()
+        texts = self.texts(sources)
+        unfixed = frozenset(p for p, spec in sources.items() if spec and spec != final)
+        made = build(layouts, texts, unfixed)
         md = markdown(made)
         atomic_write_bytes(book.text_path, md.encode())
         atomic_write_bytes(book.root / "book.txt", plain_text(made).encode())
@@ -441,7 +460,7 @@ class MergeStage(Stage):
         if toc:
             atomic_write_json(structured / "toc.json", {"entries": toc})
         epub_bytes = epub_book(made, layouts, named, kept_language(self.ctx.ledger),
-                               self.text_written(p for p, t in texts.items() if t is not None))
+                               self.text_written(sources))
         atomic_write_bytes(book.root / "book.epub", epub_bytes)
         status = status_report(book)
         metadata = {

@@ -141,5 +141,5 @@ STAGES = Registry([
     StageSpec("layout", "pipeline.layout:LayoutStage", reads=("ocr",), writes=LAYOUT_FILES, per_page=False),
     StageSpec("correct", "pipeline.correct:CorrectStage", reads=("ocr",), writes="corrected", model="correct_model"),
     StageSpec("fix", "pipeline.fix:FixStage", reads=("ocr", "correct"), writes="fixed", model="fix_model"),
-    StageSpec("merge", "pipeline.merge:MergeStage", reads=("ocr", "fix", "layout"), writes=BOOK_FILES, per_page=False),
+    StageSpec("merge", "pipeline.merge:MergeStage", reads=("ocr", "correct", "fix", "layout"), writes=BOOK_FILES, per_page=False),
 ])

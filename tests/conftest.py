@@ -74,14 +74,17 @@ def books_dir(tmp_path: Path) -> Path:
     return d
 
 
-def text_pages(folder: Path, count: int) -> Path:
-    """`count` small page images of real prose (the sample's true text), quick to OCR."""
+def text_pages(folder: Path, count: int, misread: bool = False) -> Path:
+    """`count` small page images of real prose (the sample's true text), quick to OCR; `misread`:
+    printed with OCR-like errors ("tbe", "tirne") that a correction fixes, unsure of the page."""
     from PIL import Image, ImageDraw, ImageFont
 
     from tools.make_sample import find_font
 
     font = ImageFont.truetype(str(find_font()), 30)
     words = (ROOT / "books" / "sample" / "truth" / "book.md").read_text().split()[3:]
+    if misread:
+        words = [w.replace("the", "tbe").replace("m", "rn") for w in words]
     folder.mkdir(parents=True)
     for n in range(count):
         start = (n * 37) % (len(words) - 40)

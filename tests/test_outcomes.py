@@ -28,10 +28,10 @@ def ocr_done(books_dir, tmp_path) -> Book:
 
 @pytest.mark.parametrize("stages, needs, run", [
     ("correct", "correct needs ocr (3 of 3 not done)", "--stages ocr,correct"),
-    ("merge", "merge needs ocr (3 of 3 not done) and fix (3 of 3 not done) and layout (1 of 1 not done)",
-     "--stages ocr,layout,correct,fix,merge"),
+    ("merge", "merge needs ocr (3 of 3 not done) and correct (3 of 3 not done) and fix (3 of 3 not done) and "
+     "layout (1 of 1 not done)", "--stages ocr,layout,correct,fix,merge"),
     ("fix,merge", "fix needs ocr (3 of 3 not done) and correct (3 of 3 not done); merge needs ocr (3 of 3 not done)"
-     " and layout (1 of 1 not done)", "--stages ocr,layout,correct,fix,merge"),
+     " and correct (3 of 3 not done) and layout (1 of 1 not done)", "--stages ocr,layout,correct,fix,merge"),
 ])
 def test_a_stage_whose_inputs_are_missing_is_an_error_naming_what_to_run_first(books_dir, stages, needs, run):
     make_book(books_dir, "book", 3)
