@@ -3,7 +3,6 @@ alive and one SIGKILLed so that its lease lapses, against the local server; `ar.
 --json` and its screen read from the ledger without a scan of every call or page."""
 import json
 import signal
-import time
 
 import psycopg
 import pytest
@@ -11,21 +10,10 @@ import pytest
 from infra.pg_fleet import QUERIES
 from infra.pg_ledger import PgLibrary
 from tests.conftest import llm_env, make_book, run_ar, start_ar
+from tests.test_fleet import query, wait_for
 
 pytestmark = pytest.mark.fleet
 KEY = "sk-or-v1-fleet-monitor-0123456789"
-
-
-def query(url: str, sql: str, params=()):
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def pending(url: str, book: str) -> int:
