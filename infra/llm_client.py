@@ -233,6 +233,12 @@ class _Pacer:
             self.next_start = max(now, self.next_start) + self.interval
 
 
+def require_key(api_key: SecretStr | None) -> None:
+    """No call can go without a key: said before any is tried."""
+    if api_key is None or not api_key.get_secret_value().strip():
+        raise FatalLLMError("no API key: set OPENROUTER_API_KEY in the environment or in .env")
+
+
 class LLMClient:
     def __init__(
         self,
@@ -253,8 +259,7 @@ class LLMClient:
         """`max_price`: OpenRouter's `provider.max_price` (USD per million tokens, e.g.
         {"prompt": 1, "completion": 2}), sent with every request when given. `transport`: for
         tests (httpx.MockTransport); by default one keep-alive connection per call slot."""
-        if api_key is None or not api_key.get_secret_value().strip():
-            raise FatalLLMError("no API key: set OPENROUTER_API_KEY in the environment or in .env")
+        require_key(api_key)
         register_secret(api_key.get_secret_value())
         self.base_url = base_url.rstrip("/")
         self._key = api_key

@@ -5,9 +5,25 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from pathlib import Path
 
 _SECRETS: set[str] = set()
+
+# The book whose run is logging: set in each book's task of a run (pipeline/process.py); the
+# tasks it starts inherit it (asyncio copies the context), so every record says whose it is,
+# and a run of several books keeps each book's records in that book's log.
+_BOOK: ContextVar[str | None] = ContextVar("ar_log_book", default=None)
+
+
+def log_as_book(book_id: str) -> None:
+    """What this asyncio task, and the tasks it starts, log from now on is `book_id`'s (a task
+    has its own copy of the context: the other books' tasks are untouched)."""
+    _BOOK.set(book_id)
+
+
+def _book_of(record: logging.LogRecord) -> str | None:
+    return getattr(record, "fields", {}).get("book") or _BOOK.get()
 
 
 def register_secret(value: str | None) -> None:
@@ -26,6 +42,8 @@ class _JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                  "logger": record.name, "msg": record.getMessage()}
+        if _BOOK.get() is not None:
+            entry["book"] = _BOOK.get()
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
@@ -57,14 +75,15 @@ class _RunLogFile(logging.FileHandler):
 
 def open_run_log(logs_dir: Path, run_id: int, book_id: str | None = None) -> logging.Handler:
     """Send the `ar` loggers to books/<id>/logs/run-NNNN-<time>.jsonl for this run; with
-    `book_id`, not the records that name another book (a run of several books)."""
+    `book_id`, not the records of another book (a run of several books); a record of no book
+    (the run's shared parts) goes to every book's log."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     handler = _RunLogFile(logs_dir / f"run-{run_id:04d}-{stamp}.jsonl", encoding="utf-8")
     handler.setFormatter(_JsonLines())
     handler.setLevel(logging.INFO)
     if book_id is not None:
-        handler.addFilter(lambda record: getattr(record, "fields", {}).get("book", book_id) == book_id)
+        handler.addFilter(lambda record: (_book_of(record) or book_id) == book_id)
     logger = logging.getLogger("ar")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)

@@ -277,6 +277,7 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
+    from pipeline.executor import executor_name
     from pipeline.llm_stage import LLMSetup
     from pipeline.process import process_books
     from pipeline.progress import StageProgress
@@ -323,13 +324,15 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
         _check_library_estimate(lib, lows, args.library_budget)
     if args.dry_run:
         return 0
+    llm = LLMSetup(settings, selected, args.budget, lib)
+    executor_name()  # refusals that need no work come before any book's run opens: no run on record
+    llm.check_ready(_models(settings))
     if args.library_budget is not None:  # kept once the run may start, as a book's budget is
         lib.set_limit(args.library_budget)
 
     progress = StageProgress({(b, s): before[b][s]["total"] for b in before for s in names},
                              {(b, s): before[b][s]["done"] for b in before for s in names},
                              {(b, s): before[b][s]["cost_usd"] for b in before for s in names})
-    llm = LLMSetup(settings, selected, args.budget, lib)
     outcomes = process_books(books, selected, workers, models=_models(settings), fresh=args.fresh,
                              options=options,
                              progress=progress, before_run=llm.before_run, after_run=llm.after_run,

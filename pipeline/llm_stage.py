@@ -21,9 +21,9 @@ from infra.budget import LedgerBudget, book_budget
 from infra.checkpoint import Ledger
 from infra.config import Settings
 from infra.errors import InvalidAnswer, TruncatedAnswer
-from infra.llm_client import LLMClient, Result, image_part
+from infra.llm_client import LLMClient, Result, image_part, require_key
 from infra.logs import log_event
-from infra.pricing import Usage
+from infra.pricing import PricingCache, Usage
 from pipeline.executor import llm_runner
 from pipeline.faithful import unexplained
 from pipeline.registry import StageSpec
@@ -212,6 +212,17 @@ class LLMSetup:
         `library`: the library's cap (infra/library_budget.py), or None."""
         self.settings, self.selected, self.budget_usd, self.library = settings, selected, budget_usd, library
         self.llm: LLMClient | None = None
+
+    def check_ready(self, models: dict[str, str]) -> None:
+        """Before any book's run opens: the key and a price for each model of the selected LLM
+        stages, so that a run they would refuse is no run (the books' ledgers stay as they were)."""
+        if not any(spec.uses_llm for spec in self.selected):
+            return
+        require_key(self.settings.api_key)
+        pricing = PricingCache(self.settings.base_url)
+        for spec in self.selected:
+            if spec.uses_llm:
+                pricing.get(models[spec.name])
 
     async def before_run(self, ctx: RunContext) -> None:
         """The client (made once), the calls an earlier run of the book left pending resolved

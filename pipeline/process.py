@@ -19,7 +19,7 @@ from infra.books import PREVIOUS, READING_FILES, Book
 from infra.checkpoint import Ledger
 from infra.ledgers import ledger_errors, open_ledger, writer_lock
 from infra.errors import ArError, BookLocked, LedgerError, exit_code
-from infra.logs import close_run_log, log_event, open_run_log
+from infra.logs import close_run_log, log_as_book, log_event, open_run_log
 from infra.storage import atomic_write_json
 from pipeline.executor import OcrSlots, stop_own_ray
 from pipeline.registry import STAGES, Registry, StageSpec
@@ -267,6 +267,7 @@ class _Window:
 
     async def _book(self, run: _BookRun) -> None:
         """One book from its open run to its close; what stops it is its outcome (with several)."""
+        log_as_book(run.book.id)  # what this task and those it starts log goes to this book's log alone
         ctx = run.ctx
         try:
             if len(self.books) == 1:
@@ -339,7 +340,7 @@ def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome,
             ledger.end_run(run_id, "idle" if outcome.idle else outcome.status, outcome.message or None)
         except ledger.write_errors as e:  # the full disk that stopped the run: its reason is the error to show
             log.warning("cannot close run %d in %s (%s): the next run marks it crashed", run_id, book.ledger_path, e)
-        log_event(log, "run ended", run_id=run_id, status=outcome.status,
+        log_event(log, "run ended", run_id=run_id, book=book.id, status=outcome.status,
                   message=outcome.message, total_cost_usd=ledger.total_cost())
         write_cost_report(book)
     if handler is not None:

@@ -5,7 +5,9 @@ spent waiting before retries, the failures by page, and the slowest pages.
 
 The log's events (written by infra/llm_client.py and pipeline/stage.py) carry an `event`
 field: `attempt` (one per call attempt), `invalid_answer` (an answer the schema refused) and
-`page` (a page's outcome in a stage). A line cut short by a killed run is skipped, and counted.
+`page` (a page's outcome in a stage). Each line made in a book's part of a run names the book
+(infra/logs.py): a run of several books writes each book's events to that book's log alone.
+A line cut short by a killed run is skipped, and counted.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.conftest import llm_env, one_error_line, run_ar, start_ar
+from tests.conftest import llm_env, one_error_line, run_ar, start_ar, text_pages
 
 KEY = "sk-or-v1-catalogue-RECOGNISABLE-42"
 PADDING = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
@@ -95,6 +95,22 @@ def test_llm_settings_that_cannot_work_stop_before_spending(sim, books_dir, tmp_
     one_error_line(r, needle)
     assert server.credits() == 0
     assert "WRONG-key" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("args, env, code, needle", [
+    (("--model", "nope/model"), {}, 1, "ar: error: unknown model 'nope/model' at "),
+    ((), {"OPENROUTER_API_KEY": ""}, 1, "ar: error: no API key: set OPENROUTER_API_KEY"),
+    (("--stages", "ocr"), {"AR_EXECUTOR": "foo"}, 2, "ar: error: AR_EXECUTOR='foo': use 'local' (the default) or 'ray'"),
+])
+def test_a_run_refused_before_any_work_is_no_run(sim, books_dir, tmp_path, args, env, code, needle):
+    """Its one-line error, and the book as it was: no run on record, its state and runs unchanged."""
+    server = sim("--api-key", KEY)
+    assert run_ar("add", str(text_pages(tmp_path / "scans", 1)), "--id", "book", books_dir=books_dir).returncode == 0
+    before = run_ar("status", "book", "--json", books_dir=books_dir).stdout
+    r = run_ar("process", "book", *args, books_dir=books_dir, env={**llm_env(server, tmp_path), **env})
+    assert r.returncode == code
+    assert one_error_line(r, needle).startswith(needle)
+    assert run_ar("status", "book", "--json", books_dir=books_dir).stdout == before
 
 
 def _corrupt(db):

@@ -248,3 +248,21 @@ def test_ar_log_reads_a_log_cut_by_a_kill_and_says_when_there_is_none(books_dir)
     report = json.loads(run_ar("log", "book", "--json", books_dir=books_dir).stdout)
     assert report["unreadable_lines"] == 1 and report["status"].startswith("not ended")
     assert report["failed_attempts_by_cause"] == {"HTTP 500": 1} and report["failures_by_page"] == {"1": {"correct: HTTP 500": 1}}
+
+
+def test_in_a_run_of_two_books_each_run_log_holds_only_its_own_books_events(sim, books_dir, tmp_path):
+    """Books of 1 and 2 pages, in one run: `ar.py log` of each counts its own calls, pages and
+    cost (its ledger's), not the other's."""
+    server = sim("--api-key", KEY)
+    for book, pages in (("one", 1), ("two", 2)):
+        assert run_ar("add", str(text_pages(tmp_path / book, pages)), "--id", book, books_dir=books_dir).returncode == 0
+    r = run_ar("process", "one", "two", books_dir=books_dir, env=llm_env(server, tmp_path))
+    assert r.returncode == 0, r.stderr
+    for book, pages in (("one", 1), ("two", 2)):
+        report = json.loads(run_ar("log", book, "--json", books_dir=books_dir).stdout)
+        (run,) = json.loads(run_ar("cost", book, "--json", books_dir=books_dir).stdout)["runs"]
+        assert report["status"] == "done"
+        assert report["attempts"] == run["calls"] >= pages  # correct: a call a page
+        assert report["cost_usd"] == pytest.approx(run["cost_usd"], abs=1e-12)
+        assert report["pages"] == {"ocr done": pages, "layout done": 1, "correct done": pages,
+                                   "fix done": pages, "merge done": 1}
