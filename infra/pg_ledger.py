@@ -32,6 +32,7 @@ import psycopg
 from infra.checkpoint import CALL_COST, CALL_FINAL_STATUSES, RUN_STATUSES, PendingCall, _token_columns
 from infra.budget import LedgerBudget, NotYet
 from infra.errors import BudgetReached, LeaseLost, LedgerError, LibraryBudgetReached
+from infra.pricing import same_cost
 
 log = logging.getLogger("ar.ledger")
 T = TypeVar("T")
@@ -749,6 +750,34 @@ class PgLibrary(_Connected):
 
     def caps(self, book_id: str) -> tuple:
         return ()  # the ledger's admission reserves on the library's row itself
+
+    def check(self) -> dict:
+        """Each budget row against the calls it counts (one statement: one snapshot): what a
+        book's row and the library's have spent equals their calls' costs, and what they hold
+        equals their pending calls' reservations. The shape of SqliteLibrary.check's report."""
+        rows = self._all(
+            f"WITH c AS (SELECT book, SUM({CALL_COST}) AS spent,"
+            f" COALESCE(SUM(reserved_usd) FILTER (WHERE status = 'pending'), 0) AS held FROM calls GROUP BY book),"
+            f" s AS (SELECT 'book:' || book AS scope, spent, held FROM c"
+            f" UNION ALL SELECT %s, COALESCE(SUM(spent), 0), COALESCE(SUM(held), 0) FROM c)"
+            f" SELECT b.scope, b.spent_usd::float8, b.reserved_usd::float8, COALESCE(s.spent, 0)::float8,"
+            f" COALESCE(s.held, 0)::float8 FROM budgets b LEFT JOIN s ON s.scope = b.scope ORDER BY b.scope",
+            (LIBRARY,))
+        books, differences, total = [], [], (0.0, 0.0)
+        for scope, spent, held, calls_spent, calls_held in rows:
+            wrong = not (same_cost(spent, calls_spent) and same_cost(held, calls_held))
+            if scope == LIBRARY:
+                total = (spent, calls_spent)
+                if wrong:
+                    differences.append(LIBRARY)
+                continue
+            book = scope.removeprefix("book:")
+            books.append({"book": book, "ledger_usd": calls_spent, "library_usd": spent, "calls_differing": []})
+            if wrong:
+                differences.append(book)
+        return {"path": self.path, **self.figures(), "books": books, "books_removed": {},
+                "running_total_usd": total[0], "rows_total_usd": total[1],
+                "differences": differences, "ok": not differences}
 
     def figures(self) -> dict:
         """The cap, what is spent and held, and what is left (one statement: one snapshot)."""

@@ -522,10 +522,8 @@ def cmd_log(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_library(args, settings: Settings, library: Library) -> int:
-    if args.check:  # library.db against each book's checkpoint.db
-        from infra.library_budget import SqliteLibrary
-
-        lib = SqliteLibrary.open(library, read_only=True)
+    if args.check:  # library.db against each book's checkpoint.db, or the fleet's budget rows against its calls
+        lib = open_library(library, read_only=True)
         if lib is None:
             raise ArError(f"no library ledger in {library.root} (a run with --library-budget makes one)")
         report = lib.check()

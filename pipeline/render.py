@@ -190,7 +190,7 @@ def library_budget(b: dict) -> None:
 
 
 def library_check(r: dict) -> None:
-    t = Table("book", "its ledger", "library.db", "calls differing", title=f"library ledger {r['path']}")
+    t = Table("book", "its calls", "the library's record", "calls differing", title=f"library ledger {r['path']}")
     for b in r["books"]:
         t.add_row(b["book"], usd(b["ledger_usd"]), usd(b["library_usd"]),
                   ", ".join(map(str, b["calls_differing"])) or "-")
@@ -198,8 +198,8 @@ def library_check(r: dict) -> None:
         t.add_row(f"{book} (removed)", "-", usd(spent), "-")
     console.print(t)
     library_budget(r)
-    console.print("library.db equals the books' ledgers" if r["ok"] else
-                  f"library.db differs from the ledgers of {', '.join(r['differences']) or 'no book'} "
+    console.print("the library's record equals the books' ledgers" if r["ok"] else
+                  f"the library's record differs from the ledgers of {', '.join(r['differences']) or 'no book'} "
                   f"(running total {usd(r['running_total_usd'])}, its rows {usd(r['rows_total_usd'])})")
 
 def what_happened(run: dict) -> str:

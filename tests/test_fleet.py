@@ -247,3 +247,9 @@ def test_library_budget_from_the_command_line_caps_two_drivers(sim, books_dir, t
     shown = json.loads(run_ar("library", "--json", books_dir=books_dir, env=env).stdout)["library_budget"]
     assert shown["budget_usd"] == limit and shown["calls_held"] == 0
     assert shown["spent_usd"] == pytest.approx(server.credits(), abs=1e-9)
+    # every budget row equals the calls it counts
+    check = run_ar("library", "--check", "--json", books_dir=books_dir, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    report = json.loads(check.stdout)
+    assert report["ok"] and report["rows_total_usd"] == pytest.approx(server.credits(), abs=1e-9)
+    assert {b["book"] for b in report["books"]} >= {"b1", "b2"}
