@@ -65,7 +65,8 @@ def main() -> int:
     if code != 0:
         return code
     quality_report()
-    print(f"see the cost report with: python ar.py cost sample   (or {BOOK / 'cost_report.json'})")
+    python = os.path.relpath(sys.executable, ROOT)  # the project's environment: a bare python lacks ar's libraries
+    print(f"see the cost report with: {python} ar.py cost sample   (or {BOOK / 'cost_report.json'})")
     return 0
 
 
