@@ -34,10 +34,10 @@ from infra.books import Library
 from infra.checkpoint import Ledger
 from infra.errors import LedgerError, LibraryBudgetReached
 from infra.lock import process_alive
+from infra.pricing import COST_TOLERANCE_USD
 
 LIBRARY_DB = "library.db"
 WAIT_FOR_OTHERS_S = 0.05  # another process's settlement rings no bell here: look again this often
-TOLERANCE_USD = 1e-9
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -241,7 +241,7 @@ class SqliteLibrary:
             ledger_costs = Ledger.read(book.ledger_path, lambda led: led.call_costs(), {})
             ours = kept.pop(book.id, {})
             wrong = sorted(c for c in set(ledger_costs) | set(ours)
-                           if abs(ledger_costs.get(c, 0.0) - ours.get(c, 0.0)) > TOLERANCE_USD)
+                           if abs(ledger_costs.get(c, 0.0) - ours.get(c, 0.0)) > COST_TOLERANCE_USD)
             books.append({"book": book.id, "ledger_usd": sum(ledger_costs.values()), "library_usd": sum(ours.values()),
                           "calls_differing": wrong[:10]})
             if wrong:
@@ -250,7 +250,7 @@ class SqliteLibrary:
         rows_total = sum(cost for _, _, cost in rows)
         return {"path": str(self.path), **self.figures(), "books": books, "books_removed": gone,
                 "running_total_usd": total, "rows_total_usd": rows_total,
-                "differences": differences, "ok": not differences and abs(total - rows_total) <= TOLERANCE_USD}
+                "differences": differences, "ok": not differences and abs(total - rows_total) <= COST_TOLERANCE_USD}
 
 
 class BookShare:
