@@ -133,8 +133,8 @@ class Reserved:
 
 
 class NotYet(Exception):
-    """A call the fleet's ledger cannot admit yet (the budgets are held by calls in flight, or
-    the rate limit's tokens are out): ask again in `seconds`."""
+    """A call the fleet's ledger cannot admit yet (the budgets are held by calls in flight):
+    ask again in `seconds`."""
 
     def __init__(self, seconds: float):
         super().__init__(f"not yet: {seconds:.3f} s")
@@ -144,17 +144,23 @@ class NotYet(Exception):
 class LedgerBudget:
     """The fleet's budgets and rate limit, kept in PostgreSQL (infra/pg_ledger.py): a call is
     admitted by one transaction of the ledger (recorded pending, its worst case reserved
-    against every budget it falls under, a rate token taken unless the fleet is paused after
-    a 429) and settled by another, when its
-    cost is recorded (PgLedger.finish_call). Nothing is held in this process: a cut call
-    keeps its reservation in the database until the provider says what it billed."""
+    against every budget it falls under, its slot of the fleet's rate taken) and settled by
+    another, when its cost is recorded (PgLedger.finish_call). Nothing is held in this
+    process: a cut call keeps its reservation in the database until the provider says what
+    it billed."""
 
     async def admit(self, recorder, model: str, attempt: int, worst_case_usd: float):
         while True:
             try:
-                return recorder, recorder.begin(model, attempt, reserve_usd=worst_case_usd)
+                handle = recorder.begin(model, attempt, reserve_usd=worst_case_usd)
+                break
             except NotYet as wait:
                 await asyncio.sleep(wait.seconds)
+        wait, shift = recorder.ledger.slot_wait(handle)
+        while wait > 0:  # the call's slot, moved back by any pause a 429 set meanwhile
+            await asyncio.sleep(wait)
+            wait, shift = recorder.ledger.pauses_since(shift)
+        return recorder, handle
 
     def pause(self, recorder, seconds: float) -> None:
         """The provider answered 429: no writer of the fleet is admitted a call for `seconds`

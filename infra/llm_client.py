@@ -621,26 +621,19 @@ class LLMClient:
 
 class _Traced:
     """A recorder that keeps what one attempt did (its HTTP status, its cost once known), for
-    the run's log."""
+    the run's log; the rest is its inner recorder's."""
 
     def __init__(self, inner: CallRecorder):
-        self.inner, self.page = inner, inner.page
-        self.budgets = getattr(inner, "budgets", ())  # the caps its call falls under: the inner's
+        self.inner = inner
         self.http_status: int | None = None
         self.cost: float | None = None  # None: not known yet (settled from the provider later)
 
-    def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
-        return self.inner.begin(model, attempt, reserve_usd)
-
-    def generation(self, handle: int, generation_id: str) -> None:
-        self.inner.generation(handle, generation_id)
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
     def finish(self, handle, status, usage, computed, provider, error, generation_id) -> float:
         self.cost = self.inner.finish(handle, status, usage, computed, provider, error, generation_id)
         return self.cost
-
-    def unresolved(self, handle: int) -> None:
-        self.inner.unresolved(handle)
 
 
 def _log_attempt(model: str, recorder: CallRecorder, number: int, traced: _Traced,

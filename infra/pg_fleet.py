@@ -36,7 +36,7 @@ QUERIES = {
         f" WHERE scope = '{LIBRARY}' OR scope IN (SELECT 'book:' || book FROM runs WHERE status = 'running')"
         " ORDER BY scope"),
     "rate": (
-        "SELECT per_second * 60, LEAST(burst, tokens + per_second * extract(epoch from clock_timestamp() - refilled_at)),"
+        "SELECT per_second * 60, GREATEST(0, extract(epoch from next_at - clock_timestamp()))::float8,"
         " GREATEST(0, extract(epoch from paused_until - clock_timestamp()))::float8 FROM rate WHERE name = 'provider'"),
     "errors": (
         "SELECT * FROM ("
@@ -89,8 +89,8 @@ def fleet_figures(url: str, errors: int = 5, conn=None) -> dict:
                for scope, limit, spent, reserved in rows["budgets"]}
     rate = None
     if rows["rate"]:
-        (per_minute, tokens, paused), = rows["rate"]
-        rate = {"per_minute": per_minute, "tokens": tokens, "paused_for_s": paused}
+        (per_minute, queued, paused), = rows["rate"]
+        rate = {"per_minute": per_minute, "queued_s": queued, "paused_for_s": paused}
     return {
         "ledger": describe(url), "at": now, "books": books, "running": list(running.values()),
         "budgets": budgets, "rate": rate, "workers": workers, "lapsed_workers": lapsed,

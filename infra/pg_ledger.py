@@ -7,8 +7,8 @@ same queries: every total is derived from `calls` with CALL_COST. What PostgreSQ
 - a writer is a *holder* with a lease (holders.lease_until, renewed by a thread); it takes
   the place of the book's file lock (infra/lock.py), which a fleet cannot share;
 - money decisions are transactions (infra/pg_money.py): a call is admitted (recorded pending,
-  its worst case reserved against every budget row it falls under, a rate token taken) in
-  one, and settled in another.
+  its worst case reserved against every budget row it falls under, a slot of the fleet's
+  rate taken) in one, and settled in another.
 
 Imported only when AR_LEDGER is set: psycopg is the `fleet` extra.
 """
@@ -45,7 +45,7 @@ LEASE_S = float(os.environ.get("AR_LEASE_S", "30"))
 SESSION_OPTIONS = f"-c idle_in_transaction_session_timeout={int(LEASE_S * 500)}"
 RECONNECT_MAX_S = 5.0
 ADMIT_POLL_S = 0.05  # a call waiting for room in a budget asks again this often
-RATE_BURST = 1  # calls the fleet's rate bucket admits at once: in any T seconds, at most RATE_BURST + T x rate
+RATE_BURST = 1  # calls the fleet's rate admits at once: in any T seconds, at most RATE_BURST + T x rate
 LIBRARY = "library"  # the budget row every call falls under; a book's is f"book:{id}"
 
 # Each entry upgrades the schema from version i to i + 1. Append, never edit.
@@ -133,6 +133,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_running ON runs (book) WHERE status = 'running';
     CREATE INDEX calls_errors ON calls ((COALESCE(ended_at, started_at))) WHERE error IS NOT NULL;
     CREATE INDEX pages_failed ON pages (updated_at) WHERE status = 'failed'
+    """,
+    # the rate row gives slots in the order calls are admitted (a token bucket's polling let
+    # the writer that asked last win every token); a pause moves the slots given by `shift_s`
+    """
+    ALTER TABLE rate DROP COLUMN tokens, DROP COLUMN refilled_at,
+        ADD COLUMN next_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        ADD COLUMN shift_s DOUBLE PRECISION NOT NULL DEFAULT 0
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -246,6 +253,7 @@ class PgLedger(_Connected):
         self.holder_id = holder_id
         self.scopes = sorted([LIBRARY, f"book:{book}"])  # the budgets its calls fall under, in lock order
         self._epochs: dict[tuple[str, int], int] = {}  # the pages this writer holds: their claim's epoch
+        self._slots: dict[int, tuple[float, float]] = {}  # admitted calls still to wait for their rate slot
         self._lease = _Lease(self) if holder_id is not None else None
 
     # ---- opening -------------------------------------------------------------------
@@ -461,17 +469,39 @@ class PgLedger(_Connected):
     def set_rate(self, per_minute: float) -> None:
         """The fleet's rate limit: calls a minute, all writers together (0: none; a pause
         still holds). Kept for the runs after, until a new value replaces it."""
-        self._write("INSERT INTO rate (name, per_second, burst, tokens) VALUES ('provider', %s, %s, %s)"
+        self._write("INSERT INTO rate (name, per_second, burst) VALUES ('provider', %s, %s)"
                     " ON CONFLICT (name) DO UPDATE SET per_second = excluded.per_second",
-                    (per_minute / 60, RATE_BURST, RATE_BURST))
+                    (per_minute / 60, RATE_BURST))
 
     def pause_fleet(self, seconds: float) -> None:
-        """The provider answered 429: no writer of the fleet is admitted a call for `seconds`
-        from now, by the database's clock (a longer pause already set stands)."""
-        self._write("INSERT INTO rate AS r (name, per_second, burst, tokens, paused_until) VALUES ('provider', 0,"
-                    " %s, %s, clock_timestamp() + make_interval(secs => %s)) ON CONFLICT (name) DO UPDATE"
-                    " SET paused_until = GREATEST(r.paused_until, excluded.paused_until)",
-                    (RATE_BURST, RATE_BURST, seconds))
+        """The provider answered 429: no writer of the fleet sends a call for `seconds` from
+        now, by the database's clock (a longer pause already set stands). The slots already
+        given and not yet reached move back by what the pause adds (`shift_s`: the writers
+        waiting for them read it before sending), and so does the next free one."""
+        def work(conn):
+            with conn.transaction():
+                conn.execute("INSERT INTO rate (name, per_second, burst) VALUES ('provider', 0, %s)"
+                             " ON CONFLICT (name) DO NOTHING", (RATE_BURST,))
+                added, = conn.execute(
+                    "SELECT GREATEST(0, %s - COALESCE(extract(epoch from paused_until - clock_timestamp()), 0))::float8"
+                    " FROM rate WHERE name = 'provider' FOR UPDATE", (seconds,)).fetchone()
+                conn.execute(
+                    "UPDATE rate SET paused_until = GREATEST(paused_until, clock_timestamp() + make_interval(secs => %s)),"
+                    " shift_s = shift_s + %s, next_at = GREATEST(next_at + make_interval(secs => %s),"
+                    " clock_timestamp() + make_interval(secs => %s)) WHERE name = 'provider'",
+                    (seconds, added, added, seconds))
+        self._retrying(work)
+
+    def slot_wait(self, call_id: int) -> tuple[float, float]:
+        """How long the call admitted as `call_id` waits for its rate slot, and the pauses'
+        shift when it was given (see `pauses_since`)."""
+        return self._slots.pop(call_id, (0.0, 0.0))
+
+    def pauses_since(self, shift_s: float) -> tuple[float, float]:
+        """How far the pauses set since the shift `shift_s` moved the slots, and the shift now."""
+        row = self._retrying(lambda conn: conn.execute("SELECT shift_s FROM rate WHERE name = 'provider'").fetchone())
+        now = row[0] if row else shift_s
+        return now - shift_s, now
 
     def budgets(self) -> dict[str, dict]:
         """Every budget row, beside what the calls it covers add up to (invariant 4: the rows
@@ -509,8 +539,8 @@ class PgLedger(_Connected):
         """Admit a call, in one transaction, before it is sent: record it pending, reserve its
         worst case (`reserve_usd`) against every budget it falls under (the book's, the
         library's: their rows locked in one fixed order, so that two admissions never wait
-        on each other crosswise) and take a token of the fleet's rate limit. NotYet when the
-        budgets' room is held by calls in flight or the tokens are out; BudgetReached when
+        on each other crosswise) and take a slot of the fleet's rate limit (`slot_wait` says
+        when it comes). NotYet when the budgets' room is held by calls in flight; BudgetReached when
         the call cannot fit even with nothing in flight; LeaseLost when this writer's lease
         has lapsed. A request key makes it safe to repeat when the answer was lost."""
         key = uuid.uuid4().hex
@@ -534,7 +564,7 @@ class PgLedger(_Connected):
                             f"{'library budget' if scope == LIBRARY else 'budget'} reached ({scope}): ${spent:.4f}"
                             f" of ${limit:.4f} spent; the next call "
                             f"could cost up to ${reserve:.4f} and only ${max(0, limit - spent):.4f} is left")
-                self._take_token(conn)
+                slot = self._take_slot(conn)
                 call_id = conn.execute(
                     f"INSERT INTO calls (book, run_id, holder_id, request_key, stage, page, model, attempt,"
                     f" status, reserved_usd, started_at)"
@@ -543,27 +573,29 @@ class PgLedger(_Connected):
                 if reserve:
                     conn.execute("UPDATE budgets SET reserved_usd = reserved_usd + %s WHERE scope = ANY(%s)",
                                  (reserve, self.scopes))
-                return call_id
+            if slot[0] > 0:
+                self._slots[call_id] = slot
+            return call_id
         return self._retrying(work)
 
-    def _take_token(self, conn) -> None:
-        """One token of the fleet's rate limit (a bucket refilled at `per_second`; 0: no limit),
-        unless the fleet is paused (a provider's 429: pause_fleet): NotYet until then."""
+    def _take_slot(self, conn) -> tuple[float, float]:
+        """The call's slot in the fleet's rate limit: the next free one (GCRA: slots 1/rate
+        apart, at most RATE_BURST of them behind now), so that calls go in the order they were
+        admitted; after the pause, if the fleet is paused (a provider's 429: pause_fleet).
+        Returns the seconds from now to it, and the pauses' shift."""
         row = conn.execute(
-            "SELECT LEAST(burst, tokens + per_second * extract(epoch from clock_timestamp() - refilled_at)),"
-            " per_second, extract(epoch from paused_until - clock_timestamp())::float8"
+            "SELECT per_second, burst, extract(epoch from next_at - clock_timestamp())::float8,"
+            " COALESCE(extract(epoch from paused_until - clock_timestamp())::float8, 0), shift_s"
             " FROM rate WHERE name = 'provider' FOR UPDATE").fetchone()
         if row is None:  # neither a limit nor a pause ever set
-            return
-        tokens, per_second, paused = row
-        if paused is not None and paused > 0:
-            raise NotYet(paused)
+            return 0.0, 0.0
+        per_second, burst, next_in, paused_for, shift = row
         if not per_second:
-            return
-        if tokens < 1:
-            raise NotYet((1 - tokens) / per_second)
-        conn.execute("UPDATE rate SET tokens = %s - 1, refilled_at = clock_timestamp() WHERE name = 'provider'",
-                     (tokens,))
+            return max(0.0, paused_for), shift
+        slot = max(next_in, paused_for, -(burst - 1) / per_second)
+        conn.execute("UPDATE rate SET next_at = clock_timestamp() + make_interval(secs => %s) WHERE name = 'provider'",
+                     (slot + 1 / per_second,))
+        return max(0.0, slot), shift
 
     def set_generation_id(self, call_id: int, generation_id: str) -> None:
         self._write("UPDATE calls SET generation_id = %s WHERE call_id = %s", (generation_id, call_id))

@@ -154,6 +154,7 @@ def fleet_view(r: dict) -> RenderableType:
     rate = r["rate"]
     if rate is not None:
         parts.append(_line(f"rate limit {rate['per_minute']:.0f} calls/min",
+                           f"next free slot in {rate['queued_s']:.1f} s" if rate["queued_s"] else "",
                            f"paused {rate['paused_for_s']:.0f} s (429)" if rate["paused_for_s"] else ""))
     t = Table("book", "state", "stages", "/min", "cost", "left", "in flight", box=None, padding=(0, 1),
               pad_edge=False, header_style="dim")

@@ -3,7 +3,9 @@ tests/pgserver.py) against the local OpenRouter-compatible server. Each scenario
 same checks (check_fleet): the ledger equals the server's bill, per generation and in total; no
 call is left pending; every budget row equals the calls it covers and no cap was passed; every
 page done once, by one writer."""
+import itertools
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -174,8 +176,9 @@ def finish(procs: list[subprocess.Popen]) -> tuple[list[int], list[str]]:
 
 
 def test_one_rate_limit_for_the_fleet_measured_at_the_server(sim, books_dir, tmp_path, pg_url, ocr_done):
-    """AR_RPM with AR_LEDGER is the fleet's one token bucket: two drivers together stay within
-    it (plus its burst), where each alone, at that rate, would make the pair pass it twice over."""
+    """AR_RPM with AR_LEDGER is the fleet's one rate: two drivers together stay within it (plus
+    its burst), where each alone, at that rate, would make the pair pass it twice over, and
+    they get its slots in turn."""
     for book in ("b1", "b2"):
         ocr_done(books_dir, pg_url, book)
     log = tmp_path / "requests.jsonl"
@@ -193,8 +196,33 @@ def test_one_rate_limit_for_the_fleet_measured_at_the_server(sim, books_dir, tmp
             assert j - i + 1 <= RATE_BURST + (at[j] - at[i] + 0.5) * per_second, (i, j, at)
     spans = query(pg_url, "SELECT MIN(started_at), MAX(ended_at) FROM calls GROUP BY book")
     assert min(end for _, end in spans) - max(start for start, _ in spans) > 1.0  # the drivers ran together
+    # and took turns: while both were asking, neither had more calls in a row than its workers
+    # (a bucket that the writers polled gave every token to one of them until it was done)
+    order = [book for book, in query(pg_url, "SELECT book FROM calls ORDER BY started_at")]
+    both = order[max(map(order.index, ("b1", "b2"))):
+                 min(len(order) - order[::-1].index(book) for book in ("b1", "b2"))]
+    assert len(both) >= 6 and max(len(list(run)) for _, run in itertools.groupby(both)) <= 2, order
     assert query(pg_url, "SELECT per_second FROM rate")[0][0] == per_second  # kept for the runs after
     check_fleet(pg_url, server, {"b1": 6, "b2": 6})
+
+
+def test_rate_slots_come_in_turn_and_a_pause_moves_the_waiting_ones_back(pg_url):
+    """At 2 calls a second, three calls admitted at once get slots now, 0.5 s and 1 s on; a 2 s
+    pause moves the slots not yet reached back by 2 s, and the next call's slot comes after them."""
+    ledger = PgLedger.open_writer(pg_url, "b")
+    try:
+        run = ledger.start_run(os.getpid(), "test")
+        ledger.set_rate(120)
+        waits = [ledger.slot_wait(ledger.begin_call(run, "correct", page, "m", 1)) for page in (1, 2, 3)]
+        assert waits[0] == (0.0, 0.0)
+        assert 0.4 < waits[1][0] <= 0.5 and 0.9 < waits[2][0] <= 1.0
+        ledger.pause_fleet(2.0)
+        moved, shift = ledger.pauses_since(waits[2][1])
+        assert moved == pytest.approx(2.0, abs=0.05) and ledger.pauses_since(shift)[0] == 0
+        wait, _ = ledger.slot_wait(ledger.begin_call(run, "correct", 4, "m", 1))
+        assert 3.3 < wait <= 3.5  # after the third's slot, moved: 1.5 s + 2 s
+    finally:
+        ledger.close()
 
 
 def test_a_429_with_retry_after_pauses_the_whole_fleet(sim, books_dir, tmp_path, pg_url, ocr_done):
