@@ -1,12 +1,13 @@
 """Structured logs: one JSON-lines file per run in books/<id>/logs/, secrets redacted."""
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from contextvars import ContextVar
 from pathlib import Path
+
+import orjson
 
 _SECRETS: set[str] = set()
 
@@ -47,7 +48,8 @@ class _JsonLines(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        # orjson: a page writes two lines, and json.dumps took 0.1 ms of a page's 2.7 ms of CPU
+        return redact(orjson.dumps(entry, default=str).decode())
 
 
 class _Redacting(logging.Formatter):

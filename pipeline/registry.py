@@ -10,10 +10,11 @@ registry (status, the monitor) loads no stage.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from infra.books import BOOK_TEXT, METADATA, Book, page_file
 from infra.errors import UsageError
@@ -57,7 +58,8 @@ class StageSpec:
         return self.folder(book) / page_file(page, ".json")
 
     def read_page(self, book: Book, page: int) -> dict:
-        return json.loads(self.page_path(book, page).read_bytes())
+        # orjson: an OCR page, its words' boxes and confidences, parses in a third of json's time
+        return orjson.loads(self.page_path(book, page).read_bytes())
 
     def outputs(self, book: Book) -> list[Path]:
         """The files this stage has made in `book`."""
