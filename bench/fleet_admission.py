@@ -4,7 +4,7 @@ A real PostgreSQL server (tests/pgserver.py: initdb in a temp folder, fsync off 
 tests), a fresh database. Each client is a process with its own writer (PgLedger.open_writer,
 its lease renewed by its thread) on a book of its own; it loops for DURATION_S over one call's
 two transactions: admission (begin_call with a reservation: the book's and the library's budget
-rows locked in order, both capped high, a token of the fleet's bucket taken, the call inserted
+rows locked in order, both capped high, a slot of the fleet's rate taken, the call inserted
 pending) and settlement (finish_call: the reservation replaced by the cost in both rows). Every
 call falls under the one library row, so the clients queue on it: this is the fleet's
 serialisation point. Figure: admitted calls (settled too) per second, all clients together.
@@ -62,7 +62,7 @@ def main() -> None:
         for clients in CLIENTS:
             url = server.new_database()
             ledger = PgLedger.open_writer(url, "setup")
-            ledger.set_rate(1e9)  # a bucket to take from, never empty
+            ledger.set_rate(1e9)  # a rate to take a slot of, never waited for
             ledger.close()
             library = PgLibrary.open(url)
             library.set_limit(1e9)

@@ -4,7 +4,7 @@ read from the PostgreSQL ledger in one read-only transaction per refresh.
 It never scans every call or every page: it reads the books being run (the runs still
 `running`: index runs_running), their pages (by book: the primary key), the calls in flight
 (`pending`: index calls_pending), the budget rows (each book's spent and held, kept beside its
-calls: infra/pg_ledger.py), the fleet's rate bucket, and the last errors (indexes calls_errors,
+calls: infra/pg_ledger.py), the fleet's rate and its next free slot, and the last errors (indexes calls_errors,
 pages_failed). `tests/test_fleet_monitor.py` checks each query's plan.
 """
 from __future__ import annotations
