@@ -60,6 +60,8 @@ Answer = TypeVar("Answer", bound=BaseModel)
 
 # A generation the provider still does not know this long after it started never will.
 GENERATION_KNOWN_WITHIN_S = 24 * 3600
+# The key's check before a run: a provider slower than this is left for the first call to judge.
+KEY_CHECK_TIMEOUT_S = 10.0
 # An answer cut at max_tokens is asked once more with twice the room, never more than this.
 MAX_TOKENS_CAP = 32768
 # Reasoning at low effort: about 20% of max_tokens on every provider (OpenRouter turns the
@@ -239,6 +241,23 @@ def require_key(api_key: SecretStr | None) -> None:
         raise FatalLLMError("no API key: set OPENROUTER_API_KEY in the environment or in .env")
 
 
+def check_key(base_url: str, api_key: SecretStr | None) -> None:
+    """Before any run opens: a key the provider refuses (`GET /key` answers 401 or 403) stops
+    here, and not at the first call, when the run is already on record. An endpoint without
+    /key, or out of reach now, is left for the first call to judge."""
+    require_key(api_key)
+    try:
+        r = httpx.get(f"{base_url}/key", headers=_auth_headers(api_key), timeout=KEY_CHECK_TIMEOUT_S)
+    except httpx.HTTPError:
+        return
+    if r.status_code in (401, 403):
+        raise FatalLLMError(f"the provider refused the API key ({_provider_message(r, r.content)})")
+
+
+def _auth_headers(api_key: SecretStr) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key.get_secret_value()}", "X-Title": "ar"}
+
+
 class LLMClient:
     def __init__(
         self,
@@ -292,7 +311,7 @@ class LLMClient:
         return f"LLMClient({self.base_url!r})"
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._key.get_secret_value()}", "X-Title": "ar"}
+        return _auth_headers(self._key)
 
     async def drain(self) -> None:
         """Until the calls cut mid-answer are settled from the provider's record (or given up)."""

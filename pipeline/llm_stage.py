@@ -21,7 +21,7 @@ from infra.budget import LedgerBudget, book_budget
 from infra.checkpoint import Ledger
 from infra.config import Settings
 from infra.errors import InvalidAnswer, TruncatedAnswer
-from infra.llm_client import LLMClient, Result, image_part, require_key
+from infra.llm_client import LLMClient, Result, check_key, image_part
 from infra.logs import log_event
 from infra.pricing import PricingCache, Usage
 from pipeline.executor import llm_runner
@@ -214,11 +214,12 @@ class LLMSetup:
         self.llm: LLMClient | None = None
 
     def check_ready(self, models: dict[str, str]) -> None:
-        """Before any book's run opens: the key and a price for each model of the selected LLM
-        stages, so that a run they would refuse is no run (the books' ledgers stay as they were)."""
+        """Before any book's run opens: the key (the provider's word on it, where it has one) and
+        a price for each model of the selected LLM stages, so that a run they would refuse is no
+        run (the books' ledgers stay as they were)."""
         if not any(spec.uses_llm for spec in self.selected):
             return
-        require_key(self.settings.api_key)
+        check_key(self.settings.base_url, self.settings.api_key)
         pricing = PricingCache(self.settings.base_url)
         for spec in self.selected:
             if spec.uses_llm:

@@ -100,6 +100,7 @@ def test_llm_settings_that_cannot_work_stop_before_spending(sim, books_dir, tmp_
 @pytest.mark.parametrize("args, env, code, needle", [
     (("--model", "nope/model"), {}, 1, "ar: error: unknown model 'nope/model' at "),
     ((), {"OPENROUTER_API_KEY": ""}, 1, "ar: error: no API key: set OPENROUTER_API_KEY"),
+    ((), {"OPENROUTER_API_KEY": "sk-or-v1-WRONG-key-000000"}, 1, "ar: error: the provider refused the API key (HTTP 401"),
     (("--stages", "ocr"), {"AR_EXECUTOR": "foo"}, 2, "ar: error: AR_EXECUTOR='foo': use 'local' (the default) or 'ray'"),
 ])
 def test_a_run_refused_before_any_work_is_no_run(sim, books_dir, tmp_path, args, env, code, needle):
