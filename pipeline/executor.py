@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import socket
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -31,6 +32,33 @@ def executor_name() -> str:
     if name not in ("local", "ray"):
         raise UsageError(f"AR_EXECUTOR={name!r}: use 'local' (the default) or 'ray'")
     return name
+
+
+RAY_REACH_S = 5.0  # a cluster's head that takes no connection in this long is out of reach
+
+
+def check_executor() -> None:
+    """The executor's refusals that need no work, made before any book's run opens (no run on
+    record): an unknown AR_EXECUTOR, and with Ray a RAY_ADDRESS that ar cannot use. Ray waits
+    minutes for a head that does not answer; here a host:port (the head's GCS) or
+    ray://host:port (Ray Client's server) that takes no TCP connection within RAY_REACH_S is
+    said at once. "auto" and "local" are Ray's to resolve."""
+    address = os.environ.get("RAY_ADDRESS")
+    if executor_name() != "ray" or not address or address in ("auto", "local"):
+        return
+    scheme, _, where = address.rpartition("://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        if scheme:
+            return  # another kind of address: Ray says what it makes of it
+        reason = "not an address Ray takes (host:port, ray://host:port, auto or local)"
+    else:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_REACH_S).close()
+            return
+        except OSError as e:
+            reason = f"no connection to {host}:{port} ({e.strerror or e})"
+    raise StopRun(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {reason}")
 
 
 def page_runner(local: PageWork) -> PageWork:
@@ -103,6 +131,7 @@ def connect_ray():
     global _own_ray
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return sys.modules["ray"]
+    check_executor()  # a head that does not answer: said at once, not after Ray's minutes
     address = os.environ.get("RAY_ADDRESS") or None
     code = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if address is None:  # before Ray is imported: it reads them then, and its processes inherit them

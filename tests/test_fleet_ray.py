@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -286,10 +287,18 @@ def test_an_llm_actor_serving_a_library_keeps_its_bound_of_books_open(ray_cluste
     check_fleet(url, server, {book: 2 for book in books})
 
 
-def test_a_ray_address_ar_cannot_use_is_one_line(books_dir, tmp_path, pg_url):
+def test_a_ray_address_ar_cannot_use_is_one_line_said_at_once_before_any_run(books_dir, tmp_path, pg_url):
+    """Ray itself waits about 3 minutes for a head that does not answer."""
     scans = text_pages(tmp_path / "scans", 1)
     assert run_ar("add", str(scans), "--id", "b", books_dir=books_dir, env={"AR_LEDGER": pg_url}).returncode == 0
-    r = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir,
-               env={"AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": "no-port-here"})
-    assert r.returncode == 1
-    assert one_error_line(r, "cannot reach the Ray cluster at RAY_ADDRESS=no-port-here")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    for address, reason in ((dead, "Connection refused"), ("no-port-here", "not an address Ray takes")):
+        started = time.monotonic()
+        r = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir,
+                   env={"AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": address})
+        assert time.monotonic() - started < 30
+        assert r.returncode == 1
+        assert reason in one_error_line(r, f"cannot reach the Ray cluster at RAY_ADDRESS={address}: ")
+    assert PgLedger.read(pg_url, "b", lambda ledger: ledger.runs(), []) == []  # refused before any run opened
