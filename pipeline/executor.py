@@ -277,16 +277,13 @@ class BookLedgers:
     after the least recently used one is closed, never one in use: a call in flight for its
     book, or an attempt of one still to settle (cut mid-answer, it is settled from the
     provider's record after its call returned). Closing ends the holder's lease, which lets a
-    sweeper settle the holder's pending calls: so none may be left in flight. A closed book's
+    sweeper settle the holder's pending calls: so none may be in flight then. A closed book's
     ledger is opened again, as a new holder, when a call for it comes."""
 
     def __init__(self, open_writer: Callable[[str], object], most: int):
         self._open_writer, self.most = open_writer, max(1, most)
         self._open: OrderedDict[str, object] = OrderedDict()  # least recently used first
         self._uses: Counter[str] = Counter()
-
-    def __len__(self) -> int:
-        return len(self._open)
 
     def take(self, book: str):
         """The book's ledger, in use until `release(book)`."""
