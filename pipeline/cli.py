@@ -277,7 +277,7 @@ def cmd_estimate(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_process(args, settings: Settings, library: Library) -> int:
-    from pipeline.executor import executor_name
+    from pipeline.executor import check_executor
     from pipeline.llm_stage import LLMSetup
     from pipeline.process import process_books
     from pipeline.progress import StageProgress
@@ -325,7 +325,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if args.dry_run:
         return 0
     llm = LLMSetup(settings, selected, args.budget, lib)
-    executor_name()  # refusals that need no work come before any book's run opens: no run on record
+    check_executor()  # refusals that need no work come before any book's run opens: no run on record
     llm.check_ready(_models(settings))
     if args.library_budget is not None:  # kept once the run may start, as a book's budget is
         lib.set_limit(args.library_budget)

@@ -14,8 +14,10 @@ import asyncio
 import hashlib
 import os
 import secrets
+import socket
 import sys
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -30,6 +32,33 @@ def executor_name() -> str:
     if name not in ("local", "ray"):
         raise UsageError(f"AR_EXECUTOR={name!r}: use 'local' (the default) or 'ray'")
     return name
+
+
+RAY_REACH_S = 5.0  # a cluster's head that takes no connection in this long is out of reach
+
+
+def check_executor() -> None:
+    """The executor's refusals that need no work, made before any book's run opens (no run on
+    record): an unknown AR_EXECUTOR, and with Ray a RAY_ADDRESS that ar cannot use. Ray waits
+    minutes for a head that does not answer; here a host:port (the head's GCS) or
+    ray://host:port (Ray Client's server) that takes no TCP connection within RAY_REACH_S is
+    said at once. "auto" and "local" are Ray's to resolve."""
+    address = os.environ.get("RAY_ADDRESS")
+    if executor_name() != "ray" or not address or address in ("auto", "local"):
+        return
+    scheme, _, where = address.rpartition("://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        if scheme:
+            return  # another kind of address: Ray says what it makes of it
+        reason = "not an address Ray takes (host:port, ray://host:port, auto or local)"
+    else:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_REACH_S).close()
+            return
+        except OSError as e:
+            reason = f"no connection to {host}:{port} ({e.strerror or e})"
+    raise StopRun(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {reason}")
 
 
 def page_runner(local: PageWork) -> PageWork:
@@ -102,6 +131,7 @@ def connect_ray():
     global _own_ray
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return sys.modules["ray"]
+    check_executor()  # a head that does not answer: said at once, not after Ray's minutes
     address = os.environ.get("RAY_ADDRESS") or None
     code = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if address is None:  # before Ray is imported: it reads them then, and its processes inherit them
@@ -137,6 +167,8 @@ def stop_own_ray() -> None:
 
 LLM_ACTORS = 2  # async actors, each with its own LLMClient and connection pool
 ACTOR_IDLE_S = float(os.environ.get("AR_ACTOR_IDLE_S", "60"))
+# The books whose ledgers an actor keeps open at once: as many as a run keeps open (pipeline/process.py)
+ACTOR_BOOKS = int(os.environ.get("AR_ACTOR_BOOKS", "16"))
 
 
 def llm_runner(client, workers: int):
@@ -196,12 +228,14 @@ class RayLLM:
 class LLMActor:
     """A detached async actor: an LLMClient whose key is read from its node's environment
     (OPENROUTER_API_KEY: never a task's argument, nor the runtime_env, which Ray stores and
-    shows), and the fleet's ledger (AR_LEDGER, from the node's environment as well)."""
+    shows), and the fleet's ledger (AR_LEDGER, from the node's environment as well): a writer
+    for each book it serves, at most ACTOR_BOOKS of them open (BookLedgers)."""
 
     def __init__(self, base_url: str):
         from infra.budget import LedgerBudget
         from infra.config import load_settings
         from infra.llm_client import LLMClient
+        from infra.pg_ledger import PgLedger
         from infra.pricing import PricingCache
 
         settings = load_settings()
@@ -209,26 +243,20 @@ class LLMActor:
                                 max_retries=settings.max_retries, concurrency=64,
                                 requests_per_minute=settings.requests_per_minute, max_price=settings.max_price)
         self.client.budget = LedgerBudget()  # every call admitted by the ledger, against every budget
-        self.ledgers: dict[str, object] = {}
+        url = os.environ["AR_LEDGER"]
+        self.ledgers = BookLedgers(lambda book: PgLedger.open_writer(url, book), ACTOR_BOOKS)
         self.in_flight = 0
         self.last_call = time.monotonic()
         self._idle = asyncio.get_event_loop().create_task(self._exit_when_idle())
 
-    def _ledger(self, book: str):
-        from infra.pg_ledger import PgLedger
-
-        if book not in self.ledgers:
-            self.ledgers[book] = PgLedger.open_writer(os.environ["AR_LEDGER"], book)
-        return self.ledgers[book]
-
     async def call(self, book: str, where, model: str, messages: list[dict], schema, max_tokens: int):
         recorder_class, run_id, stage, page = where
-        ledger = self._ledger(book)
+        recorder = self.ledgers.recorder(book, lambda ledger: recorder_class(ledger, run_id, stage, page))
         self.in_flight += 1
         try:
-            return await self.client.call(model, messages, recorder_class(ledger, run_id, stage, page),
-                                          schema=schema, max_tokens=max_tokens)
+            return await self.client.call(model, messages, recorder, schema=schema, max_tokens=max_tokens)
         finally:
+            self.ledgers.release(book)
             self.in_flight -= 1
             self.last_call = time.monotonic()
 
@@ -238,7 +266,83 @@ class LLMActor:
         while self.in_flight or time.monotonic() - self.last_call < ACTOR_IDLE_S:
             await asyncio.sleep(1)
         await self.client.drain()
-        for ledger in self.ledgers.values():
-            ledger.close()
+        self.ledgers.close()
         ray.actor.exit_actor()
 
+
+class BookLedgers:
+    """An actor's writers, one per book it serves, each a holder with a lease (a thread that
+    renews it, and two connections): at most `most` of them open, so that an actor serving a
+    whole library holds no more than a run's window of books. Another book's ledger is opened
+    after the least recently used one is closed, never one in use: a call in flight for its
+    book, or an attempt of one still to settle (cut mid-answer, it is settled from the
+    provider's record after its call returned). Closing ends the holder's lease, which lets a
+    sweeper settle the holder's pending calls: so none may be in flight then. A closed book's
+    ledger is opened again, as a new holder, when a call for it comes."""
+
+    def __init__(self, open_writer: Callable[[str], object], most: int):
+        self._open_writer, self.most = open_writer, max(1, most)
+        self._open: OrderedDict[str, object] = OrderedDict()  # least recently used first
+        self._uses: Counter[str] = Counter()
+
+    def take(self, book: str):
+        """The book's ledger, in use until `release(book)`."""
+        if book not in self._open:
+            self._close_idle(keep=self.most - 1)
+            self._open[book] = self._open_writer(book)
+        self._open.move_to_end(book)
+        self._uses[book] += 1
+        return self._open[book]
+
+    def release(self, book: str) -> None:
+        self._uses[book] -= 1
+        self._close_idle(keep=self.most)
+
+    def recorder(self, book: str, make: Callable[[object], object]) -> _Attempts:
+        """A call's recorder (`make(ledger)`), its book's ledger taken for the call (release it
+        after) and for each of its attempts until that is settled."""
+        return _Attempts(make(self.take(book)), self, book)
+
+    def _close_idle(self, keep: int) -> None:
+        idle = [book for book in self._open if not self._uses[book]]
+        for book in idle[:max(0, len(self._open) - keep)]:
+            del self._uses[book]
+            self._open.pop(book).close()
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+class _Attempts:
+    """A call's recorder (its inner one's, and so its ledger's) whose attempts each hold their
+    book's ledger open from the moment it is recorded pending until it is settled."""
+
+    def __init__(self, inner, ledgers: BookLedgers, book: str):
+        self.inner, self._ledgers, self._book = inner, ledgers, book
+        self._unsettled: set[int] = set()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def begin(self, model: str, attempt: int, reserve_usd: float = 0.0) -> int:
+        handle = self.inner.begin(model, attempt, reserve_usd)
+        self._ledgers.take(self._book)
+        self._unsettled.add(handle)
+        return handle
+
+    def finish(self, handle: int, *result) -> float:
+        try:
+            return self.inner.finish(handle, *result)
+        finally:
+            self._settled(handle)
+
+    def unresolved(self, handle: int) -> None:
+        """It stays pending, for a sweeper to settle once this holder's lease has ended."""
+        self.inner.unresolved(handle)
+        self._settled(handle)
+
+    def _settled(self, handle: int) -> None:
+        if handle in self._unsettled:
+            self._unsettled.discard(handle)
+            self._ledgers.release(self._book)

@@ -179,7 +179,7 @@ def ray_cluster(tmp_path_factory, pg_server):
         conn.execute("CREATE DATABASE fleet TEMPLATE template0")
     node_env = {"PATH": f"{wrapper}:{os.environ['PATH']}", "OPENROUTER_API_KEY": RAY_NODE_KEY,
                 "AR_LEDGER": pg_server.url("fleet"), "AR_CACHE_DIR": str(wrapper / "cache"),
-                "AR_ACTOR_IDLE_S": "20"}
+                "AR_ACTOR_IDLE_S": "20", "AR_ACTOR_BOOKS": "2"}  # the books' ledgers an LLM actor keeps open
     # a node killed is known dead in about 3 s (not Ray's 15 s): the tasks it ran are retried that much sooner
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",

@@ -4,14 +4,18 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from infra.pg_ledger import PgLibrary
+from infra.pg_ledger import PgLedger, PgLibrary
+from pipeline.executor import BookLedgers
+from pipeline.llm_stage import LedgerRecorder
 from tests.conftest import RAY_NODE_KEY, llm_env, noting_tesseract, one_error_line, run_ar, start_ar, text_pages
 from tests.test_fleet import check_fleet, done_pages, fleet_book, pending, query, wait_for
 
@@ -215,10 +219,86 @@ def test_two_drivers_on_ray_share_one_library_budget(ray_cluster, sim, books_dir
     assert len(done_pages(url, "lib1")) + len(done_pages(url, "lib2")) < 10  # the cap stopped them
 
 
-def test_a_ray_address_ar_cannot_use_is_one_line(books_dir, tmp_path, pg_url):
+def live_holders(url: str, books: list[str], but_pid: int = 0) -> dict[int, int]:
+    """pid -> how many of `books` it holds a live writer's lease on (the writer of pid `but_pid` left out)."""
+    return dict(query(url, "SELECT pid, COUNT(*) FROM holders WHERE book = ANY(%s) AND pid != %s"
+                           " AND lease_until > clock_timestamp() GROUP BY pid", (books, but_pid)))
+
+
+def test_an_actor_keeps_its_bound_of_books_open_closing_none_in_use_and_opens_a_closed_one_again(pg_url):
+    ledgers = BookLedgers(lambda book: PgLedger.open_writer(pg_url, book), most=2)
+
+    def open_books():
+        return sorted(b for (b,) in query(pg_url, "SELECT book FROM holders WHERE lease_until > clock_timestamp()"))
+
+    a = ledgers.take("a")  # a call for book a in flight
+    for book in ("b", "c"):
+        ledgers.take(book)
+        ledgers.release(book)
+    assert open_books() == ["a", "c"]  # b closed: idle and the least recently used
+    run = a.start_run(os.getpid(), "test")
+    recorder = ledgers.recorder("a", lambda ledger: LedgerRecorder(ledger, run, "correct", 1))
+    handle = recorder.begin("m", 1)
+    ledgers.release("a")
+    ledgers.release("a")  # both calls returned; the attempt, cut mid-answer, is still to settle
+    ledgers.take("d")
+    ledgers.release("d")
+    assert open_books() == ["a", "d"]  # c closed, not a: its pending call is not left to a sweeper
+    assert PgLedger.read(pg_url, "a", lambda ledger: ledger.orphaned_calls(), None) == []
+    recorder.finish(handle, "ok", None, 0.25, None, None, "gen-1")
+    ledgers.take("b")  # opened again, as a new holder; a, settled and least recently used, closed
+    assert open_books() == ["b", "d"]
+    assert query(pg_url, "SELECT COUNT(*) FROM holders WHERE book = 'b'")[0][0] == 2
+    assert query(pg_url, "SELECT status, computed_cost_usd::float8 FROM calls WHERE book = 'a'") == [("ok", 0.25)]
+    ledgers.release("b")
+    ledgers.close()
+    assert open_books() == []
+
+
+def test_an_llm_actor_serving_a_library_keeps_its_bound_of_books_open(ray_cluster, sim, books_dir, tmp_path):
+    """Six books in one run through Ray: each LLM actor serves most of them, and keeps at most
+    AR_ACTOR_BOOKS (2 on the session's cluster) of their ledgers open at any time, each a holder
+    with a lease and connections; every call still recorded as billed."""
+    url = ray_cluster.ledger_url
+    books = [f"shelf{i}" for i in range(6)]
+    for book in books:
+        text_pages(tmp_path / "shelf" / book, 2)
+    for args in (("add", str(tmp_path / "shelf")), ("process", *books, "--stages", "ocr")):
+        r = run_ar(*args, books_dir=books_dir, env={"AR_LEDGER": url})
+        assert r.returncode == 0, r.stderr
+    server = sim("--api-key", RAY_NODE_KEY, "--latency-ms", "50")
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": ray_cluster.address}
+    driver = start_ar("process", *books, "--stages", "correct", "--workers", "2", books_dir=books_dir, env=env,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    most: dict[int, int] = {}  # actor's pid -> the most books it held open at once
+    while driver.poll() is None:
+        for pid, held in live_holders(url, books, driver.pid).items():
+            most[pid] = max(most.get(pid, 0), held)
+        time.sleep(0.1)
+    out, err = driver.communicate()
+    assert driver.returncode == 0, out + err
+    for pid, held in live_holders(url, books, driver.pid).items():  # idle now, not yet exited
+        most[pid] = max(most.get(pid, 0), held)
+    assert len(most) == 2 and set(most.values()) == {2}, most  # both actors served several books, 2 at a time
+    served = query(url, "SELECT h.pid, COUNT(DISTINCT c.book) FROM calls c JOIN holders h USING (holder_id)"
+                        " WHERE c.book = ANY(%s) GROUP BY h.pid", (books,))
+    assert sorted(pid for pid, _ in served) == sorted(most) and all(n > 2 for _, n in served), served
+    assert {book: sorted(done_pages(url, book)) for book in books} == {book: [1, 2] for book in books}
+    check_fleet(url, server, {book: 2 for book in books})
+
+
+def test_a_ray_address_ar_cannot_use_is_one_line_said_at_once_before_any_run(books_dir, tmp_path, pg_url):
+    """Ray itself waits about 3 minutes for a head that does not answer."""
     scans = text_pages(tmp_path / "scans", 1)
     assert run_ar("add", str(scans), "--id", "b", books_dir=books_dir, env={"AR_LEDGER": pg_url}).returncode == 0
-    r = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir,
-               env={"AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": "no-port-here"})
-    assert r.returncode == 1
-    assert one_error_line(r, "cannot reach the Ray cluster at RAY_ADDRESS=no-port-here")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    for address, reason in ((dead, "Connection refused"), ("no-port-here", "not an address Ray takes")):
+        started = time.monotonic()
+        r = run_ar("process", "b", "--stages", "ocr", books_dir=books_dir,
+                   env={"AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": address})
+        assert time.monotonic() - started < 30
+        assert r.returncode == 1
+        assert reason in one_error_line(r, f"cannot reach the Ray cluster at RAY_ADDRESS={address}: ")
+    assert PgLedger.read(pg_url, "b", lambda ledger: ledger.runs(), []) == []  # refused before any run opened
