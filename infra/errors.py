@@ -2,6 +2,7 @@
 
     ArError                    said to the user in one line, no traceback (exit 1 unless below)
     ├── UsageError             a bad command line or configuration (exit 2)
+    │   └── MissingExtra       a setting whose library (the `fleet` extra) is not installed
     ├── LedgerError            checkpoint.db cannot be opened, read or written (infra/checkpoint.py)
     ├── BookLocked             another process is writing the book (infra/lock.py)
     ├── SourceError            a PDF or image that cannot be added (infra/sources.py)
@@ -42,6 +43,14 @@ class ArError(Exception):
 
 class UsageError(ArError):
     exit_code = EXIT_USAGE
+
+
+class MissingExtra(UsageError):
+    """AR_LEDGER without psycopg, AR_EXECUTOR=ray without Ray: the `fleet` extra is not installed."""
+
+    def __init__(self, setting: str, module: str):
+        super().__init__(f"{setting} needs the fleet extra, and {module} is not installed: "
+                         "pip install 'ar[fleet]' (in a checkout: pip install -e '.[fleet]')")
 
 
 class LedgerError(ArError):

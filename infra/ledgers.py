@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TypeVar
@@ -22,12 +23,10 @@ def ledger_url() -> str | None:
 
 
 def ledger_errors() -> tuple[type[Exception], ...]:
-    """What the ledger in use raises when it refuses a record or a read."""
-    if ledger_url() is None:
-        return (sqlite3.Error,)
-    import psycopg
-
-    return (sqlite3.Error, psycopg.Error)
+    """What the ledgers in use raise when they refuse a record or a read. It imports nothing:
+    psycopg raised nothing if it was never imported (and without the fleet extra it cannot be)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
 
 def open_ledger(book) -> Ledger:

@@ -25,14 +25,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 from infra.checkpoint import CALL_COST, CALL_FINAL_STATUSES, RUN_STATUSES, PendingCall, _token_columns
 from infra.budget import LedgerBudget, NotYet
-from infra.errors import BudgetReached, LeaseLost, LedgerError, LibraryBudgetReached
+from infra.errors import BudgetReached, LeaseLost, LedgerError, LibraryBudgetReached, MissingExtra
+from infra.logs import register_secret
+from infra.pg_url import check, describe, mask, passwords
 from infra.pricing import same_cost
+
+try:
+    import psycopg
+except ImportError:  # the fleet extra is not installed: AR_LEDGER cannot work
+    raise MissingExtra("AR_LEDGER", "psycopg") from None
 
 log = logging.getLogger("ar.ledger")
 T = TypeVar("T")
@@ -145,25 +149,18 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def describe(url: str) -> str:
-    """The URL as it may be shown: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
 _reached = False  # the database answered this process once: from then on, out of reach is an outage
 
 
 def connect(url: str, read_only: bool = False) -> psycopg.Connection:
     global _reached
+    check(url)
+    for password in passwords(url):  # whatever else goes wrong, never in a log
+        register_secret(password)
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="ar", options=SESSION_OPTIONS)
     except psycopg.Error as e:
-        raise LedgerError(f"ledger {describe(url)} cannot be reached: {_first_line(e)}") from None
+        raise LedgerError(f"ledger {describe(url)} cannot be reached: {_first_line(e, url)}") from None
     _reached = True
     if read_only:  # one consistent snapshot per report (Ledger.snapshot), never a write
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -187,11 +184,11 @@ def migrate(conn: psycopg.Connection) -> None:
         conn.execute("INSERT INTO ar_schema VALUES (%s)", (SCHEMA_VERSION,))
 
 
-def _wait_for_database(waited: float, where: str, error: Exception) -> float:
+def _wait_for_database(waited: float, where: str, error: Exception, url: str) -> float:
     """Sleep a little longer each time (up to RECONNECT_MAX_S) while the database is out of
     reach; returns the time waited so far. The fleet pauses; it goes on when it is back."""
     if waited == 0:
-        log.warning("%s is out of reach (%s): waiting for it", where, _first_line(error))
+        log.warning("%s is out of reach (%s): waiting for it", where, _first_line(error, url))
     pause = min(RECONNECT_MAX_S, 0.2 + waited / 4)
     time.sleep(pause)
     return waited + pause
@@ -202,8 +199,9 @@ def _usd(amount: float | None) -> Decimal | None:
     return None if amount is None else Decimal(repr(float(amount)))
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _first_line(error: Exception, url: str) -> str:
+    """The database's error in one line, the password of `url` masked: libpq's may repeat it."""
+    return mask((str(error).strip().splitlines() or [type(error).__name__])[0], url)
 
 
 class _Connected:
@@ -239,7 +237,7 @@ class _Connected:
                 if not lost or self._in_snapshot:
                     raise  # a real error, or a lost snapshot (PgLedger.read does it again)
                 self._db.close()
-                waited = _wait_for_database(waited, self.path, e)
+                waited = _wait_for_database(waited, self.path, e, self.url)
 
 
 class PgLedger(_Connected):
@@ -280,7 +278,7 @@ class PgLedger(_Connected):
                 conn.execute("SELECT 1 FROM books WHERE book = %s", (book,)).fetchone()
         except psycopg.Error as e:
             conn.close()
-            raise LedgerError(f"ledger {describe(url)} cannot be read: {_first_line(e)}") from None
+            raise LedgerError(f"ledger {describe(url)} cannot be read: {_first_line(e, url)}") from None
         if not known:
             conn.close()
             return None
@@ -298,7 +296,7 @@ class PgLedger(_Connected):
             except LedgerError as e:
                 if not _reached:
                     raise  # never reached from this process: a wrong URL, said at once
-                waited = _wait_for_database(waited, describe(url), e)
+                waited = _wait_for_database(waited, describe(url), e, url)
                 continue
             if ledger is None:
                 return absent
@@ -308,7 +306,7 @@ class PgLedger(_Connected):
             except psycopg.OperationalError as e:
                 if not (ledger._db.closed or ledger._db.broken):
                     raise
-                waited = _wait_for_database(waited, ledger.path, e)
+                waited = _wait_for_database(waited, ledger.path, e, url)
             finally:
                 ledger.close()
 
@@ -854,7 +852,7 @@ class _Lease:
                     " WHERE holder_id = %s AND lease_until > clock_timestamp()",
                     (LEASE_S, self.holder_id)).rowcount
             except psycopg.Error as e:
-                log.warning("cannot renew the lease of holder %d: %s", self.holder_id, _first_line(e))
+                log.warning("cannot renew the lease of holder %d: %s", self.holder_id, _first_line(e, self.url))
                 conn = None
                 self.valid()
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import os
 import secrets
 import socket
@@ -21,7 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from infra.errors import StopRun, UsageError
+from infra.errors import MissingExtra, StopRun, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 PageWork = Callable[..., Awaitable[dict]]
@@ -43,8 +44,11 @@ def check_executor() -> None:
     minutes for a head that does not answer; here a host:port (the head's GCS) or
     ray://host:port (Ray Client's server) that takes no TCP connection within RAY_REACH_S is
     said at once. "auto" and "local" are Ray's to resolve."""
+    if executor_name() != "ray":
+        return
+    _ray_installed()
     address = os.environ.get("RAY_ADDRESS")
-    if executor_name() != "ray" or not address or address in ("auto", "local"):
+    if not address or address in ("auto", "local"):
         return
     scheme, _, where = address.rpartition("://")
     host, _, port = where.rpartition(":")
@@ -59,6 +63,17 @@ def check_executor() -> None:
         except OSError as e:
             reason = f"no connection to {host}:{port} ({e.strerror or e})"
     raise StopRun(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {reason}")
+
+
+def _ray_installed() -> None:
+    """Ray is the `fleet` extra: without it AR_EXECUTOR=ray is a one-line usage error. Not
+    imported here: connect_ray sets what Ray reads when it is imported."""
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise MissingExtra("AR_EXECUTOR=ray", "ray")
 
 
 def page_runner(local: PageWork) -> PageWork:
