@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from infra.errors import MissingExtra, StopRun, UsageError
+from infra.errors import FatalLLMError, MissingExtra, StopRun, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 PageWork = Callable[..., Awaitable[dict]]
@@ -254,17 +254,27 @@ class LLMActor:
         from infra.pricing import PricingCache
 
         settings = load_settings()
+        self.in_flight = 0
+        self.last_call = time.monotonic()
+        self._idle = asyncio.get_event_loop().create_task(self._exit_when_idle())
+        # a node started without them (`ray start` before they were set): each call says so, and the run stops
+        missing = [name for name, value in (("AR_LEDGER", os.environ.get("AR_LEDGER")),
+                                            ("OPENROUTER_API_KEY", settings.api_key)) if not value]
+        self.unusable = (f"{' and '.join(missing)} not set on the Ray node {socket.gethostname()}: every node "
+                         "needs OPENROUTER_API_KEY and AR_LEDGER in its environment before `ray start`"
+                         ) if missing else None
+        if missing:
+            return
         self.client = LLMClient(base_url, settings.api_key, PricingCache(base_url), timeout=settings.timeout_s,
                                 max_retries=settings.max_retries, concurrency=64,
                                 requests_per_minute=settings.requests_per_minute, max_price=settings.max_price)
         self.client.budget = LedgerBudget()  # every call admitted by the ledger, against every budget
         url = os.environ["AR_LEDGER"]
         self.ledgers = BookLedgers(lambda book: PgLedger.open_writer(url, book), ACTOR_BOOKS)
-        self.in_flight = 0
-        self.last_call = time.monotonic()
-        self._idle = asyncio.get_event_loop().create_task(self._exit_when_idle())
 
     async def call(self, book: str, where, model: str, messages: list[dict], schema, max_tokens: int):
+        if self.unusable:
+            raise FatalLLMError(self.unusable)
         recorder_class, run_id, stage, page = where
         recorder = self.ledgers.recorder(book, lambda ledger: recorder_class(ledger, run_id, stage, page))
         self.in_flight += 1
@@ -280,8 +290,9 @@ class LLMActor:
 
         while self.in_flight or time.monotonic() - self.last_call < ACTOR_IDLE_S:
             await asyncio.sleep(1)
-        await self.client.drain()
-        self.ledgers.close()
+        if not self.unusable:
+            await self.client.drain()
+            self.ledgers.close()
         ray.actor.exit_actor()
 
 

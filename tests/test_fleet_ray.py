@@ -302,3 +302,22 @@ def test_a_ray_address_ar_cannot_use_is_one_line_said_at_once_before_any_run(boo
         assert r.returncode == 1
         assert reason in one_error_line(r, f"cannot reach the Ray cluster at RAY_ADDRESS={address}: ")
     assert PgLedger.read(pg_url, "b", lambda ledger: ledger.runs(), []) == []  # refused before any run opened
+
+
+def test_a_cluster_whose_nodes_lack_ar_ledger_stops_the_run_in_one_line_and_pays_nothing(
+        ray_cluster, sim, books_dir, tmp_path):
+    """The LLM actors read AR_LEDGER from their node's environment: here the driver's job gives
+    them an empty one (as `ray job submit --runtime-env-json` would), the session's cluster
+    stays as it is."""
+    url = ray_cluster.ledger_url
+    fleet_book(books_dir, tmp_path, url, "nodeenv", 1)
+    server = sim("--api-key", RAY_NODE_KEY)  # its own endpoint: actors of their own
+    job = {"runtime_env": {"env_vars": {"AR_LEDGER": ""}}}
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": ray_cluster.address,
+           "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job), "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
+    r = run_ar("process", "nodeenv", "--stages", "correct", books_dir=books_dir, env=env, timeout=300)
+    assert r.returncode == 1
+    assert "every node needs OPENROUTER_API_KEY and AR_LEDGER" in one_error_line(r, "AR_LEDGER not set on the Ray node")
+    assert query(url, "SELECT COUNT(*) FROM calls WHERE book = 'nodeenv'") == [(0,)]  # nothing sent, nothing paid
+    assert server.credits() == 0  # the provider billed nothing
+    assert sorted(done_pages(url, "nodeenv", "ocr")) == [1]  # the pages done before are kept
