@@ -346,7 +346,10 @@ class PgLedger(_Connected):
 
     def start_run(self, pid: int, command: str) -> int:
         """Open a run. The book's runs still marked running whose holder's lease has lapsed
-        belong to a writer that died: close them (a live writer's runs stay open)."""
+        belong to a writer that died: close them (a live writer's runs stay open). The command
+        is kept without the ledger's password (`--ledger URL`)."""
+        command = mask(command, self.url)
+
         def work(conn):
             with conn.transaction():
                 conn.execute(

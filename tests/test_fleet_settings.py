@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from infra.pg_url import describe, mask
-from tests.conftest import make_book, one_error_line, run_ar
+from tests.conftest import make_book, one_error_line, run_ar, text_pages
+from tests.test_fleet import query
 
 PASSWORD = "sekret-42"
 
@@ -65,3 +66,17 @@ def test_without_the_fleet_extra_a_fleet_setting_is_one_line_naming_it(books_dir
         assert "pip install 'ar[fleet]'" in one_error_line(r, needs)
         assert r.returncode == 2, r.stderr
     assert not (books_dir / "b" / "checkpoint.db").exists()  # refused before any run opened
+
+
+def test_a_run_keeps_the_ledger_password_out_of_its_records_and_logs(books_dir: Path, tmp_path: Path, pg_url):
+    """The test server trusts its local connections: the password is given, never asked for."""
+    url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    assert run_ar("add", str(text_pages(tmp_path / "scans", 1)), "--id", "b", books_dir=books_dir,
+                  env={"AR_LEDGER": pg_url}).returncode == 0
+    r = run_ar("process", "b", "--stages", "ocr", "--ledger", url, books_dir=books_dir, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (command,), = query(pg_url, "SELECT command FROM runs WHERE book = 'b'")
+    assert "--ledger 'postgresql://postgres:***@/" in command  # the run's command, as kept in the ledger
+    assert PASSWORD not in r.stdout + r.stderr + str(query(pg_url, "SELECT * FROM runs"))
+    logs = list((books_dir / "b" / "logs").glob("*.jsonl"))
+    assert logs and not any(PASSWORD in log.read_text() for log in logs)
