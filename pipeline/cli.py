@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from infra.books import BOOK_TEXT, PREVIOUS, Library, book_id_from_path, validate_book_id
+from infra.budget import apart
 from infra.ledgers import ledger_errors, ledger_url, open_ledger, open_library, read_ledger
 from infra.config import Settings, load_settings
 from infra.errors import ArError, BudgetReached, UsageError, exit_code
@@ -424,10 +425,11 @@ def _library_refusal(lib, library: Library, lows: list[float | None], given_usd:
         return None
     left = limit - figures["spent_usd"] - figures["reserved_usd"]
     low = sum(x for x in lows if x is not None)
-    if low <= left:
+    if not low or low <= left:  # nothing left to pay for (free stages only) never needs the cap's room
         return None
-    return (f"even the low estimate of the rest of these books, ${low:.4f}, exceeds what is left of the "
-            f"library budget (${max(0.0, left):.4f} of ${limit:.4f}): raise --library-budget, or add --force")
+    low_s, left_s, limit_s = apart(low, max(0.0, left), limit)
+    return (f"even the low estimate of the rest of these books, {low_s}, exceeds what is left of the "
+            f"library budget ({left_s} of {limit_s}): raise --library-budget, or add --force")
 
 
 def _check_inputs(book, selected, stages: dict, fresh: bool) -> None:
@@ -470,10 +472,11 @@ def _check_estimate(args, book, settings: Settings, selected: list[str]) -> dict
         report["budget_usd"] = args.budget
     budget, low = report["budget_usd"], report["low_usd"]
     refusal = None
-    if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
+    if budget is not None and not args.force and low and low > budget - report["spent_usd"]:
         finish = budget_to_finish(report)
-        refusal = (f"even the low estimate of the rest, ${low:.4f}, exceeds what is left of the budget "
-                   f"(${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget"
+        low_s, left_s, budget_s = apart(low, max(0.0, budget - report["spent_usd"]), budget)
+        refusal = (f"even the low estimate of the rest, {low_s}, exceeds what is left of the budget "
+                   f"({left_s} of {budget_s}): raise --budget"
                    + ("" if finish is None else f" to at least ${finish:.4f}") + ", or add --force")
     if refusal is not None and not args.dry_run:
         raise BudgetReached(refusal)
