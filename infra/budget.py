@@ -49,9 +49,7 @@ class Budget:
         while worst_case_usd > self.left:
             if self.holding == 0:
                 self._settled.set()  # the other waiters see it too, and stop
-                raise BudgetReached(
-                    f"budget reached: ${self.spent:.4f} of ${self.limit:.4f} spent; the next call "
-                    f"could cost up to ${worst_case_usd:.4f} and only ${max(0.0, self.left):.4f} is left")
+                raise BudgetReached(reached("budget reached", self.spent, self.limit, worst_case_usd, self.left))
             self._settled.clear()
             await self._settled.wait()
         self.reserved += worst_case_usd
@@ -130,6 +128,19 @@ class Reserved:
         self.inner.unresolved(handle)
         for cap, token in self.held:
             cap.unknown(token)
+
+
+def apart(*amounts: float) -> list[str]:
+    """`$x` for each amount, with as many decimals (4 to 9) as it takes to tell them apart: a
+    refusal never reads as `up to $0.0033 and only $0.0033 is left`."""
+    places = next((p for p in range(4, 10) if len({f"{a:.{p}f}" for a in amounts}) == len(set(amounts))), 9)
+    return [f"${a:.{places}f}" for a in amounts]
+
+
+def reached(what: str, spent: float, limit: float, next_call: float, left: float) -> str:
+    """`<what>: $spent of $limit spent; the next call could cost up to $x and only $y is left`."""
+    cost, room = apart(next_call, max(0.0, left))
+    return f"{what}: ${spent:.4f} of ${limit:.4f} spent; the next call could cost up to {cost} and only {room} is left"
 
 
 class NotYet(Exception):

@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from infra.checkpoint import CALL_COST, CALL_FINAL_STATUSES, RUN_STATUSES, PendingCall, _token_columns
-from infra.budget import LedgerBudget, NotYet
+from infra.budget import LedgerBudget, NotYet, reached
 from infra.errors import BudgetReached, LeaseLost, LedgerError, LibraryBudgetReached, MissingExtra
 from infra.logs import register_secret
 from infra.pg_url import check, describe, mask, passwords
@@ -561,10 +561,9 @@ class PgLedger(_Connected):
                     if limit is not None and spent + reserved + reserve > limit:
                         if reserved > 0:
                             raise NotYet(ADMIT_POLL_S)
-                        raise (LibraryBudgetReached if scope == LIBRARY else BudgetReached)(
-                            f"{'library budget' if scope == LIBRARY else 'budget'} reached ({scope}): ${spent:.4f}"
-                            f" of ${limit:.4f} spent; the next call "
-                            f"could cost up to ${reserve:.4f} and only ${max(0, limit - spent):.4f} is left")
+                        raise (LibraryBudgetReached if scope == LIBRARY else BudgetReached)(reached(
+                            f"{'library budget' if scope == LIBRARY else 'budget'} reached ({scope})", float(spent),
+                            float(limit), float(reserve), float(limit - spent)))
                 slot = self._take_slot(conn)
                 call_id = conn.execute(
                     f"INSERT INTO calls (book, run_id, holder_id, request_key, stage, page, model, attempt,"

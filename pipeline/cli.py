@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from infra.books import BOOK_TEXT, PREVIOUS, Library, book_id_from_path, validate_book_id
+from infra.budget import apart
 from infra.ledgers import ledger_errors, ledger_url, open_ledger, open_library, read_ledger
 from infra.config import Settings, load_settings
 from infra.errors import ArError, BudgetReached, UsageError, exit_code
@@ -313,16 +314,27 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     # the estimate reads every OCR'd page: only when it is shown or a budget must be checked
     uses_llm = any(spec.uses_llm for spec in selected)
     names = [spec.name for spec in selected]
-    lows = []
+    estimates = {}
+
+    def estimate(book) -> None:
+        estimates[book.id] = _check_estimate(args, book, settings, names)
+
+    capped = lib is not None or args.library_budget is not None
     for book in books:
         if book.id not in refused and (args.dry_run or (uses_llm and not args.force and (
-                lib is not None or _has_budget(args, book, settings)))):
-            check(book, lambda: lows.append(_check_estimate(args, book, settings, names)))
+                capped or _has_budget(args, book, settings)))):
+            check(book, lambda: estimate(book))
     books = [book for book in books if book.id not in refused]
     before = {book.id: before[book.id] for book in books}
-    if lib is not None and uses_llm and not args.force and not args.dry_run:
-        _check_library_estimate(lib, lows, args.library_budget)
+    library_refuses = None
+    if capped and uses_llm and not args.force:  # the books' own budgets let them start: the library's?
+        library_refuses = _library_refusal(lib, library, [e["low_usd"] for e in estimates.values()
+                                                          if not e["budget_refuses"]], args.library_budget)
+        if library_refuses and not args.dry_run:
+            raise BudgetReached(library_refuses)
     if args.dry_run:
+        _emit_estimates(args, [estimates[book.id] for book in books if book.id in estimates], refused,
+                        library_refuses)
         return 0
     llm = LLMSetup(settings, selected, args.budget, lib)
     check_executor()  # refusals that need no work come before any book's run opens: no run on record
@@ -403,15 +415,21 @@ def _library_ledger(args, library: Library):
     return lib
 
 
-def _check_library_estimate(lib, lows: list[float | None], given_usd: float | None) -> None:
-    figures = lib.figures()
+def _library_refusal(lib, library: Library, lows: list[float | None], given_usd: float | None) -> str | None:
+    """Why the library's cap would refuse a run whose books' low estimates are `lows`, or None.
+    With no library ledger yet (a dry run makes none), what every book has spent is its spend."""
+    figures = lib.figures() if lib is not None else {
+        "budget_usd": None, "spent_usd": library_report(library)["total_cost_usd"], "reserved_usd": 0.0}
     limit = given_usd if given_usd is not None else figures["budget_usd"]
+    if limit is None:
+        return None
     left = limit - figures["spent_usd"] - figures["reserved_usd"]
     low = sum(x for x in lows if x is not None)
-    if low > left:
-        raise BudgetReached(
-            f"even the low estimate of the rest of these books, ${low:.4f}, exceeds what is left of the "
-            f"library budget (${max(0.0, left):.4f} of ${limit:.4f}): raise --library-budget, or add --force")
+    if not low or low <= left:  # nothing left to pay for (free stages only) never needs the cap's room
+        return None
+    low_s, left_s, limit_s = apart(low, max(0.0, left), limit)
+    return (f"even the low estimate of the rest of these books, {low_s}, exceeds what is left of the "
+            f"library budget ({left_s} of {limit_s}): raise --library-budget, or add --force")
 
 
 def _check_inputs(book, selected, stages: dict, fresh: bool) -> None:
@@ -443,10 +461,10 @@ def _has_budget(args, book, settings: Settings) -> bool:
     return kept is not None
 
 
-def _check_estimate(args, book, settings: Settings, selected: list[str]) -> float | None:
-    """What this run would cost, exactly as it would run (its stages, --fresh, --vision):
-    --dry-run prints it, and whether the budget would refuse the run; otherwise a budget the
-    low estimate exceeds stops here. Returns the low estimate of the rest."""
+def _check_estimate(args, book, settings: Settings, selected: list[str]) -> dict:
+    """What this run would cost, exactly as it would run (its stages, --fresh, --vision), and
+    `budget_refuses`: why the book's budget would refuse it (None: it would not). Unless
+    --dry-run, such a refusal stops here (BudgetReached)."""
     from pipeline.estimate import budget_to_finish
 
     report = _estimate(book, settings, args.vision, selected if args.fresh else (), only=selected)
@@ -454,17 +472,28 @@ def _check_estimate(args, book, settings: Settings, selected: list[str]) -> floa
         report["budget_usd"] = args.budget
     budget, low = report["budget_usd"], report["low_usd"]
     refusal = None
-    if budget is not None and not args.force and low is not None and low > budget - report["spent_usd"]:
+    if budget is not None and not args.force and low and low > budget - report["spent_usd"]:
         finish = budget_to_finish(report)
-        refusal = (f"even the low estimate of the rest, ${low:.4f}, exceeds what is left of the budget "
-                   f"(${max(0.0, budget - report['spent_usd']):.4f} of ${budget:.4f}): raise --budget"
+        low_s, left_s, budget_s = apart(low, max(0.0, budget - report["spent_usd"]), budget)
+        refusal = (f"even the low estimate of the rest, {low_s}, exceeds what is left of the budget "
+                   f"({left_s} of {budget_s}): raise --budget"
                    + ("" if finish is None else f" to at least ${finish:.4f}") + ", or add --force")
-    if args.dry_run:
-        report["budget_refuses"] = refusal
-        _emit(args, report, render.estimate)
-    elif refusal is not None:
+    if refusal is not None and not args.dry_run:
         raise BudgetReached(refusal)
-    return low
+    report["budget_refuses"] = refusal
+    return report
+
+
+def _emit_estimates(args, reports: list[dict], refused: dict, library_refuses: str | None) -> None:
+    """A dry run's report: one book's estimate, or with several, one document of them all
+    (and the books their own checks left out), each with what its budget says, and what the
+    library's cap says of them together."""
+    if len(reports) == 1 and not refused:
+        _emit(args, {**reports[0], "library_budget_refuses": library_refuses}, render.estimate)
+        return
+    run = {"books": reports, "refused": [{"book": b, "why": str(e)} for b, e in refused.items()],
+           "low_usd": sum(r["low_usd"] or 0.0 for r in reports), "library_budget_refuses": library_refuses}
+    _emit(args, run, render.estimates)
 
 
 def cmd_status(args, settings: Settings, library: Library) -> int:

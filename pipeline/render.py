@@ -296,6 +296,19 @@ def estimate(r: dict) -> None:
         console.print("the budget would refuse this run: " + r["budget_refuses"] if r["budget_refuses"]
                       else "the budget would let this run start" if r["budget_usd"] is not None else
                       "no budget would stop this run")
+    if r.get("library_budget_refuses"):
+        console.print("the library budget would refuse this run: " + r["library_budget_refuses"])
+
+
+def estimates(run: dict) -> None:
+    """A dry run of several books: each one's estimate, then what the library's cap says."""
+    for r in run["books"]:
+        estimate(r)
+    for r in run["refused"]:
+        console.print(f"{r['book']}: left out: {r['why']}")
+    console.print(f"low estimate of the rest, these books together: {usd(run['low_usd'])}")
+    if run["library_budget_refuses"]:
+        console.print("the library budget would refuse this run: " + run["library_budget_refuses"])
 
 
 def reconciliation(r: dict) -> None:

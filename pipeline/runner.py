@@ -120,7 +120,8 @@ class Pipeline:
         elif self.outcome.status == "done" and self.outcome.failed:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.failed.items())
             self.outcome.status = "failed"
-            self.outcome.message = f"pages failed ({summary}): see `ar.py status`; run again to retry them"
+            self.outcome.message = (f"pages failed ({summary}): `ar.py log {self.ctx.book.id}` says why; "
+                                    "run again to retry them")
         elif self.outcome.status == "done" and self.outcome.held:
             summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.held.items())
             self.outcome.status = "failed"

@@ -165,3 +165,11 @@ def test_a_price_change_and_a_costly_run_are_warnings(sim, books_dir, tmp_path, 
     assert r.returncode == 0
     assert "prices of google/gemini-2.5-flash changed since the book's last run: prompt" in r.stderr
     assert r.stderr.count("past the $0.0010 set by AR_WARN_RUN_USD") == 1  # warned once, not stopped
+
+
+def test_a_refusal_never_shows_the_next_call_and_the_room_left_as_one_figure():
+    from infra.budget import reached
+
+    assert reached("budget reached", 0.0066, 0.0099, 0.00331, 0.00329).endswith(
+        "the next call could cost up to $0.00331 and only $0.00329 is left")
+    assert reached("budget reached", 0.0066, 0.0099, 0.01, 0.0033).endswith("up to $0.0100 and only $0.0033 is left")

@@ -87,7 +87,7 @@ def test_costs_of_every_run_are_kept_and_added_to_even_after_clean(books_dir, le
     all_pages = sum(page_cost(p) for p in range(1, 7))
     # run 1: pages 5 and 6 fail (their failed calls cost nothing here)
     first = run_in_process(book, fail_pages={5, 6})
-    assert first.status == "failed" and "2 in echo" in first.message
+    assert first.status == "failed" and "(2 in echo): `ar.py log b` says why" in first.message
     spent_1 = sum(page_cost(p) for p in range(1, 5))
     assert status_report(book)["total_cost_usd"] == pytest.approx(spent_1)
     # run 2 redoes exactly the two failed pages; its stats start from run 1's spending

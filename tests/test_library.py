@@ -13,7 +13,7 @@ import time
 import pytest
 
 from infra.checkpoint import Ledger
-from tests.conftest import ROOT, llm_env, make_book, run_ar, start_ar
+from tests.conftest import ROOT, llm_env, make_book, one_error_line, run_ar, start_ar
 
 KEY = "sk-or-v1-library-test-0123456789"
 
@@ -322,3 +322,38 @@ def test_a_stop_on_the_library_budget_opens_no_further_book(sim, books_dir, tmp_
     assert [x["book"] for x in report["not_started"]] == ids[len(run):]  # no run on record, nothing spent
     assert all(not (books_dir / b / "checkpoint.db").exists() for b in ids[len(run):])
     assert server.credits() == 0
+
+
+def test_a_dry_run_of_several_books_is_one_report_and_says_what_the_library_budget_would_do(sim, books_dir, tmp_path):
+    """One JSON document for the books together, with the library budget's verdict: the same
+    refusal the real run then makes (exit 3), and the dry run wrote nothing."""
+    env = llm_env(sim("--api-key", KEY), tmp_path)
+    ids = text_layer_books(books_dir, 2, 1)
+    args = ("process", *ids, "--stages", "ocr,correct", "--text-layer", "use", "--library-budget", "0.00001")
+    dry = run_ar(*args, "--dry-run", "--json", books_dir=books_dir, env=env)
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert [b["book"] for b in report["books"]] == ids and report["low_usd"] > 0.00001
+    refusal = report["library_budget_refuses"]
+    assert refusal.startswith("even the low estimate of the rest of these books")
+    assert not (books_dir / "library.db").exists() and all(not (books_dir / b / "checkpoint.db").exists() for b in ids)
+    text = run_ar(*args, "--dry-run", books_dir=books_dir, env=env)
+    assert text.stdout.strip().endswith("the library budget would refuse this run: " + refusal)
+    real = run_ar(*args, books_dir=books_dir, env=env)
+    assert real.returncode == 3 and real.stderr.strip() == "ar: error: " + refusal
+
+
+def test_a_library_budget_below_what_was_spent_refuses_nothing_that_costs_nothing(sim, books_dir, tmp_path):
+    """A cap set below the library's spend stops every paid call, but a run with nothing left
+    to pay for (its low estimate $0) is not refused; one with something left is, in figures
+    that can be told apart."""
+    env = llm_env(sim("--api-key", KEY), tmp_path)
+    done, todo = text_layer_books(books_dir, 2, 1)
+    args = ("--stages", "ocr,correct", "--text-layer", "use")
+    assert run_ar("process", done, *args, books_dir=books_dir, env=env).returncode == 0
+    again = run_ar("process", done, *args, "--library-budget", "0.000000001", books_dir=books_dir, env=env)
+    assert again.returncode == 0, again.stderr
+    refused = run_ar("process", todo, *args, "--library-budget", "0.000000001", books_dir=books_dir, env=env)
+    assert refused.returncode == 3
+    line = one_error_line(refused, "exceeds what is left of the library budget")
+    assert "($0.0000 of $0.0000)" not in line and "($0.000000000 of $0.000000001)" in line
