@@ -23,7 +23,7 @@ from rich.text import Text
 
 from infra.books import Library
 from infra.ledgers import ledger_errors
-from infra.errors import ArError
+from infra.errors import ArError, UsageError
 from pipeline.monitor import book_snapshot, fleet_report, library_snapshot
 from pipeline.render import ReportConsole, pages, to_review, usd
 
@@ -203,6 +203,8 @@ class Watcher:
             try:
                 self.last[book.id] = book_snapshot(book, self.default_budget_usd)
                 self.stale.pop(book.id, None)
+            except UsageError:
+                raise  # a setting that can never work (AR_LEDGER): said once, not shown as stale
             except (*ledger_errors(), ArError) as e:
                 self.stale[book.id] = str(e)
         shown = [self.last[b.id] for b in books if b.id in self.last]
@@ -235,6 +237,8 @@ class FleetWatcher:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.url, read_only=True)
             self.last = fleet_report(self.library, self.url, self.conn)
+        except UsageError:
+            raise  # as for a book's
         except (*ledger_errors(), ArError) as e:
             if self.conn is not None:
                 self.conn.close()

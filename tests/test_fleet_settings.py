@@ -40,6 +40,10 @@ def test_a_ledger_address_never_shows_its_password(books_dir: Path):
         line = one_error_line(r, says)
         assert r.returncode == code, (url, line)
         assert PASSWORD not in r.stdout + r.stderr and "p@ss" not in line and "ss@127" not in line, line
+    for args in (("monitor",), ("monitor", "b")):  # a live view does not wait on an address that can never work
+        r = run_ar(*args, "--ledger", LEDGERS[0][0], books_dir=books_dir, timeout=30)
+        one_error_line(r, "must be a postgresql:// URL")
+        assert r.returncode == 2 and PASSWORD not in r.stdout + r.stderr
 
 
 BLOCKER = '''import os, sys
