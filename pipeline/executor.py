@@ -233,7 +233,11 @@ class RayLLM:
             if isinstance(e, ray.exceptions.ActorDiedError) or e.cause is None:
                 raise StopRun(f"an LLM actor died: {str(e.cause or e).strip().splitlines()[-1]}") from None
             raise e.cause from None
-        except ray.exceptions.RayError as e:  # the actor, its node or the cluster is gone
+        except ray.exceptions.RayActorError as e:
+            if e.actor_init_failed:  # its start raised (a node's bad setting): the error is the message's last line
+                raise StopRun(f"an LLM actor could not start: {str(e).strip().splitlines()[-1]}") from None
+            raise StopRun(f"an LLM actor died: {str(e).strip().splitlines()[0]}") from None
+        except ray.exceptions.RayError as e:  # its node or the cluster is gone
             raise StopRun(f"an LLM actor died: {str(e).strip().splitlines()[0]}") from None
         if recorder.on_cost is not None:
             recorder.on_cost(result.cost)

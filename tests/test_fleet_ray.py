@@ -304,7 +304,7 @@ def test_a_ray_address_ar_cannot_use_is_one_line_said_at_once_before_any_run(boo
     assert PgLedger.read(pg_url, "b", lambda ledger: ledger.runs(), []) == []  # refused before any run opened
 
 
-def test_a_cluster_whose_nodes_lack_ar_ledger_stops_the_run_in_one_line_and_pays_nothing(
+def test_a_cluster_whose_nodes_lack_ar_ledger_or_have_a_bad_setting_stops_the_run_in_one_line(
         ray_cluster, sim, books_dir, tmp_path):
     """The LLM actors read AR_LEDGER from their node's environment: here the driver's job gives
     them an empty one (as `ray job submit --runtime-env-json` would), the session's cluster
@@ -321,3 +321,10 @@ def test_a_cluster_whose_nodes_lack_ar_ledger_stops_the_run_in_one_line_and_pays
     assert query(url, "SELECT COUNT(*) FROM calls WHERE book = 'nodeenv'") == [(0,)]  # nothing sent, nothing paid
     assert server.credits() == 0  # the provider billed nothing
     assert sorted(done_pages(url, "nodeenv", "ocr")) == [1]  # the pages done before are kept
+
+    job["runtime_env"]["env_vars"] = {"AR_TIMEOUT": "-1"}  # a setting the actor cannot start with
+    server = sim("--api-key", RAY_NODE_KEY)
+    env.update(llm_env(server, tmp_path), RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job))
+    r = run_ar("process", "nodeenv", "--stages", "correct", books_dir=books_dir, env=env, timeout=300)
+    assert r.returncode == 1
+    assert "AR_TIMEOUT" in one_error_line(r, "failed: an LLM actor could not start: ")
