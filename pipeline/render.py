@@ -185,12 +185,15 @@ def process_run_summary(r: dict, library) -> None:
 
 
 def library_budget(b: dict) -> None:
+    if b["budget_usd"] is None:  # a library ledger whose cap was never set, or was moved without it
+        console.print(f"library: no budget; {usd(b['spent_usd'])} spent, {usd(b['reserved_usd'])} held")
+        return
     console.print(f"library budget: {usd(b['spent_usd'])} spent of {usd(b['budget_usd'])}, "
                   f"{usd(b['reserved_usd'])} held, {usd(b['left_usd'])} left")
 
 
 def library_check(r: dict) -> None:
-    t = Table("book", "its calls", "the library's record", "calls differing", title=f"library ledger {r['path']}")
+    t = Table("book", "its calls", "the library's record", "calls differing", title=f"the library's record: {r['path']}")
     for b in r["books"]:
         t.add_row(b["book"], usd(b["ledger_usd"]), usd(b["library_usd"]),
                   ", ".join(map(str, b["calls_differing"])) or "-")
