@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -19,9 +20,11 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from infra.errors import StopRun, UsageError
+from infra.logs import log_event
 
 ROOT = Path(__file__).resolve().parents[1]
 PageWork = Callable[..., Awaitable[dict]]
@@ -213,16 +216,36 @@ class RayLLM:
         self._next += 1
         where = (type(recorder), recorder.run_id, recorder.stage, recorder.page)
         try:
-            result = await actor.call.remote(recorder.ledger.book, where, model, messages, schema, max_tokens)
+            result, records = await actor.call.remote(recorder.ledger.book, where, model, messages, schema, max_tokens)
         except ray.exceptions.RayTaskError as e:  # the call's own error (a page failed, a stop)
             if isinstance(e, ray.exceptions.ActorDiedError) or e.cause is None:
                 raise StopRun(f"an LLM actor died: {str(e.cause or e).strip().splitlines()[-1]}") from None
+            _log_again(getattr(e.cause, "log_records", ()))
             raise e.cause from None
         except ray.exceptions.RayError as e:  # the actor, its node or the cluster is gone
             raise StopRun(f"an LLM actor died: {str(e).strip().splitlines()[0]}") from None
+        _log_again(records)
         if recorder.on_cost is not None:
             recorder.on_cost(result.cost)
         return result
+
+
+# What one call logs in an actor (its attempts), kept to be logged again by the driver, in
+# its book's run log: the actor's process has no run log of its own.
+_CALL_RECORDS: ContextVar[list[dict] | None] = ContextVar("ar_call_records", default=None)
+
+
+class _KeptForTheDriver(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        kept = _CALL_RECORDS.get()
+        if kept is not None:
+            kept.append({"logger": record.name, "level": record.levelno, "msg": record.getMessage(),
+                         "fields": getattr(record, "fields", {})})
+
+
+def _log_again(records) -> None:
+    for r in records:
+        log_event(logging.getLogger(r["logger"]), r["msg"], r["level"], **r["fields"])
 
 
 class LLMActor:
@@ -248,13 +271,20 @@ class LLMActor:
         self.in_flight = 0
         self.last_call = time.monotonic()
         self._idle = asyncio.get_event_loop().create_task(self._exit_when_idle())
+        logging.getLogger("ar").addHandler(_KeptForTheDriver(logging.INFO))
+        logging.getLogger("ar").setLevel(logging.INFO)
 
     async def call(self, book: str, where, model: str, messages: list[dict], schema, max_tokens: int):
         recorder_class, run_id, stage, page = where
         recorder = self.ledgers.recorder(book, lambda ledger: recorder_class(ledger, run_id, stage, page))
         self.in_flight += 1
+        records: list[dict] = []
+        _CALL_RECORDS.set(records)  # this call's task's own context, and the tasks it starts
         try:
-            return await self.client.call(model, messages, recorder, schema=schema, max_tokens=max_tokens)
+            return await self.client.call(model, messages, recorder, schema=schema, max_tokens=max_tokens), records
+        except BaseException as e:
+            e.log_records = records  # the driver logs them too (an exception's attributes travel with it)
+            raise
         finally:
             self.ledgers.release(book)
             self.in_flight -= 1

@@ -285,6 +285,10 @@ def test_an_llm_actor_serving_a_library_keeps_its_bound_of_books_open(ray_cluste
     assert sorted(pid for pid, _ in served) == sorted(most) and all(n > 2 for _, n in served), served
     assert {book: sorted(done_pages(url, book)) for book in books} == {book: [1, 2] for book in books}
     check_fleet(url, server, {book: 2 for book in books})
+    for book in books:  # the actors' attempts are in each book's run log, as a local run's are
+        log = json.loads(run_ar("log", book, "--json", books_dir=books_dir, env={"AR_LEDGER": url}).stdout)
+        calls = query(url, "SELECT COUNT(*) FROM calls WHERE book = %s AND run_id = %s", (book, log["run"]))[0][0]
+        assert log["attempts"] == calls >= 2, (book, log)
 
 
 def test_a_ray_address_ar_cannot_use_is_one_line_said_at_once_before_any_run(books_dir, tmp_path, pg_url):
