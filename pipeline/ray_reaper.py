@@ -1,6 +1,7 @@
 """The Ray that ar starts for a run (no RAY_ADDRESS) dies with the run's process, however it
 dies: SIGKILL and the OOM killer leave no moment to call ray.shutdown(), and Ray's own
-fate-sharing takes its GCS and raylet but left its agents running for good (Ray 2.60).
+fate-sharing takes its GCS and raylet, but its agents were seen running 30 s later (Ray 2.60:
+they report the raylet's death to the dead GCS first), and what a task started runs on.
 
 So a reaper, a small process of its own (its own session: a Ctrl-C or a closed terminal does
 not reach it), waits on a pipe whose write end only the run's process holds. The pipe ends
@@ -28,12 +29,12 @@ REAP_S = 30.0  # at most this long killing; a process that holds on longer is le
 
 
 class Reaper:
-    """In the run's process: the reaper of a Ray to start in `folder` (made here) whose
+    """In the run's process: the reaper of a Ray to start in `self.folder` (made here) whose
     processes will have `marker` (NAME=value) in their environment. Made before that is in
     the environment it passes on."""
 
     def __init__(self, marker: str):
-        self.folder = tempfile.mkdtemp(prefix="ar-ray-")  # short: Ray's sockets go in it
+        self.folder = tempfile.mkdtemp(prefix="ar-ray-", dir=ray_temp_base())
         read, self._write = os.pipe()  # not inheritable: no process of the run's gets the write end
         self._process = subprocess.Popen([sys.executable, "-I", __file__], stdin=read, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -47,6 +48,13 @@ class Reaper:
             self._process.wait(REAP_S + 5)
         except subprocess.TimeoutExpired:  # it is still killing; it ends by itself
             pass
+
+
+def ray_temp_base() -> str | None:
+    """Where Ray itself would put its folder (ray/): RAY_TMPDIR, else TMPDIR on Linux, else
+    /tmp (a short path: Ray's sockets go in it)."""
+    linux_tmp = os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None
+    return os.environ.get("RAY_TMPDIR") or linux_tmp or ("/tmp" if os.name == "posix" else None)
 
 
 def of_the_ray(pid: str, folder: str, entry: bytes) -> bool:
