@@ -25,6 +25,7 @@ from pathlib import Path
 
 from infra.errors import StopRun, UsageError
 from infra.logs import log_event
+from pipeline.ray_reaper import Reaper
 
 ROOT = Path(__file__).resolve().parents[1]
 PageWork = Callable[..., Awaitable[dict]]
@@ -120,7 +121,7 @@ class OcrSlots:
         self._slots.release()
 
 
-_own_ray = False  # a local Ray that connect_ray started, for this process's run
+_own_ray = None  # the Reaper of a local Ray that connect_ray started, for this process's run
 
 
 def connect_ray():
@@ -129,8 +130,9 @@ def connect_ray():
     here: listening on 127.0.0.1 only (Ray rewrites 127.0.0.1 to the host's address unless
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), token auth with a token made for this run and kept
     in its processes' environment (nothing written under $HOME, no other user of this machine
-    can reach it), no dashboard; stop_own_ray ends it. The workers import this checkout of ar
-    (PYTHONPATH); nothing secret goes in the runtime_env, which Ray stores and shows."""
+    can reach it), no dashboard; stop_own_ray ends it, and a reaper (pipeline/ray_reaper.py)
+    if this process dies first. The workers import this checkout of ar (PYTHONPATH); nothing
+    secret goes in the runtime_env, which Ray stores and shows."""
     global _own_ray
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return sys.modules["ray"]
@@ -138,32 +140,36 @@ def connect_ray():
     address = os.environ.get("RAY_ADDRESS") or None
     code = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if address is None:  # before Ray is imported: it reads them then, and its processes inherit them
+        token = secrets.token_hex(32)
+        _own_ray = Reaper(f"RAY_AUTH_TOKEN={token}")  # the token marks every process of this Ray
         os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                           "RAY_AUTH_TOKEN": secrets.token_hex(32), **code})
+                           "RAY_AUTH_TOKEN": token, **code})
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     import ray
 
     try:  # "local": a Ray of our own, never the last one `ray start` (or a test's cluster) left on this machine
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _temp_dir=_own_ray.folder if address is None else None,  # its reaper's to remove
                  # a local Ray's workers have it from the environment: the ones Ray starts ahead serve at once
                  runtime_env={"env_vars": code} if address else None)
     except Exception as e:  # Ray's own errors have no common base; say it in one line
+        stop_own_ray()  # what it started of a Ray of our own
         where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"
         reason = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
         raise StopRun(f"cannot {where}: {reason.strip()}") from None
-    _own_ray = address is None
     return ray
 
 
 def stop_own_ray() -> None:
     """At the end of a run: the local Ray that connect_ray started is shut down, every process
-    of it; a cluster's (RAY_ADDRESS) goes on."""
+    of it (the reaper takes what ray.shutdown() leaves); a cluster's (RAY_ADDRESS) goes on."""
     global _own_ray
-    if _own_ray:
+    if _own_ray is not None:
         import ray
 
         ray.shutdown()
-        _own_ray = False
+        _own_ray.close()
+        _own_ray = None
 
 
 # ---- LLM pages in detached actors ------------------------------------------------------
@@ -188,7 +194,7 @@ class RayLLM:
     """The run's LLMClient (prices, pending calls, the key's usage), except that each call is
     made by one of LLM_ACTORS detached actors. An actor records its calls in the ledger itself,
     as a writer of its own (its lease, its holder): when the driver dies, the calls it has in
-    flight still finish and are recorded; it exits after ACTOR_IDLE_S without work."""
+    flight still finish and are recorded (on a cluster: a Ray of the run's own dies with it); it exits after ACTOR_IDLE_S without work."""
 
     def __init__(self, client, workers: int):
         self._client = client
