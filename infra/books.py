@@ -71,6 +71,11 @@ class Book:
         return self.root / "checkpoint.db"
 
     @property
+    def imported_ledger_path(self) -> Path:
+        """checkpoint.db once `ar.py ledger import` moved it into PostgreSQL: kept, never written."""
+        return self.root / "checkpoint.db.imported"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / "writer.lock"
 

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from typing import TypeVar
 
 from infra.checkpoint import Ledger
+from infra.errors import LedgerError, UsageError
 from infra.lock import WriterLock
 
 T = TypeVar("T")
@@ -29,9 +30,32 @@ def ledger_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
 
+def check_ledger_place(book) -> None:
+    """Refuse a book whose ledger is not where this command would look: it would be taken
+    for a new book, and paid for again. A checkpoint.db moved into PostgreSQL (`ar.py ledger
+    import`, checkpoint.db.imported) without AR_LEDGER; with it, a checkpoint.db never imported,
+    or one beside the book's ledger in the database (which of the two is right is not ar's guess)."""
+    url = ledger_url()
+    if url is None:
+        if book.imported_ledger_path.exists() and not book.ledger_path.exists():
+            raise UsageError(f"book {book.id}'s ledger was moved to PostgreSQL ({book.imported_ledger_path.name}): "
+                             "set AR_LEDGER or --ledger")
+        return
+    if not book.ledger_path.exists():
+        return
+    from infra.pg_ledger import describe, has_ledger
+
+    if has_ledger(url, book.id):
+        raise LedgerError(f"book {book.id} has both a checkpoint.db and a ledger in {describe(url)}: move one "
+                          "aside, ar cannot tell which is right (docs/failures.md)")
+    raise LedgerError(f"book {book.id}'s checkpoint.db is not in {describe(url)} yet: "
+                      f"run `ar.py ledger import {book.id}` first")
+
+
 def open_ledger(book) -> Ledger:
     """The ledger of `book` (infra.books.Book), open for writing: its checkpoint.db (after
     taking the book's lock), or its rows in the fleet's PostgreSQL database."""
+    check_ledger_place(book)
     url = ledger_url()
     if url is None:
         return Ledger.open_writer(book.ledger_path)
@@ -63,6 +87,7 @@ def open_library(library, create: bool = False, read_only: bool = False):
 def read_ledger(book, queries: Callable[[Ledger], T], absent: T) -> T:
     """What `queries(ledger)` returns from one consistent state of `book`'s ledger; `absent`
     when it has none yet (see Ledger.read)."""
+    check_ledger_place(book)
     url = ledger_url()
     if url is None:
         return Ledger.read(book.ledger_path, queries, absent)

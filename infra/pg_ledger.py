@@ -876,6 +876,20 @@ CALL_COLUMNS = ("stage", "page", "model", "attempt", "status", "generation_id", 
                 "computed_cost_usd", "provider_cost_usd", "upstream_cost_usd", "error", "started_at", "ended_at")
 
 
+def _has_rows(conn: psycopg.Connection, book: str) -> bool:
+    """The book has a ledger here: a run or a setting on record."""
+    return conn.execute("SELECT 1 FROM runs WHERE book = %s UNION ALL SELECT 1 FROM meta WHERE book = %s"
+                        " LIMIT 1", (book, book)).fetchone() is not None
+
+
+def has_ledger(url: str, book: str) -> bool:
+    conn = connect(url, read_only=True)
+    try:
+        return conn.execute("SELECT to_regclass('ar_schema') IS NOT NULL").fetchone()[0] and _has_rows(conn, book)
+    finally:
+        conn.close()
+
+
 def import_book(url: str, book) -> dict:
     """Move `book`'s checkpoint.db (infra.books.Book; its lock held) into the database at `url`,
     in one transaction, then keep the file aside as checkpoint.db.imported so that nothing
@@ -891,8 +905,7 @@ def import_book(url: str, book) -> dict:
         with source.snapshot(), conn.transaction():
             db = source._db
             conn.execute(f"INSERT INTO books (book, added_at) VALUES (%s, {NOW}) ON CONFLICT DO NOTHING", (book.id,))
-            if conn.execute("SELECT 1 FROM runs WHERE book = %s UNION ALL SELECT 1 FROM meta WHERE book = %s"
-                            " LIMIT 1", (book.id, book.id)).fetchone():
+            if _has_rows(conn, book.id):
                 raise LedgerError(f"book {book.id!r} already has a ledger in {describe(url)}: nothing imported")
             for key, value in db.execute("SELECT key, value FROM meta"):
                 conn.execute("INSERT INTO meta (book, key, value) VALUES (%s, %s, %s)", (book.id, key, value))
@@ -930,7 +943,28 @@ def import_book(url: str, book) -> dict:
     finally:
         source.close()
         conn.close()
-    kept = book.ledger_path.with_name("checkpoint.db.imported")
+    kept = book.imported_ledger_path
     book.ledger_path.rename(kept)
     return {"book": book.id, "ledger": describe(url), "runs": len(run_ids), "calls": calls, "pages": pages,
             "total_cost_usd": total, "kept_as": kept.name}
+
+
+def carry_library_cap(url: str, cap_usd: float | None) -> dict | None:
+    """library.db's cap (`cap_usd`) onto the database's `library` row when that row has none, so
+    that moving a library in keeps its budget. A row that has a cap keeps it (the newer: given
+    with AR_LEDGER); `differs` says that library.db's was another. None: library.db had no cap."""
+    conn = connect(url)
+    try:
+        migrate(conn)  # reached, and ready for the books' imports: or one line for them all
+        if cap_usd is None:
+            return None
+        with conn.transaction():
+            conn.execute("INSERT INTO budgets (scope) VALUES (%s) ON CONFLICT DO NOTHING", (LIBRARY,))
+            kept = conn.execute("SELECT limit_usd::float8 FROM budgets WHERE scope = %s FOR UPDATE",
+                                (LIBRARY,)).fetchone()[0]
+            if kept is None:
+                conn.execute("UPDATE budgets SET limit_usd = %s WHERE scope = %s", (_usd(cap_usd), LIBRARY))
+    finally:
+        conn.close()
+    status = "carried" if kept is None else "same" if same_cost(kept, cap_usd) else "differs"
+    return {"status": status, "library_db_usd": cap_usd, "ledger_usd": cap_usd if kept is None else kept}

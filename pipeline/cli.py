@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ledger", parents=[_common()], help="move a book's ledger (checkpoint.db) into "
                        "the PostgreSQL ledger given by --ledger or $AR_LEDGER")
     p.add_argument("action", choices=("import",))
-    p.add_argument("book")
+    p.add_argument("books", nargs="*", metavar="BOOK", help="the books to move in")
+    p.add_argument("--all", action="store_true", help="every book of the library (library.db's cap comes too)")
 
     p = sub.add_parser("pricing", parents=[_common()], help="the prices ar uses (provider's model list, cached 24 h)")
     p.add_argument("model", nargs="?", help="a model id, e.g. google/gemini-2.5-flash")
@@ -287,7 +288,7 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
     if args.stages is not None and not any(names):
         raise UsageError(f"--stages is empty: name some of {','.join(STAGES.names)}, or leave it out for every stage")
     selected = STAGES.select(names)
-    books = _books_to_process(args, library)
+    books = _books_given(args, library, "process")
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
@@ -390,9 +391,10 @@ def worst_exit_code(codes: list[int]) -> int:
     return min(codes, key=lambda c: EXIT_SEVERITY.index(c) if c in EXIT_SEVERITY else 0)
 
 
-def _books_to_process(args, library: Library) -> list:
+def _books_given(args, library: Library, command: str) -> list:
+    """The books of `args.books`, or with `args.all` every book of the library."""
     if args.all == bool(args.books):
-        raise UsageError("process: give one BOOK or more, or --all")
+        raise UsageError(f"{command}: give one BOOK or more, or --all")
     if args.all:
         books = library.books()
         if not books:
@@ -602,18 +604,46 @@ def cmd_pricing(args, settings: Settings, library: Library) -> int:
 
 
 def cmd_ledger(args, settings: Settings, library: Library) -> int:
-    book = library.existing(args.book)
+    """Move books' checkpoint.db into the PostgreSQL ledger, one by one: a refused book is said
+    in one line and the rest go on; library.db's cap comes along (carry_library_cap)."""
     url = ledger_url()
     if url is None:
         raise UsageError("ledger import: give the PostgreSQL ledger with --ledger URL or $AR_LEDGER")
+    books = _books_given(args, library, "ledger import")
+    from infra.library_budget import SqliteLibrary
+    from infra.pg_ledger import carry_library_cap, describe
+    from pipeline.progress import ItemProgress
+
+    old = SqliteLibrary.open(library, read_only=True)
+    cap = carry_library_cap(url, old.limit if old is not None else None)
+    if old is not None:
+        old.close()
+    if cap is not None and cap["status"] == "differs":
+        print(f"ar: warning: {render.library_cap_moved(cap)}", file=sys.stderr)
+    results = []
+    with ItemProgress("import", len(books)) as progress:
+        for book in books:
+            progress.advance(book.id)
+            results.append(_import_book(url, book))
+    report = {"ledger": describe(url), "books": results, "library_budget": cap,
+              **{s: sum(r["status"] == s for r in results) for s in ("imported", "skipped", "refused")}}
+    _emit(args, report, render.imported_books)
+    return ArError.exit_code if report["refused"] else 0
+
+
+def _import_book(url: str, book) -> dict:
+    """One book's import, as its entry in the report: imported, skipped (nothing to import), refused."""
     from infra.pg_ledger import import_book
 
-    with WriterLock(book.lock_path, book.id):
-        report = import_book(url, book)
-    _emit(args, report, lambda r: print(
-        f"imported {r['book']} into {r['ledger']}: {r['runs']} runs, {r['calls']} calls, {r['pages']} pages, "
-        f"${r['total_cost_usd']:.4f}; its checkpoint.db is now {r['kept_as']}"))
-    return 0
+    if not book.ledger_path.exists():
+        return {"book": book.id, "status": "skipped", "reason": "already imported"
+                if book.imported_ledger_path.exists() else "never run: no checkpoint.db"}
+    try:
+        with WriterLock(book.lock_path, book.id):
+            return {"status": "imported", **import_book(url, book)}
+    except (ArError, *ledger_errors()) as e:
+        print(f"ar: error: {redact(_one_line(e))}", file=sys.stderr)
+        return {"book": book.id, "status": "refused", "reason": redact(_one_line(e))}
 
 
 COMMANDS = {"add": cmd_add, "process": cmd_process, "estimate": cmd_estimate, "status": cmd_status, "cost": cmd_cost,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import logging
 import os
 import secrets
 import socket
@@ -20,9 +21,12 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from infra.errors import FatalLLMError, MissingExtra, StopRun, UsageError
+from infra.logs import log_event
+from pipeline.ray_reaper import Reaper
 
 ROOT = Path(__file__).resolve().parents[1]
 PageWork = Callable[..., Awaitable[dict]]
@@ -132,7 +136,7 @@ class OcrSlots:
         self._slots.release()
 
 
-_own_ray = False  # a local Ray that connect_ray started, for this process's run
+_own_ray = None  # the Reaper of a local Ray that connect_ray started, for this process's run
 
 
 def connect_ray():
@@ -141,8 +145,9 @@ def connect_ray():
     here: listening on 127.0.0.1 only (Ray rewrites 127.0.0.1 to the host's address unless
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), token auth with a token made for this run and kept
     in its processes' environment (nothing written under $HOME, no other user of this machine
-    can reach it), no dashboard; stop_own_ray ends it. The workers import this checkout of ar
-    (PYTHONPATH); nothing secret goes in the runtime_env, which Ray stores and shows."""
+    can reach it), no dashboard; stop_own_ray ends it, and a reaper (pipeline/ray_reaper.py)
+    if this process dies first. The workers import this checkout of ar (PYTHONPATH); nothing
+    secret goes in the runtime_env, which Ray stores and shows."""
     global _own_ray
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return sys.modules["ray"]
@@ -150,32 +155,36 @@ def connect_ray():
     address = os.environ.get("RAY_ADDRESS") or None
     code = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if address is None:  # before Ray is imported: it reads them then, and its processes inherit them
+        token = secrets.token_hex(32)
+        _own_ray = Reaper(f"RAY_AUTH_TOKEN={token}")  # the token marks every process of this Ray
         os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                           "RAY_AUTH_TOKEN": secrets.token_hex(32), **code})
+                           "RAY_AUTH_TOKEN": token, **code})
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     import ray
 
     try:  # "local": a Ray of our own, never the last one `ray start` (or a test's cluster) left on this machine
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _temp_dir=_own_ray.folder if address is None else None,  # its reaper's to remove
                  # a local Ray's workers have it from the environment: the ones Ray starts ahead serve at once
                  runtime_env={"env_vars": code} if address else None)
     except Exception as e:  # Ray's own errors have no common base; say it in one line
+        stop_own_ray()  # what it started of a Ray of our own
         where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"
         reason = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
         raise StopRun(f"cannot {where}: {reason.strip()}") from None
-    _own_ray = address is None
     return ray
 
 
 def stop_own_ray() -> None:
     """At the end of a run: the local Ray that connect_ray started is shut down, every process
-    of it; a cluster's (RAY_ADDRESS) goes on."""
+    of it (the reaper takes what ray.shutdown() leaves); a cluster's (RAY_ADDRESS) goes on."""
     global _own_ray
-    if _own_ray:
+    if _own_ray is not None:
         import ray
 
         ray.shutdown()
-        _own_ray = False
+        _own_ray.close()
+        _own_ray = None
 
 
 # ---- LLM pages in detached actors ------------------------------------------------------
@@ -200,7 +209,7 @@ class RayLLM:
     """The run's LLMClient (prices, pending calls, the key's usage), except that each call is
     made by one of LLM_ACTORS detached actors. An actor records its calls in the ledger itself,
     as a writer of its own (its lease, its holder): when the driver dies, the calls it has in
-    flight still finish and are recorded; it exits after ACTOR_IDLE_S without work."""
+    flight still finish and are recorded (on a cluster: a Ray of the run's own dies with it); it exits after ACTOR_IDLE_S without work."""
 
     def __init__(self, client, workers: int):
         self._client = client
@@ -228,10 +237,11 @@ class RayLLM:
         self._next += 1
         where = (type(recorder), recorder.run_id, recorder.stage, recorder.page)
         try:
-            result = await actor.call.remote(recorder.ledger.book, where, model, messages, schema, max_tokens)
+            result, records = await actor.call.remote(recorder.ledger.book, where, model, messages, schema, max_tokens)
         except ray.exceptions.RayTaskError as e:  # the call's own error (a page failed, a stop)
             if isinstance(e, ray.exceptions.ActorDiedError) or e.cause is None:
                 raise StopRun(f"an LLM actor died: {str(e.cause or e).strip().splitlines()[-1]}") from None
+            _log_again(getattr(e.cause, "log_records", ()))
             raise e.cause from None
         except ray.exceptions.RayActorError as e:
             if e.actor_init_failed:  # its start raised (a node's bad setting): the error is the message's last line
@@ -239,9 +249,28 @@ class RayLLM:
             raise StopRun(f"an LLM actor died: {str(e).strip().splitlines()[0]}") from None
         except ray.exceptions.RayError as e:  # its node or the cluster is gone
             raise StopRun(f"an LLM actor died: {str(e).strip().splitlines()[0]}") from None
+        _log_again(records)
         if recorder.on_cost is not None:
             recorder.on_cost(result.cost)
         return result
+
+
+# What one call logs in an actor (its attempts), kept to be logged again by the driver, in
+# its book's run log: the actor's process has no run log of its own.
+_CALL_RECORDS: ContextVar[list[dict] | None] = ContextVar("ar_call_records", default=None)
+
+
+class _KeptForTheDriver(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        kept = _CALL_RECORDS.get()
+        if kept is not None:
+            kept.append({"logger": record.name, "level": record.levelno, "msg": record.getMessage(),
+                         "fields": getattr(record, "fields", {})})
+
+
+def _log_again(records) -> None:
+    for r in records:
+        log_event(logging.getLogger(r["logger"]), r["msg"], r["level"], **r["fields"])
 
 
 class LLMActor:
@@ -261,6 +290,8 @@ class LLMActor:
         self.in_flight = 0
         self.last_call = time.monotonic()
         self._idle = asyncio.get_event_loop().create_task(self._exit_when_idle())
+        logging.getLogger("ar").addHandler(_KeptForTheDriver(logging.INFO))
+        logging.getLogger("ar").setLevel(logging.INFO)
         # a node started without them (`ray start` before they were set): each call says so, and the run stops
         missing = [name for name, value in (("AR_LEDGER", os.environ.get("AR_LEDGER")),
                                             ("OPENROUTER_API_KEY", settings.api_key)) if not value]
@@ -282,8 +313,13 @@ class LLMActor:
         recorder_class, run_id, stage, page = where
         recorder = self.ledgers.recorder(book, lambda ledger: recorder_class(ledger, run_id, stage, page))
         self.in_flight += 1
+        records: list[dict] = []
+        _CALL_RECORDS.set(records)  # this call's task's own context, and the tasks it starts
         try:
-            return await self.client.call(model, messages, recorder, schema=schema, max_tokens=max_tokens)
+            return await self.client.call(model, messages, recorder, schema=schema, max_tokens=max_tokens), records
+        except BaseException as e:
+            e.log_records = records  # the driver logs them too (an exception's attributes travel with it)
+            raise
         finally:
             self.ledgers.release(book)
             self.in_flight -= 1

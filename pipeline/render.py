@@ -167,6 +167,28 @@ def added_books(r: dict) -> None:
     console.print(line + (f": {', '.join(refused)} (reasons above)" if refused else ""))
 
 
+def imported_books(r: dict) -> None:
+    for b in r["books"]:
+        if b["status"] == "imported":
+            console.print(f"imported {b['book']} into {b['ledger']}: {b['runs']} runs, {b['calls']} calls, "
+                          f"{b['pages']} pages, ${b['total_cost_usd']:.4f}; its checkpoint.db is now {b['kept_as']}")
+        else:
+            console.print(f"{b['status']} {b['book']}: {b['reason']}")
+    if r["library_budget"] is not None:
+        console.print(f"library budget: {library_cap_moved(r['library_budget'])}")
+    console.print(f"{r['imported']} imported, {r['skipped']} skipped, {r['refused']} refused")
+
+
+def library_cap_moved(cap: dict) -> str:
+    """What `ledger import` did with library.db's cap (infra/pg_ledger.py's carry_library_cap)."""
+    if cap["status"] == "carried":
+        return f"library.db's cap ${cap['library_db_usd']:.4f} is now the ledger's"
+    if cap["status"] == "same":
+        return f"the ledger already has library.db's cap ${cap['ledger_usd']:.4f}"
+    return (f"the ledger keeps its own library cap ${cap['ledger_usd']:.4f}, not library.db's "
+            f"${cap['library_db_usd']:.4f}: give another with `ar.py process --library-budget USD`")
+
+
 def process_run_summary(r: dict, library) -> None:
     """A run of several books: each one's summary, then the library's cap."""
     for report in r["books"]:
@@ -185,12 +207,15 @@ def process_run_summary(r: dict, library) -> None:
 
 
 def library_budget(b: dict) -> None:
+    if b["budget_usd"] is None:  # a library ledger whose cap was never set, or was moved without it
+        console.print(f"library: no budget; {usd(b['spent_usd'])} spent, {usd(b['reserved_usd'])} held")
+        return
     console.print(f"library budget: {usd(b['spent_usd'])} spent of {usd(b['budget_usd'])}, "
                   f"{usd(b['reserved_usd'])} held, {usd(b['left_usd'])} left")
 
 
 def library_check(r: dict) -> None:
-    t = Table("book", "its calls", "the library's record", "calls differing", title=f"library ledger {r['path']}")
+    t = Table("book", "its calls", "the library's record", "calls differing", title=f"the library's record: {r['path']}")
     for b in r["books"]:
         t.add_row(b["book"], usd(b["ledger_usd"]), usd(b["library_usd"]),
                   ", ".join(map(str, b["calls_differing"])) or "-")

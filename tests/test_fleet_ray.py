@@ -2,6 +2,7 @@
 on 127.0.0.1), with the ledger in a real PostgreSQL."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -87,6 +88,24 @@ def processes_with(marker: str) -> dict[int, tuple[str, str]]:
     return found
 
 
+def holding_files_in(folder: Path) -> set[int]:
+    """The pids of the live processes that hold a file open in `folder`: those that set their
+    title (Ray's agents) blank the environment that processes_with reads, not their files."""
+    found = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd).startswith(f"{folder}/"):
+                found.add(int(fd.parts[2]))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def own_ray_folder(raylet: str) -> Path:
+    """The folder of the Ray whose raylet has the command line `raylet`."""
+    return Path(re.search(r"--temp-dir=(\S+)", raylet).group(1))
+
+
 def ocr_done_once(url: str, book: str, pages: int) -> None:
     rows = query(url, "SELECT page, attempts FROM pages WHERE book = %s AND stage = 'ocr' AND status = 'done'", (book,))
     assert sorted(rows) == [(p, 1) for p in range(1, pages + 1)]
@@ -126,11 +145,62 @@ def test_without_ray_address_ar_starts_its_own_ray_on_loopback_and_stops_it(ray_
     assert not (home / ".ray").exists()  # its token lives in its processes' environment, not under $HOME
     assert not ray_cluster.tesseract_log.exists() or "/own/" not in ray_cluster.tesseract_log.read_text()
     wait_for(lambda: not processes_with(marker), timeout=20)  # nothing of the run outlives it
+    folder = own_ray_folder(raylets[0])
+    assert not holding_files_in(folder) and not folder.exists()  # its agents either, nor its files
 
     ocr_done_once(pg_url, "own", 2)
     assert sorted(done_pages(pg_url, "own")) == [1, 2]
     check_fleet(pg_url, server, {"own": 2})
     assert (books_dir / "own" / "book.md").is_file()
+
+
+def test_its_own_ray_dies_with_a_killed_driver_and_a_rerun_finishes(sim, books_dir, tmp_path, pg_url):
+    """SIGKILL leaves ar no moment to stop its Ray: every process of it (GCS, raylet, workers,
+    the detached LLM actors, Ray's agents, a tesseract that an OCR task started) must still go,
+    and a rerun settle the calls cut and finish the book."""
+    scans = text_pages(tmp_path / "scans", 3)
+    assert run_ar("add", str(scans), "--id", "orphan", books_dir=books_dir, env={"AR_LEDGER": pg_url}).returncode == 0
+    slow = tmp_path / "slow-bin"  # page 3's reading takes long: it runs when the driver is killed
+    slow.mkdir()
+    (slow / "tesseract").write_text(f'#!/bin/sh\ncase "$1" in *page_0003*) sleep 60;; esac\n'
+                                    f'exec {shutil.which("tesseract")} "$@"\n')
+    (slow / "tesseract").chmod(0o755)
+    server = sim("--latency-ms", "1500")
+    marker = uuid.uuid4().hex
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url, "AR_EXECUTOR": "ray", "RAY_ADDRESS": "",
+           "HOME": str(tmp_path / "home"), "AR_LEASE_S": "8"}
+    with open(tmp_path / "driver.out", "w") as log:
+        driver = start_ar("process", "orphan", books_dir=books_dir, stdout=log, stderr=subprocess.STDOUT,
+                          env={**env, "AR_TEST_RUN": marker, "PATH": f"{slow}:{os.environ['PATH']}"})
+
+    def calling_and_reading():
+        names = {name for name, _ in processes_with(marker).values()}
+        return "sleep" in names and pending(pg_url) >= 1 or driver.poll() is not None  # the ledger is there by then
+
+    wait_for(calling_and_reading, timeout=120)
+    assert driver.poll() is None, (tmp_path / "driver.out").read_text()
+    folder = own_ray_folder(next(cmd for name, cmd in processes_with(marker).values() if name == "raylet"))
+    assert folder != Path("/tmp/ray") and len(holding_files_in(folder)) > 5  # a Ray of the run's own, in its own folder
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    try:
+        wait_for(lambda: not processes_with(marker) and not holding_files_in(folder), timeout=30)  # nothing of it lives
+    finally:
+        for pid, (name, cmd) in processes_with(marker).items():  # shown if the test fails; then gone
+            print(pid, name, cmd[:200])
+            os.kill(pid, signal.SIGKILL)
+        for pid in holding_files_in(folder):
+            print(pid, Path(f"/proc/{pid}/comm").read_text())
+            os.kill(pid, signal.SIGKILL)
+    assert not folder.exists()  # its logs and sockets go with it
+
+    wait_for(lambda: not query(pg_url, "SELECT bool_or(lease_until > clock_timestamp()) FROM holders")[0][0],
+             timeout=20)
+    resumed = run_ar("process", "orphan", books_dir=books_dir, env=env, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert sorted(done_pages(pg_url, "orphan")) == [1, 2, 3]
+    check_fleet(pg_url, server, {"orphan": 3})
+    assert (books_dir / "orphan" / "book.md").is_file()
 
 
 def readings(logs: list[Path], book: str) -> tuple[int, list[str]]:
@@ -285,6 +355,10 @@ def test_an_llm_actor_serving_a_library_keeps_its_bound_of_books_open(ray_cluste
     assert sorted(pid for pid, _ in served) == sorted(most) and all(n > 2 for _, n in served), served
     assert {book: sorted(done_pages(url, book)) for book in books} == {book: [1, 2] for book in books}
     check_fleet(url, server, {book: 2 for book in books})
+    for book in books:  # the actors' attempts are in each book's run log, as a local run's are
+        log = json.loads(run_ar("log", book, "--json", books_dir=books_dir, env={"AR_LEDGER": url}).stdout)
+        calls = query(url, "SELECT COUNT(*) FROM calls WHERE book = %s AND run_id = %s", (book, log["run"]))[0][0]
+        assert log["attempts"] == calls >= 2, (book, log)
 
 
 def test_a_ray_address_ar_cannot_use_is_one_line_said_at_once_before_any_run(books_dir, tmp_path, pg_url):
