@@ -129,8 +129,6 @@ def process_books(
             raise
         finally:
             _hold_stop_signals()  # a stop now waits until the runs are closed, then takes effect
-            # the event loop, closing, left SIGTERM's default (death): it is Ctrl-C again
-            signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
                 for run in list(window.open):  # those an error left open
                     run.close()
@@ -236,9 +234,9 @@ class _Window:
         finally:
             if self.after_all is not None:
                 await self.after_all()
-            _hold_stop_signals()  # from here until the runs are closed (process_books releases them)
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+            _hold_stop_signals()  # from here until the runs are closed (process_books releases them)
 
     def _open(self, book: Book) -> _BookRun | None:
         """The book's run, opened; None when it is skipped (several books: another process holds it)."""
@@ -354,11 +352,25 @@ def _close_run(book: Book, ledger: Ledger, run_id: int | None, outcome: Outcome,
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+_held: list[int] = []  # the stop signals that came while held
+
+
 def _hold_stop_signals() -> set:
-    """Hold Ctrl-C and SIGTERM back (they wait, pending) where one would leave a run open in
-    the ledger; returns the mask to restore."""
+    """Hold Ctrl-C and SIGTERM back where one would leave a run open in the ledger; returns
+    the mask to restore. Blocked in this thread, and noted, not acted on, where they reach
+    another (a thread of the run, unblocked, may take a signal sent to the process: with the
+    default action SIGTERM would end it there, run open)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: _held.append(signum))
     return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def _release(mask: set) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    """Both stops are Ctrl-C again, and one held meanwhile takes effect now."""
+    held = bool(_held)
+    _held.clear()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one pending in this thread is raised here
+    if held:
+        raise KeyboardInterrupt

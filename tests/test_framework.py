@@ -245,3 +245,29 @@ def test_sigterm_is_a_stop_again_once_the_run_lets_go_of_it(books_dir):
         assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_stop_while_the_runs_close_is_held_whichever_thread_takes_it_then_raised():
+    """While the runs are closed, a SIGTERM sent to the process may land in another thread of
+    it (one made while stops were not blocked: rich's, the page writers'): it must be noted, not
+    end the process with the run open, and be raised once released."""
+    code = """
+import signal, threading, time
+from pipeline import process
+mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+go = threading.Event()
+other = threading.Thread(target=go.wait)
+other.start()
+process._hold_stop_signals()
+signal.pthread_kill(other.ident, signal.SIGTERM)
+time.sleep(0.2)
+print("held", flush=True)
+go.set()
+other.join()
+try:
+    process._release(mask)
+except KeyboardInterrupt:
+    print("raised at release")
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout.splitlines()) == (0, ["held", "raised at release"]), r.stderr
