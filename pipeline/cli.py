@@ -12,7 +12,7 @@ from pathlib import Path
 
 from infra.books import BOOK_TEXT, PREVIOUS, Library, book_id_from_path, validate_book_id
 from infra.budget import apart
-from infra.ledgers import ledger_errors, ledger_url, open_ledger, open_library, read_ledger
+from infra.ledgers import check_ledger_place, ledger_errors, ledger_url, open_ledger, open_library, read_ledger
 from infra.config import Settings, load_settings
 from infra.errors import ArError, BudgetReached, UsageError, exit_code
 from infra.lock import WriterLock
@@ -307,6 +307,9 @@ def cmd_process(args, settings: Settings, library: Library) -> int:
             refused[book.id] = e
 
     for book in books:
+        check(book, lambda: check_ledger_place(book))  # one book not moved to AR_LEDGER keeps only itself out
+        if book.id in refused:
+            continue
         for spec in selected:  # what each stage needs is there (the OCR's languages), before any work
             spec.load().check_ready(spec, book, options)
         before[book.id] = status_report(book)["stages"]

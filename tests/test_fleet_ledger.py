@@ -76,6 +76,20 @@ def test_with_ar_ledger_a_checkpoint_not_imported_is_refused_not_paid_again(book
     one_error_line(r, "book b has both a checkpoint.db and a ledger in")
 
 
+def test_a_library_run_with_one_book_not_imported_runs_the_others(books_dir, pg_url, monkeypatch):
+    monkeypatch.delenv("AR_LEDGER", raising=False)
+    _sqlite_book(books_dir, "old", 2)  # run on SQLite, never imported
+    assert run_ar("add", str(ROOT / "tests" / "data" / "real-scans" / "c02-22.pdf"), "--id", "new",
+                  books_dir=books_dir).returncode == 0
+    r = run_ar("process", "--all", "--stages", "ocr", "--json", "--ledger", pg_url, books_dir=books_dir)
+    assert r.returncode == 1, r.stderr  # the worst outcome: the refused book's
+    report = json.loads(r.stdout)
+    assert [b["book"] for b in report["books"]] == ["new"] and report["books"][0]["outcome"]["status"] == "done"
+    (refused,) = report["refused"]
+    assert refused["book"] == "old" and "ar.py ledger import old" in refused["why"]
+    assert has_ledger(pg_url, "new") and not has_ledger(pg_url, "old")
+
+
 def test_without_ar_ledger_an_imported_book_is_refused_not_paid_again(books_dir, pg_url, monkeypatch):
     monkeypatch.delenv("AR_LEDGER", raising=False)
     book = _sqlite_book(books_dir, "b", 3)
