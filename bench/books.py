@@ -33,7 +33,21 @@ def blank_scan() -> bytes:
     return out.getvalue()
 
 
-def ocr_done_book(books_dir: Path, book_id: str, pages: int) -> Book:
+def ocr_page(page: int, boxes: bool) -> dict:
+    """The OCR stage's output for a page; with `boxes`, each word's box and confidence in one
+    block, as Tesseract's reading gives them (about the size of a real page's output)."""
+    text = page_text(page)
+    out = {"page": page, "text": text, "mean_confidence": 90.0}
+    if boxes:
+        lines = [{"bbox": [100, 100 + 30 * i, 1000, 28], "text": line, "confidence": 90.0,
+                  "words": [{"text": w, "confidence": 90.0, "bbox": [100 + 60 * j, 100 + 30 * i, 55, 28]}
+                            for j, w in enumerate(line.split())]}
+                 for i, line in enumerate(text.splitlines()) if line.strip()]
+        out["blocks"] = [{"bbox": [100, 100, 1000, 30 * len(lines)], "confidence": 90.0, "lines": lines}]
+    return out
+
+
+def ocr_done_book(books_dir: Path, book_id: str, pages: int, boxes: bool = False) -> Book:
     """A book of `pages` blank scans whose OCR is done: outputs and ledger both."""
     book = Book(make_book(books_dir, book_id, pages))
     scan = blank_scan()
@@ -45,9 +59,9 @@ def ocr_done_book(books_dir: Path, book_id: str, pages: int) -> Book:
     run_id = ledger.start_run(0, "bench: ocr done")
     with ledger.snapshot():
         for p in range(1, pages + 1):
-            atomic_write_json(out / page_file(p, ".json"), {"page": p, "text": page_text(p),
-                                                            "mean_confidence": 90.0})
-            ledger.mark_done("ocr", p, run_id)
+            page = ocr_page(p, boxes)
+            atomic_write_json(out / page_file(p, ".json"), page)
+            ledger.mark_done("ocr", p, run_id, chars=len(page["text"]))
     ledger.end_run(run_id, "done")
     ledger.close()
     return book

@@ -24,7 +24,7 @@ from typing import TypeVar
 from infra.budget import Budget
 from infra.errors import LedgerError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades the schema from version i to i + 1. Append, never edit.
 MIGRATIONS: list[str] = [
@@ -83,12 +83,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE pages ADD COLUMN flags TEXT;
     """,
+    # 4: the length of each done page's text, so that an estimate need not read every page
+    """
+    ALTER TABLE pages ADD COLUMN chars INTEGER;
+    """,
 ]
 # The columns each version added. A reader never migrates (it may not write, and a writer may
 # be running an older ar): on an older ledger it sees them as NULL (_views_of_older_schema).
 ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"calls": ("upstream_cost_usd",), "runs": ("key_usage_start", "key_usage_end")},
     3: {"pages": ("flags",)},
+    4: {"pages": ("chars",)},
 }
 
 # What a call cost: the provider's figure when it gave one (that is the bill), else ours;
@@ -252,24 +257,32 @@ class Ledger:
         ).fetchone()
         return row[0] if row else None
 
-    def mark_done(self, stage: str, page: int, run_id: int, flags: dict[str, str] | None = None) -> None:
+    def mark_done(self, stage: str, page: int, run_id: int, flags: dict[str, str] | None = None,
+                  chars: int | None = None) -> None:
         """O(1) in the size of the book: one upsert on the (stage, page) key. `flags`: what a
-        person should look at on the page ({"flag": "reason"})."""
-        self._set_page(stage, page, run_id, "done", None, json.dumps(flags) if flags else None)
+        person should look at on the page ({"flag": "reason"}); `chars`: its text's length."""
+        self._set_page(stage, page, run_id, "done", None, json.dumps(flags) if flags else None, chars)
 
     def mark_failed(self, stage: str, page: int, run_id: int, error: str) -> None:
-        self._set_page(stage, page, run_id, "failed", error, None)
+        self._set_page(stage, page, run_id, "failed", error, None, None)
 
     def _set_page(self, stage: str, page: int, run_id: int, status: str, error: str | None,
-                  flags: str | None) -> None:
+                  flags: str | None, chars: int | None) -> None:
         self._db.execute(
-            "INSERT INTO pages (stage, page, status, attempts, error, run_id, updated_at, flags)"
-            " VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
+            "INSERT INTO pages (stage, page, status, attempts, error, run_id, updated_at, flags, chars)"
+            " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)"
             " ON CONFLICT (stage, page) DO UPDATE SET status = excluded.status,"
             " attempts = attempts + 1, error = excluded.error, run_id = excluded.run_id,"
-            " updated_at = excluded.updated_at, flags = excluded.flags",
-            (stage, page, status, error, run_id, time.time(), flags),
+            " updated_at = excluded.updated_at, flags = excluded.flags, chars = excluded.chars",
+            (stage, page, status, error, run_id, time.time(), flags, chars),
         )
+
+    def page_marks(self, stage: str) -> dict[int, tuple[int, dict[str, str]]]:
+        """Each done page's text length and flags, where its done-mark kept the length (from
+        schema 4): what an estimate needs of a page without reading it."""
+        rows = self._db.execute(
+            "SELECT page, chars, flags FROM pages WHERE stage = ? AND status = 'done' AND chars IS NOT NULL", (stage,))
+        return {page: (chars, json.loads(flags) if flags else {}) for page, chars, flags in rows}
 
     def page_flags(self, stages: list[str]) -> dict[int, dict[str, str]]:
         """Each flagged page's flags, as the last of `stages` (in that order) to have it done

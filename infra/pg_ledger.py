@@ -145,6 +145,10 @@ MIGRATIONS: list[str] = [
         ADD COLUMN next_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
         ADD COLUMN shift_s DOUBLE PRECISION NOT NULL DEFAULT 0
     """,
+    # the length of each done page's text, so that an estimate need not read every page
+    """
+    ALTER TABLE pages ADD COLUMN chars INTEGER
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -399,13 +403,19 @@ class PgLedger(_Connected):
                         " AND status IN ('done', 'failed')", (self.book, stage, page))
         return row[0] if row else None
 
-    def mark_done(self, stage: str, page: int, run_id: int, flags: dict[str, str] | None = None) -> None:
-        self._set_page(stage, page, run_id, "done", None, json.dumps(flags) if flags else None)
+    def mark_done(self, stage: str, page: int, run_id: int, flags: dict[str, str] | None = None,
+                  chars: int | None = None) -> None:
+        self._set_page(stage, page, run_id, "done", None, json.dumps(flags) if flags else None, chars)
 
     def mark_failed(self, stage: str, page: int, run_id: int, error: str) -> None:
-        self._set_page(stage, page, run_id, "failed", error, None)
+        self._set_page(stage, page, run_id, "failed", error, None, None)
 
-    def _set_page(self, stage, page, run_id, status, error, flags) -> None:
+    def page_marks(self, stage: str) -> dict[int, tuple[int, dict[str, str]]]:
+        rows = self._all("SELECT page, chars, flags FROM pages WHERE book = %s AND stage = %s AND status = 'done'"
+                         " AND chars IS NOT NULL", (self.book, stage))
+        return {page: (chars, json.loads(flags) if flags else {}) for page, chars, flags in rows}
+
+    def _set_page(self, stage, page, run_id, status, error, flags, chars) -> None:
         """A done- or failed-mark counts only under the page's current claim (its epoch), by a
         writer whose lease holds: a zombie (a worker stopped past its lease, a task Ray ran
         twice) marks nothing. A page not claimed yet (a book stage's) is claimed first."""
@@ -420,8 +430,9 @@ class PgLedger(_Connected):
                          (self.book, stage, page, self.holder_id, epoch))
                 marked = conn.execute(
                     f"UPDATE pages SET status = %s, attempts = attempts + 1, error = %s, run_id = %s,"
-                    f" updated_at = {NOW}, flags = %s WHERE {where[0]} AND (status, run_id) IS DISTINCT FROM (%s, %s)",
-                    (status, error, run_id, flags, *where[1], status, run_id)).rowcount
+                    f" updated_at = {NOW}, flags = %s, chars = %s"
+                    f" WHERE {where[0]} AND (status, run_id) IS DISTINCT FROM (%s, %s)",
+                    (status, error, run_id, flags, chars, *where[1], status, run_id)).rowcount
                 # nothing marked: already ours (this mark again, its commit's answer lost), else taken
                 if not marked and not conn.execute(f"SELECT 1 FROM pages WHERE {where[0]}", where[1]).fetchone():
                     raise LeaseLost(f"page {page} of {stage} was taken by another writer (its lease lapsed)")
@@ -917,11 +928,12 @@ def import_book(url: str, book) -> dict:
                     " key_usage_start, key_usage_end) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " RETURNING run_id", (book.id, *row)).fetchone()[0]
             pages = 0
-            for stage, page, status, attempts, error, run_id, updated_at, flags in db.execute(
-                    "SELECT stage, page, status, attempts, error, run_id, updated_at, flags FROM pages"):
+            for stage, page, status, attempts, error, run_id, updated_at, flags, chars in db.execute(
+                    "SELECT stage, page, status, attempts, error, run_id, updated_at, flags, chars FROM pages"):
                 conn.execute("INSERT INTO pages (book, stage, page, status, attempts, error, run_id, updated_at,"
-                             " flags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                             (book.id, stage, page, status, attempts, error, run_ids.get(run_id), updated_at, flags))
+                             " flags, chars) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                             (book.id, stage, page, status, attempts, error, run_ids.get(run_id), updated_at,
+                              flags, chars))
                 pages += 1
             rows = [(book.id, run_ids[run_id], *row) for run_id, *row in db.execute(
                 f"SELECT run_id, {', '.join(CALL_COLUMNS)} FROM calls ORDER BY call_id")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -265,11 +266,18 @@ def _models(settings: Settings) -> dict[str, str]:
     return {spec.name: getattr(settings, spec.model) for spec in STAGES if spec.uses_llm}
 
 
-def _estimate(book, settings: Settings, vision: bool = False, fresh: list[str] = (), only=None) -> dict:
+@functools.cache
+def _pricing(base_url: str):
+    """One price list per command, however many books it estimates."""
     from infra.pricing import PricingCache
+
+    return PricingCache(base_url)
+
+
+def _estimate(book, settings: Settings, vision: bool = False, fresh: list[str] = (), only=None) -> dict:
     from pipeline.estimate import estimate
 
-    return estimate(book, PricingCache(settings.base_url), _models(settings), settings.budget_usd,
+    return estimate(book, _pricing(settings.base_url), _models(settings), settings.budget_usd,
                     vision=vision, fresh=fresh, only=only)
 
 

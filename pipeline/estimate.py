@@ -4,8 +4,9 @@ LLM stage of the registry.
 Two sources, the better one first:
 - observed: once a stage has had pages answered, what they really cost (the ledger), each
   time a run got one answered, its failed attempts included (pages since cleaned too);
-- tokens: otherwise, the token counts of the page's text (4 characters a token) at the model's
-  prices: the prompt (instructions and text) and an answer of about the text's length.
+- tokens: otherwise, the token counts of the page's text (4 characters a token; its length as
+  the ledger's done-mark kept it, so that no page is read) at the model's prices: the prompt
+  (instructions and text) and an answer of about the text's length.
 Pages without text yet are taken as long as the book's other pages (or a typical page).
 Which pages will need a call is each stage's own estimate (LLMStage.pages_to_call): fix, for
 one, takes only the pages correction flags or the OCR doubted, each with its image.
@@ -96,18 +97,22 @@ def estimate(book: Book, pricing: PricingCache, models: dict[str, str],
     only = None if only is None else set(only)
     llm_stages = [spec for spec in registry if spec.uses_llm and (only is None or spec.name in only)]
 
+    read = {name for spec in llm_stages for name in spec.reads}  # the stages whose pages the calls send
+
     def queries(ledger: Ledger):
         done = {spec.name: ledger.done_pages(spec.name) for spec in registry}
         observed = {s.name: ledger.answered_page_costs(s.name, vision or s.load().sees_image) for s in llm_stages}
-        return done, observed, ledger.total_cost(), kept_budget(ledger, default_budget_usd)
+        marks = {name: ledger.page_marks(name) for name in read}
+        return done, observed, marks, ledger.total_cost(), kept_budget(ledger, default_budget_usd)
 
-    nothing = ({spec.name: set() for spec in registry}, {s.name: [] for s in llm_stages}, 0.0,
-               kept_budget(None, default_budget_usd))
-    done, observed, spent, budget = read_ledger(book, queries, nothing)
-    texts = {spec.name: _text_lengths(spec, book, pages) for spec in registry if spec.per_page}
+    nothing = ({spec.name: set() for spec in registry}, {s.name: [] for s in llm_stages},
+               {name: {} for name in read}, 0.0, kept_budget(None, default_budget_usd))
+    done, observed, marks, spent, budget = read_ledger(book, queries, nothing)
+    texts = {name: _text_lengths(registry[name], book, done[name], marks[name]) for name in read}
     for name in fresh:  # what the run discards first
         done.update({spec.name: set() for spec in registry.downstream(name)})
-    state = BookState(pages, done, lambda stage, page: _read(registry[stage], book, page))
+    state = BookState(pages, done, lambda stage, page: _read(registry[stage], book, page),
+                      {name: {p: flags for p, (_, flags) in m.items()} for name, m in marks.items()})
     seeing = vision or any(spec.load().sees_image for spec in llm_stages)
     images = {p: sent_size(book.source_image(p)) for p in pages} if seeing else {}
     stages = {}
@@ -137,10 +142,12 @@ def budget_to_finish(report: dict) -> float | None:
     return report["spent_usd"] + report["high_usd"] + report["reserve_usd"]
 
 
-def _text_lengths(source: StageSpec, book: Book, pages: list[int]) -> dict[int, int]:
-    """The length of each page's text where a page stage's output has it."""
-    texts = {p: _read(source, book, p) for p in pages}
-    return {p: len(t["text"]) for p, t in texts.items() if t is not None and "text" in t}
+def _text_lengths(source: StageSpec, book: Book, done: set[int], marks: dict[int, tuple]) -> dict[int, int]:
+    """The length of each done page's text: as its done-mark kept it (`marks`), else (a page
+    done before ledgers kept it) read from the page's output."""
+    texts = {p: _read(source, book, p) for p in done if p not in marks}
+    return {**{p: chars for p, (chars, _) in marks.items()},
+            **{p: len(t["text"]) for p, t in texts.items() if t is not None and "text" in t}}
 
 
 def _stage_estimate(spec: StageSpec, book: BookState, price: ModelPrice, model: str, observed: list[float],

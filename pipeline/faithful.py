@@ -41,6 +41,7 @@ LINE_SLACK = 2
 SLACK_CHARS = 8
 DOUBTFUL_BELOW = 60.0
 FIX_WHEN_DOUBTFUL = 0.05
+DOUBTFUL = "doubtful"  # the OCR page's flag when ocr_doubts says why
 
 _LINE_END_HYPHEN = re.compile(r"(?<=\w)-\n\s*(?=\w)")
 

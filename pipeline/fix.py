@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from infra.errors import InvalidAnswer
 from pipeline.correct import CorrectedPage
-from pipeline.faithful import ocr_doubts
+from pipeline.faithful import DOUBTFUL, ocr_doubts
 from pipeline.llm_stage import (FAITHFUL, BookState, LLMStage, PagesToCall, answer_flags, answer_keys,
                                 failure_flags, max_tokens_for, ocr_message, scan_flags)
 from pipeline.registry import StageSpec
@@ -15,9 +15,23 @@ class FixedPage(CorrectedPage):
     """The answer fix must give: the same fields as a first pass's."""
 
 
+# A first pass's flags that send its page to fix: its own doubt, no valid answer, an answer
+# that changed more than a correction explains (pipeline/correct.py, llm_stage.answer_flags).
+FIRST_PASS_DOUBTS = frozenset({"unsure", "invalid", "truncated", "changed_too_much"})
+
+
 def needs_fix(ocr: dict, corrected: dict) -> bool:
-    return bool(corrected.get("unsure") or corrected.get("invalid_answer") or corrected.get("rejected_text")
-                or ocr_doubts(ocr))
+    return bool(FIRST_PASS_DOUBTS & (corrected.get("flags") or {}).keys() or ocr_doubts(ocr))
+
+
+def _ocr_doubted(book: BookState, stage: str, page: int) -> bool:
+    """For the estimate: the OCR doubted many of the page's words, as its done-mark's flag
+    says, or its words (a page read before the ledger kept its flags)."""
+    kept = book.marked_flags.get(stage, {}).get(page)
+    if kept is not None:
+        return DOUBTFUL in kept
+    ocr = book.read(stage, page)
+    return ocr is not None and ocr_doubts(ocr) is not None
 
 
 class FixStage(LLMStage):
@@ -57,10 +71,10 @@ or changed more than a correction explains. Give the page's faithful transcripti
         first pass's others, between half and twice the share it sent so far (none to all when
         nothing is known yet)."""
         ocr_stage, first_pass = spec.reads
-        ocr = {p: book.read(ocr_stage, p) for p in book.done[ocr_stage]}
-        answers = {p: book.read(first_pass, p) for p in book.done[first_pass]}
-        flagged = {p for p, a in answers.items() if a is not None and needs_fix(ocr.get(p) or {}, a)}
-        doubted = {p for p, o in ocr.items() if p not in answers and o is not None and ocr_doubts(o)}
+        doubted = {p for p in book.done[ocr_stage] if _ocr_doubted(book, ocr_stage, p)}
+        answers = {p: book.flags(first_pass, p) for p in book.done[first_pass]}
+        flagged = {p for p, flags in answers.items() if flags is not None and (p in doubted or FIRST_PASS_DOUBTS & flags.keys())}
+        doubted -= answers.keys()
         share = len(flagged) / len(answers) if answers else None
         guess = (0.0, 1.0) if share is None else (share / 2, min(1.0, 2 * share + 0.1))
         return [PagesToCall(sorted((flagged | doubted) - book.done[spec.name])),

@@ -12,7 +12,7 @@ import bisect
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel
@@ -89,12 +89,22 @@ def language_line(lang: str | None) -> str:
 
 @dataclass(frozen=True)
 class BookState:
-    """What an estimate knows of a book: its pages, each stage's done pages, and a way to
-    read a done page's output (None if it cannot be read)."""
+    """What an estimate knows of a book: its pages, each stage's done pages, a way to read a
+    done page's output (None if it cannot be read), and the flags of the done pages whose
+    done-mark kept them (the ledger's page_marks), which need no reading."""
 
     pages: list[int]
     done: dict[str, set[int]]
     read: Callable[[str, int], dict | None]
+    marked_flags: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
+
+    def flags(self, stage: str, page: int) -> dict[str, str] | None:
+        """A done page's flags, from its done-mark, else from its output (None: unreadable)."""
+        kept = self.marked_flags.get(stage, {}).get(page)
+        if kept is not None:
+            return kept
+        output = self.read(stage, page)
+        return None if output is None else output.get("flags") or {}
 
 
 @dataclass(frozen=True)

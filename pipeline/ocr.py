@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import csv
+import functools
 import io
 import os
 import logging
@@ -30,6 +31,7 @@ from infra.errors import OcrError, UsageError
 from infra.ledgers import read_ledger
 from infra.logs import log_event
 from pipeline import margins, orientation
+from pipeline.faithful import DOUBTFUL, ocr_doubts
 from pipeline.executor import OcrSlots, page_runner
 from pipeline.render import pages
 from pipeline.stage import DEFAULT_LANG, Stage, kept_language
@@ -202,6 +204,8 @@ async def ocr_page(image: Path, lang: str = "eng") -> dict:
         flags["no_text"] = f"{page.ink_fraction:.2%} of the page is ink, but no words were read"
     elif result["mean_confidence"] < LOW_CONFIDENCE:
         flags["low_confidence"] = f"mean word confidence {result['mean_confidence']} < {LOW_CONFIDENCE}"
+    if doubts := ocr_doubts(result):  # fix will read it again with the image
+        flags[DOUBTFUL] = doubts
     return {**result, "osd": None if osd is None else {"rotate": osd.rotate, "confidence": osd.confidence},
             "flags": flags}
 
@@ -272,12 +276,13 @@ def text_layer_usable(text: str) -> bool:
     return sum(c.isalpha() for c in chars) / len(chars) >= TEXT_LAYER_MIN_LETTERS
 
 
-def installed_languages() -> set[str]:
+@functools.cache  # asked once per command, however many books it checks
+def installed_languages() -> frozenset[str]:
     try:
         done = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)") from None
-    return {line.strip() for line in done.stdout.splitlines()[1:] if line.strip()}
+    return frozenset(line.strip() for line in done.stdout.splitlines()[1:] if line.strip())
 
 
 def check_languages(lang: str) -> str:

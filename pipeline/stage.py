@@ -120,7 +120,9 @@ class Stage:
             await asyncio.to_thread(atomic_write_json, path, result)
         except OSError as e:  # disk full, read-only: no page can be saved, stop cleanly
             raise StopRun(f"cannot write {path}: {e.strerror or e}") from None
-        self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id, result.get("flags"))
+        text = result.get("text")
+        self.ctx.ledger.mark_done(self.name, page, self.ctx.run_id, result.get("flags"),
+                                  len(text) if isinstance(text, str) else None)
         self.stats["pages_done"] += 1
         self.log_outcome(page, "done", started, flags=sorted(result.get("flags") or ()))
         return True

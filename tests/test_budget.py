@@ -75,6 +75,37 @@ def test_process_refuses_a_budget_below_the_low_estimate(sim, books_dir, tmp_pat
     assert server.credits() == 0
 
 
+def test_the_estimate_takes_page_lengths_from_the_ledger_not_the_pages(sim, books_dir, tmp_path, ocr_book):
+    """A library's estimate must not read every page of every book: the OCR's done-marks keep
+    each page's text length. A ledger from before they did (chars NULL) is read from the pages."""
+    server = sim("--api-key", KEY)
+    env = llm_env(server, tmp_path)
+    book = ocr_book(books_dir)
+    pages = sorted((book / "ocr").glob("page_*.json"))
+    lengths = {int(f.stem.split("_")[1]): len(json.loads(f.read_text())["text"]) for f in pages}
+    kept = dict(ledger_rows(book, "SELECT page, chars FROM pages WHERE stage = 'ocr' AND status = 'done'"))
+    assert kept == lengths and len(kept) == 120
+
+    def estimate() -> dict:
+        r = run_ar("process", "book", "--stages", "correct", "--dry-run", "--json", books_dir=books_dir, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["stages"]["correct"]
+
+    before = estimate()
+    saved = {f: f.read_bytes() for f in pages}
+    for f in pages:  # what the estimate would read, were it to read pages
+        f.write_text('{"page": 0, "text": ""}')
+    assert estimate() == before
+    for f, data in saved.items():
+        f.write_bytes(data)
+    led = Ledger.open_writer(book / "checkpoint.db")
+    led._db.execute("UPDATE pages SET chars = NULL")
+    led.close()
+    for f in pages[:60]:
+        f.write_text('{"page": 0, "text": ""}')
+    assert estimate()["low_usd"] < before["low_usd"]  # lengths not kept: the pages are read
+
+
 @pytest.mark.parametrize("bad", ["abc", "-1", "0", "nan", "inf", ""])
 def test_a_budget_that_is_not_a_positive_amount_is_a_usage_error(books_dir, bad):
     r = run_ar("process", "book", "--budget", bad, books_dir=books_dir)

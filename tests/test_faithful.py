@@ -5,6 +5,7 @@ measure. Pages whose OCR doubted many words go to fix too, and the estimate coun
 prompts ask to keep the page's own spelling and punctuation, and name the answer's keys.
 Real `ar.py` runs on real scans against the local server, whose faults make a model unfaithful."""
 import json
+import sqlite3
 from pathlib import Path
 
 from infra.books import Book
@@ -85,10 +86,19 @@ def test_pages_the_ocr_doubted_go_to_fix_with_their_image_and_the_estimate_count
     env = llm_env(server, tmp_path)
     doubted = ocr_book(books_dir, REAL_SCANS / "c02-22.pdf", "huck")
     clear = ocr_book(books_dir, REAL_SCANS / "linn.pdf", "linn")
-    for book, sure in ((doubted, True), (clear, False)):
+    assert "doubtful" in page(doubted, "ocr")["flags"] and "doubtful" not in page(clear, "ocr")["flags"]
+
+    def fix_estimate(book: Book) -> dict:
         r = run_ar("estimate", book.id, "--json", books_dir=books_dir, env=env)
         assert r.returncode == 0, r.stderr
-        assert (json.loads(r.stdout)["stages"]["fix"]["low_usd"] > 0) is sure  # known to need fix before correct runs
+        return json.loads(r.stdout)["stages"]["fix"]
+
+    for book, sure in ((doubted, True), (clear, False)):
+        assert (fix_estimate(book)["low_usd"] > 0) is sure  # known to need fix before correct runs
+    kept = fix_estimate(doubted)  # from the done-marks' flags; a ledger from before kept none: the words
+    with sqlite3.connect(doubted.ledger_path) as db:
+        db.execute("UPDATE pages SET chars = NULL")
+    assert fix_estimate(doubted) == kept
     for book in (doubted, clear):
         assert run_ar("process", book.id, books_dir=books_dir, env=env).returncode == 0
     assert not page(doubted, "correct")["unsure"] and page(doubted, "fix")["fixed"]

@@ -84,6 +84,18 @@ def test_attempts_count_each_try(ledger):
     assert row == ("done", 2, None)
 
 
+def test_a_done_mark_keeps_the_length_of_the_page_text(ledger):
+    run = ledger.start_run(1, "test")
+    ledger.mark_done("ocr", 1, run, {"doubtful": "9 of 90 words"}, chars=2400)
+    ledger.mark_done("ocr", 2, run)  # a page without text (or done before ledgers kept it)
+    ledger.mark_failed("ocr", 3, run, "tesseract died")
+    ledger.mark_done("correct", 1, run, chars=2390)
+    assert ledger.page_marks("ocr") == {1: (2400, {"doubtful": "9 of 90 words"})}
+    assert ledger.page_marks("correct") == {1: (2390, {})}
+    ledger.clear_stage("ocr")
+    assert ledger.page_marks("ocr") == {}
+
+
 def test_a_new_run_closes_runs_left_running_as_crashed(ledger):
     first = ledger.start_run(1, "test")
     second = ledger.start_run(2, "test")
