@@ -154,6 +154,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 _reached = False  # the database answered this process once: from then on, out of reach is an outage
+_readers = threading.local()  # each thread's read-only connection to each ledger URL (_reader)
 
 
 def connect(url: str, read_only: bool = False) -> psycopg.Connection:
@@ -169,6 +170,16 @@ def connect(url: str, read_only: bool = False) -> psycopg.Connection:
     if read_only:  # one consistent snapshot per report (Ledger.snapshot), never a write
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
+    return conn
+
+
+def _reader(url: str) -> psycopg.Connection:
+    """This thread's read-only connection to `url`, opened once: a connection costs more than
+    a read (a few ms here, a TLS handshake to a remote database)."""
+    conns = _readers.__dict__.setdefault("conns", {})
+    conn = conns.get(url)
+    if conn is None or conn.closed or conn.broken:
+        conn = conns[url] = connect(url, read_only=True)
     return conn
 
 
@@ -274,45 +285,44 @@ class PgLedger(_Connected):
         return cls(url, book, conn, holder)
 
     @classmethod
-    def open_reader(cls, url: str, book: str) -> PgLedger | None:
-        """Read-only view; None when the book has no ledger yet."""
-        conn = connect(url, read_only=True)
+    def open_reader(cls, url: str, book: str, conn: psycopg.Connection | None = None) -> PgLedger | None:
+        """Read-only view (through `conn`, a read-only connection, else its own); None when
+        the book has no ledger yet."""
+        conn = conn or connect(url, read_only=True)
         try:
             known = conn.execute("SELECT to_regclass('ar_schema') IS NOT NULL").fetchone()[0] and \
                 conn.execute("SELECT 1 FROM books WHERE book = %s", (book,)).fetchone()
+        except psycopg.OperationalError:
+            raise  # the connection lost: PgLedger.read waits for the database
         except psycopg.Error as e:
             conn.close()
             raise LedgerError(f"ledger {describe(url)} cannot be read: {_first_line(e, url)}") from None
-        if not known:
-            conn.close()
-            return None
-        return cls(url, book, conn)
+        return cls(url, book, conn) if known else None
 
     @classmethod
     def read(cls, url: str, book: str, queries: Callable[[PgLedger], T], absent: T) -> T:
-        """What `queries` read from one snapshot of the book's ledger. A connection lost on the
-        way (an outage once the database was reached) is waited for and the read done again:
-        it changed nothing."""
+        """What `queries` read from one snapshot of the book's ledger, through this thread's
+        read-only connection (_reader: kept for the next read, as a library's checks read
+        every book's ledger). A connection lost on the way (an outage once the database was
+        reached) is waited for and the read done again: it changed nothing."""
         waited = 0.0
         while True:
             try:
-                ledger = cls.open_reader(url, book)
+                conn = _reader(url)
+                ledger = cls.open_reader(url, book, conn)
+                if ledger is None:
+                    return absent
+                with ledger.snapshot():
+                    return queries(ledger)
             except LedgerError as e:
                 if not _reached:
                     raise  # never reached from this process: a wrong URL, said at once
                 waited = _wait_for_database(waited, describe(url), e, url)
-                continue
-            if ledger is None:
-                return absent
-            try:
-                with ledger.snapshot():
-                    return queries(ledger)
             except psycopg.OperationalError as e:
-                if not (ledger._db.closed or ledger._db.broken):
+                if not (conn.closed or conn.broken):
                     raise
-                waited = _wait_for_database(waited, ledger.path, e, url)
-            finally:
-                ledger.close()
+                conn.close()
+                waited = _wait_for_database(waited, describe(url), e, url)
 
     def close(self) -> None:
         if self._lease is not None:
