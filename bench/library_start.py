@@ -4,10 +4,11 @@
 output: each word's box and confidence) against the local server: what a run with a budget
 (a book's, or --library-budget) does before its first call, and what a dry run reports. Two
 ways: page lengths as the OCR's done-marks keep them in each ledger (schema 4), and as a
-ledger from before kept them (chars NULL: every page read). Also with every stage, where fix's
-share of pages is estimated from the OCR's doubts, which reads the pages.
+ledger from before kept them (chars NULL: every page read); with --postgresql, also with the
+books' ledgers imported into one PostgreSQL database (a real server, started here). Each with
+`--stages correct` and with every stage (fix's share of pages comes from the OCR's doubts).
 
-    python -m bench.library_start [--books 50] [--pages 400]
+    python -m bench.library_start [--books 50] [--pages 400] [--postgresql]
 """
 from __future__ import annotations
 
@@ -25,21 +26,28 @@ from tests.conftest import ROOT
 from tests.simserver import Sim
 
 
-def dry_run(books_dir: Path, server: Sim, cache: Path, *stages: str) -> float:
+def ar(books_dir: Path, server: Sim, cache: Path, *args: str, ledger: str | None = None) -> float:
     env = {**os.environ, "AR_BOOKS_DIR": str(books_dir), "OPENROUTER_BASE_URL": server.url,
            "OPENROUTER_API_KEY": server.key, "AR_CACHE_DIR": str(cache)}
+    env.pop("AR_LEDGER", None)
+    if ledger:
+        env["AR_LEDGER"] = ledger
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "ar.py"), "process", "--all", *stages, "--dry-run", "--json"],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "ar.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"ar.py process --dry-run exited {r.returncode}: {r.stderr[-2000:]}")
+        raise RuntimeError(f"ar.py {' '.join(args)} exited {r.returncode}: {r.stderr[-2000:]}")
     return time.perf_counter() - start
+
+
+def dry_run(books_dir: Path, server: Sim, cache: Path, *stages: str, ledger: str | None = None) -> float:
+    return ar(books_dir, server, cache, "process", "--all", *stages, "--dry-run", "--json", ledger=ledger)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--books", type=int, default=50)
     parser.add_argument("--pages", type=int, default=400, help="pages of each book")
+    parser.add_argument("--postgresql", action="store_true", help="also with the ledgers in PostgreSQL")
     args = parser.parse_args()
     pages = args.books * args.pages
     server = Sim()
@@ -52,6 +60,19 @@ def main() -> None:
             figures = {}
             for label, stages in (("correct", ("--stages", "correct")), ("every stage", ())):
                 figures[f"{label}, lengths kept"] = dry_run(books_dir, server, cache, *stages)
+            if args.postgresql:
+                from tests.pgserver import PgServer
+
+                pg = PgServer().start()
+                try:
+                    url = pg.new_database()
+                    ar(books_dir, server, cache, "ledger", "import", "--all", ledger=url)
+                    for label, stages in (("correct", ("--stages", "correct")), ("every stage", ())):
+                        figures[f"{label}, PostgreSQL"] = dry_run(books_dir, server, cache, *stages, ledger=url)
+                    for path in books_dir.glob("*/checkpoint.db.imported"):
+                        path.rename(path.with_suffix(""))
+                finally:
+                    pg.stop()
             for n in range(args.books):  # as ledgers from before schema 4 left them
                 with sqlite3.connect(books_dir / f"b{n:04d}" / "checkpoint.db") as db:
                     db.execute("UPDATE pages SET chars = NULL")
