@@ -467,9 +467,13 @@ class PgLedger(_Connected):
         self._epochs[(stage, page)] = row[0]
         return True
 
+    def lease_lapsed(self) -> bool:
+        """This writer's lease has lapsed, or may have: it must stop (check_lease says why)."""
+        return self._lease is not None and not self._lease.valid()
+
     def check_lease(self) -> None:
         """LeaseLost once this writer's lease has lapsed, or may have: it must stop."""
-        if self._lease is not None and not self._lease.valid():
+        if self.lease_lapsed():
             raise LeaseLost(f"the lease of writer {self.holder_id} on book {self.book!r} lapsed (stopped, or the "
                             "ledger out of reach for too long): another writer may have its pages; it stops here")
 

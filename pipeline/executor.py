@@ -352,7 +352,13 @@ class BookLedgers:
         self._uses: Counter[str] = Counter()
 
     def take(self, book: str):
-        """The book's ledger, in use until `release(book)`."""
+        """The book's ledger, in use until `release(book)`. One whose lease lapsed (the ledger
+        out of reach too long, the actor stopped) refuses every call: unless in use, it is
+        closed and the book opened again, as a new holder (the next run's calls reach the
+        same detached actors)."""
+        if book in self._open and not self._uses[book] and self._open[book].lease_lapsed():
+            del self._uses[book]
+            self._open.pop(book).close()
         if book not in self._open:
             self._close_idle(keep=self.most - 1)
             self._open[book] = self._open_writer(book)

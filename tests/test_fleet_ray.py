@@ -12,8 +12,10 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from infra.errors import LeaseLost
 from infra.pg_ledger import PgLedger, PgLibrary
 from pipeline.executor import BookLedgers
 from pipeline.llm_stage import LedgerRecorder
@@ -323,6 +325,28 @@ def test_an_actor_keeps_its_bound_of_books_open_closing_none_in_use_and_opens_a_
     ledgers.release("b")
     ledgers.close()
     assert open_books() == []
+
+
+def test_an_actor_opens_again_a_book_whose_lease_lapsed(pg_url):
+    """The ledger out of reach past the lease: the actor's writer for a book refuses every call
+    from then on. The actors are detached and serve the next run too: it must get a new one."""
+    ledgers = BookLedgers(lambda book: PgLedger.open_writer(pg_url, book), most=2)
+    lapsed = ledgers.take("a")
+    run = lapsed.start_run(os.getpid(), "test")
+    ledgers.release("a")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE holders SET lease_until = clock_timestamp() - interval '1 second' WHERE holder_id = %s",
+                     (lapsed.holder_id,))
+    with pytest.raises(LeaseLost):  # how a writer learns it: its next fenced write
+        LedgerRecorder(lapsed, run, "correct", 1).begin("m", 1)
+    again = ledgers.take("a")
+    assert again is not lapsed and again.holder_id != lapsed.holder_id
+    recorder = ledgers.recorder("a", lambda ledger: LedgerRecorder(ledger, run, "correct", 1))
+    recorder.finish(recorder.begin("m", 1), "ok", None, 0.25, None, None, "gen-1")
+    assert query(pg_url, "SELECT status, holder_id FROM calls WHERE book = 'a'") == [("ok", again.holder_id)]
+    ledgers.release("a")
+    ledgers.release("a")
+    ledgers.close()
 
 
 def test_an_llm_actor_serving_a_library_keeps_its_bound_of_books_open(ray_cluster, sim, books_dir, tmp_path):
