@@ -10,16 +10,24 @@ a page is queued for each selected stage that does not have it done and whose in
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
 from infra.errors import RUN_EXIT, PageFailed, StopRun, exit_code
+from infra.logs import log_event
 from pipeline.registry import BOOK_PAGE, StageSpec
 from pipeline.stage import RunContext, Stage
 
+log = logging.getLogger("ar.runner")
+
 RESUME = "run the same command again to resume"
 _CLOSED = math.inf  # sorts after every page: a worker that sees it knows the queue is drained
+# How often a page another writer of the fleet holds is looked at again: done by it, or free
+# to take once its lease lapsed (a writer killed: AR_LEASE_S at most)
+HELD_RECHECK_S = float(os.environ.get("AR_HELD_RECHECK_S", "1"))
 
 
 @dataclass
@@ -31,7 +39,6 @@ class Outcome:
     failed: dict[str, int] = field(default_factory=dict)
     run_id: int | None = None  # the run's number in the ledger, once it is closed
     ends_run: bool = False  # stopped by what no other book escapes (the key, the library's cap)
-    held: dict[str, int] = field(default_factory=dict)  # pages another writer of the fleet held
 
     @property
     def idle(self) -> bool:
@@ -63,6 +70,7 @@ class Pipeline:
         self.on_progress = on_progress or (lambda stage: None)
         self.outcome = Outcome()
         self.in_work = 0  # pages queued or in flight in a page stage: a run of several books opens the next when low
+        self.held: dict[str, list[asyncio.Task]] = {s.name: [] for s in stages}  # _wait_for_held, per stage
         self._forget_stale_book_stages()
 
     def _spec(self, name: str) -> StageSpec:
@@ -122,11 +130,6 @@ class Pipeline:
             self.outcome.status = "failed"
             self.outcome.message = (f"pages failed ({summary}): `ar.py log {self.ctx.book.id}` says why; "
                                     "run again to retry them")
-        elif self.outcome.status == "done" and self.outcome.held:
-            summary = ", ".join(f"{n} in {s}" for s, n in self.outcome.held.items())
-            self.outcome.status = "failed"
-            self.outcome.message = (f"pages held by another writer ({summary}), alive or until its lease "
-                                    "lapses (AR_LEASE_S): run again to do what it leaves")
         return self.outcome
 
     def _stop(self, stop: StopRun) -> None:
@@ -146,6 +149,7 @@ class Pipeline:
             if stage.per_page:
                 await asyncio.gather(self._close_when_inputs_finish(stage),
                                      *(self._worker(stage) for _ in range(stage.concurrency)))
+                await asyncio.gather(*self.held[stage.name])  # only the workers start them: all started now
             else:
                 await self._run_book_stage(stage)
         except BaseException:  # a bug or a disk error: the other stages take no new page
@@ -167,6 +171,8 @@ class Pipeline:
             # (merge) puts together what there is
             await stage.run_partial({r: set(self.done[r]) for r in stage.spec.reads})
             return
+        if not self.ctx.ledger.claim_page(stage.name, BOOK_PAGE) and not await self._taken(stage, BOOK_PAGE):
+            return  # done by another writer, or this run stopped while it held the stage
         started = time.monotonic()
         try:
             await stage.run_book()
@@ -200,13 +206,55 @@ class Pipeline:
                 return
             finally:
                 self.in_work -= 1
-            self.on_progress(stage)
-            if ok is None:  # another writer of the fleet has it
-                self.outcome.held[stage.name] = self.outcome.held.get(stage.name, 0) + 1
+            if ok is None:  # another writer of the fleet has it: its outcome is waited for apart
+                self.held[stage.name].append(asyncio.create_task(self._wait_for_held(stage, page)))
                 continue
-            if not ok:
-                self.outcome.failed[stage.name] = self.outcome.failed.get(stage.name, 0) + 1
-                continue
-            self.outcome.pages_processed += 1
-            self.done[stage.name].add(page)
-            self._offer_downstream(stage.name, [page])
+            self._record(stage, page, ok)
+
+    def _record(self, stage: Stage, page: int, ok: bool) -> None:
+        self.on_progress(stage)
+        if not ok:
+            self.outcome.failed[stage.name] = self.outcome.failed.get(stage.name, 0) + 1
+            return
+        self.outcome.pages_processed += 1
+        self.done[stage.name].add(page)
+        self._offer_downstream(stage.name, [page])
+
+    async def _wait_for_held(self, stage: Stage, page: int) -> None:
+        """A page another writer of the fleet holds (two runs of one book at once, or a run
+        killed whose lease holds yet): done by that writer, it is done here too; taken once
+        that writer let it go (its run ended, or its lease lapsed), it is done here."""
+        if not await self._taken(stage, page):
+            return
+        try:
+            ok = await stage.run_page(page)
+        except StopRun as stop:
+            self._stop(stop)
+            return
+        if ok is None:  # taken again by a third writer first
+            await self._wait_for_held(stage, page)
+        else:
+            self._record(stage, page, ok)
+
+    async def _taken(self, stage: Stage, page: int) -> bool:
+        """Wait until another writer's page (`page` of `stage`) is done, then take it as done
+        (False), or until this writer can claim it (True); False too if the run stops first."""
+        log_event(log, f"page {page} of {stage.name} is held by another writer: waiting for it to finish "
+                  "it, or for its lease to lapse (AR_LEASE_S)", book=self.ctx.book.id, page=page)
+        ledger = self.ctx.ledger
+        while not self.ctx.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.ctx.stopping.wait(), HELD_RECHECK_S)
+            except asyncio.TimeoutError:
+                pass
+            if self.ctx.stopping.is_set():
+                break
+            if ledger.page_status(stage.name, page) == "done":
+                self.done[stage.name].add(page)
+                stage.stats["pages_done"] += 1
+                self.on_progress(stage)
+                self._offer_downstream(stage.name, self.pages if page == BOOK_PAGE else [page])
+                return False
+            if ledger.claim_page(stage.name, page):
+                return True
+        return False

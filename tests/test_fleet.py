@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -100,6 +101,26 @@ def test_a_writer_stopped_past_its_lease_marks_nothing_when_it_goes_on(sim, book
     assert set(done_pages(pg_url, "b").items()) == {(p, runs[next(p for p in runs if p != zombie.pid)])
                                                      for p in range(1, 5)}
     check_fleet(pg_url, server, {"b": 4})
+
+
+def test_two_runs_of_one_book_at_once_share_its_pages_and_both_finish(sim, books_dir, tmp_path, pg_url):
+    """A scheduler that starts a book's run again while the first still runs: each waits for the
+    pages the other holds (done there, or free once its lease lapses), and both end done."""
+    fleet_book(books_dir, tmp_path, pg_url, "b", 8)
+    server = sim("--api-key", KEY, "--latency-ms", "800")
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
+    runs = [start_ar("process", "b", "--workers", "2", "--json", books_dir=books_dir, env=env,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=240)
+        assert run.returncode == 0, err
+        assert json.loads(out)["outcome"]["status"] == "done"
+    by_run = Counter(done_pages(pg_url, "b").values())
+    assert sorted(done_pages(pg_url, "b")) == list(range(1, 9)) and len(by_run) == 2  # both did some
+    assert query(pg_url, "SELECT stage, attempts FROM pages WHERE book = 'b' AND page = 0 ORDER BY stage") == [
+        ("layout", 1), ("merge", 1)]  # each book stage once, by one of them
+    assert (books_dir / "b" / "book.md").read_text().strip()
+    check_fleet(pg_url, server, {"b": 8})
 
 
 def test_every_connection_killed_again_and_again_the_run_pauses_and_goes_on(sim, books_dir, tmp_path, pg_url,
