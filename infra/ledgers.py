@@ -84,6 +84,23 @@ def open_library(library, create: bool = False, read_only: bool = False):
     return PgLibrary.open(url, create=create, read_only=read_only)
 
 
+def ledger_stamp(book) -> tuple | None:
+    """What moves when anything a book's status shows changes, read without opening its
+    ledger: its checkpoint.db and write-ahead log (an empty one, as a reader leaves it, is none),
+    and its source folder, by time and size. None with the fleet's ledger (AR_LEDGER): nothing
+    to look at but the database."""
+    if ledger_url() is not None:
+        return None
+    stamp = []
+    for path in (book.ledger_path, book.ledger_path.with_name(book.ledger_path.name + "-wal"), book.source_dir):
+        try:
+            st = path.stat()
+            stamp.append((st.st_mtime_ns, st.st_size) if st.st_size or path.is_dir() else None)
+        except FileNotFoundError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
 def read_ledger(book, queries: Callable[[Ledger], T], absent: T) -> T:
     """What `queries(ledger)` returns from one consistent state of `book`'s ledger; `absent`
     when it has none yet (see Ledger.read)."""

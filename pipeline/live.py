@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infra.books import Library
-from infra.ledgers import ledger_errors
+from infra.ledgers import ledger_errors, ledger_stamp
 from infra.errors import ArError, UsageError
 from pipeline.monitor import book_snapshot, fleet_report, library_snapshot
 from pipeline.render import ReportConsole, pages, to_review, usd
@@ -186,7 +186,9 @@ def print_once(report: dict, detail_all: bool = False) -> None:
 
 class Watcher:
     """The books' latest snapshots, refreshed on demand. A book whose ledger cannot be read
-    this time keeps its last good snapshot, with the error (shown as stale)."""
+    this time keeps its last good snapshot, with the error (shown as stale). A book not running
+    whose files have not moved since (ledger_stamp) keeps its snapshot unread: a library's
+    view refreshed twice a second reads only the books that change."""
 
     def __init__(self, library: Library, book_ids: list[str], default_budget_usd: float | None):
         self.library = library
@@ -196,12 +198,18 @@ class Watcher:
         self.default_budget_usd = default_budget_usd
         self.last: dict[str, dict] = {}
         self.stale: dict[str, str] = {}
+        self.stamps: dict[str, tuple | None] = {}  # each book's ledger_stamp when last read
 
     def refresh(self) -> dict:
         books = self.named or self.library.books()
         for book in books:
+            stamp = ledger_stamp(book)
+            last = self.last.get(book.id)
+            if stamp is not None and stamp == self.stamps.get(book.id) and last["state"] != "running":
+                continue
             try:
                 self.last[book.id] = book_snapshot(book, self.default_budget_usd)
+                self.stamps[book.id] = stamp if ledger_stamp(book) == stamp else None  # moved meanwhile: read again
                 self.stale.pop(book.id, None)
             except UsageError:
                 raise  # a setting that can never work (AR_LEDGER): said once, not shown as stale

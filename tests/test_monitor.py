@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 import uuid
 from pathlib import Path
 
@@ -208,6 +209,38 @@ def test_a_ledger_that_appears_or_cannot_be_read_is_shown_as_it_was_last_read(bo
     assert "$0.2500" in stale and "stale, from" in stale and "cannot be read" in watcher.stale["late"]
     book.ledger_path.write_bytes(good)
     assert "stale" not in rendered(watcher.view())
+
+
+def test_the_library_view_reads_again_only_the_books_that_moved(books_dir, monkeypatch):
+    """Refreshed twice a second over a library of thousands of books, the view must not read
+    every ledger each time: a book not running whose files did not move keeps its figures."""
+    import pipeline.live
+
+    def spent(book_id: str, cost: float, end: bool = True) -> None:
+        ledger = Ledger.open_writer(Book(books_dir / book_id).ledger_path)
+        run = ledger.start_run(os.getpid(), f"ar.py process {book_id}")
+        call(ledger, run, "correct", 1, cost)
+        if end:
+            ledger.end_run(run, "done")
+        ledger.close()
+
+    for book_id in ("a", "b", "c"):
+        make_book(books_dir, book_id, 2)
+    spent("a", 0.25)
+    spent("b", 0.5)
+    spent("c", 0.125, end=False)  # its run goes on
+    reads = Counter()
+    real = pipeline.live.book_snapshot
+    monkeypatch.setattr(pipeline.live, "book_snapshot", lambda book, budget: reads.update([book.id]) or real(book, budget))
+    watcher = Watcher(Library(books_dir), [], None)
+    assert watcher.refresh()["total_cost_usd"] == pytest.approx(0.875) and reads == Counter("abc")
+    watcher.refresh()
+    assert reads == Counter({"a": 1, "b": 1, "c": 2})  # only the running one again
+    spent("b", 0.0625)
+    report = watcher.refresh()
+    assert reads == Counter({"a": 1, "b": 2, "c": 3})
+    assert {x["book"]: x["total_cost_usd"] for x in report["books"]} == pytest.approx(
+        {"a": 0.25, "b": 0.5625, "c": 0.125})
 
 
 def test_monitor_json_has_the_status_figures_and_the_library_form(books_dir):
