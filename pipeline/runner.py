@@ -171,10 +171,10 @@ class Pipeline:
             # (merge) puts together what there is
             await stage.run_partial({r: set(self.done[r]) for r in stage.spec.reads})
             return
-        if not self.ctx.ledger.claim_page(stage.name, BOOK_PAGE) and not await self._taken(stage, BOOK_PAGE):
-            return  # done by another writer, or this run stopped while it held the stage
-        started = time.monotonic()
         try:
+            if not self.ctx.ledger.claim_page(stage.name, BOOK_PAGE) and not await self._taken(stage, BOOK_PAGE):
+                return  # done by another writer, or this run stopped while it held the stage
+            started = time.monotonic()
             await stage.run_book()
         except StopRun as stop:
             self._stop(stop)
@@ -224,11 +224,11 @@ class Pipeline:
         """A page another writer of the fleet holds (two runs of one book at once, or a run
         killed whose lease holds yet): done by that writer, it is done here too; taken once
         that writer let it go (its run ended, or its lease lapsed), it is done here."""
-        if not await self._taken(stage, page):
-            return
         try:
+            if not await self._taken(stage, page):
+                return
             ok = await stage.run_page(page)
-        except StopRun as stop:
+        except StopRun as stop:  # this writer's own lease lapsed meanwhile
             self._stop(stop)
             return
         if ok is None:  # taken again by a third writer first
