@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ RESUME = "run the same command again to resume"
 _CLOSED = math.inf  # sorts after every page: a worker that sees it knows the queue is drained
 # How often a page another writer of the fleet holds is looked at again: done by it, or free
 # to take once its lease lapsed (a writer killed: AR_LEASE_S at most)
-HELD_RECHECK_S = float(os.environ.get("AR_HELD_RECHECK_S", "1"))
+HELD_RECHECK_S = 1.0
 
 
 @dataclass
