@@ -70,6 +70,7 @@ class Pipeline:
         self.outcome = Outcome()
         self.in_work = 0  # pages queued or in flight in a page stage: a run of several books opens the next when low
         self.held: dict[str, list[asyncio.Task]] = {s.name: [] for s in stages}  # _wait_for_held, per stage
+        self._held_said = False
         self._forget_stale_book_stages()
 
     def _spec(self, name: str) -> StageSpec:
@@ -238,8 +239,12 @@ class Pipeline:
     async def _taken(self, stage: Stage, page: int) -> bool:
         """Wait until another writer's page (`page` of `stage`) is done, then take it as done
         (False), or until this writer can claim it (True); False too if the run stops first."""
-        log_event(log, f"page {page} of {stage.name} is held by another writer: waiting for it to finish "
-                  "it, or for its lease to lapse (AR_LEASE_S)", book=self.ctx.book.id, page=page)
+        what = "the book stage" if page == BOOK_PAGE else f"page {page} of"
+        log_event(log, f"{self.ctx.book.id}: {what} {stage.name} is held by another writer: waiting for it to "
+                  "finish it, or for its lease to lapse (AR_LEASE_S)",
+                  logging.INFO if self._held_said else logging.WARNING,  # said once on the console
+                  book=self.ctx.book.id, page=page)
+        self._held_said = True
         ledger = self.ctx.ledger
         while not self.ctx.stopping.is_set():
             try:

@@ -111,10 +111,13 @@ def test_two_runs_of_one_book_at_once_share_its_pages_and_both_finish(sim, books
     env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
     runs = [start_ar("process", "b", "--workers", "2", "--json", books_dir=books_dir, env=env,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    said = []
     for run in runs:
         out, err = run.communicate(timeout=240)
         assert run.returncode == 0, err
         assert json.loads(out)["outcome"]["status"] == "done"
+        said += [line for line in err.splitlines() if "held by another writer: waiting" in line]
+    assert 1 <= len(said) <= 2  # the wait is said, once a run
     by_run = Counter(done_pages(pg_url, "b").values())
     assert sorted(done_pages(pg_url, "b")) == list(range(1, 9)) and len(by_run) == 2  # both did some
     assert query(pg_url, "SELECT stage, attempts FROM pages WHERE book = 'b' AND page = 0 ORDER BY stage") == [
