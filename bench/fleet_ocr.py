@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.ocr_throughput import CORES, ROOT, SAMPLE, bare, make_book, tesseract
 from infra.books import Book
-from pipeline.executor import IN_FLIGHT_PER_CPU, page_runner
+from pipeline.executor import OcrSlots, page_runner
 from pipeline.process import process_book
 from pipeline.registry import STAGES
 
@@ -52,7 +52,7 @@ async def _bare_page(image: str) -> None:
 def bare_on_ray(run, images: list[Path]) -> float:
     """Seconds for the bare command on every page, each a Ray task as ar runs a page's work
     (`run`: page_runner's, made once, as a run makes it once)."""
-    slots = asyncio.Semaphore(IN_FLIGHT_PER_CPU * CORES)
+    slots = OcrSlots(CORES)  # ar's own bound, as a run makes it
 
     async def one(image: Path) -> None:
         async with slots:

@@ -99,15 +99,18 @@ def _run_task(work: PageWork, *args):
     return asyncio.run(work(*args))
 
 
-IN_FLIGHT_PER_CPU = 2  # Ray tasks given per CPU: one runs, one waits at its node, so no node idles while the driver writes
-
-
 class OcrSlots:
     """The run's one bound on OCR pages in flight, whichever book they are of: here one per
-    core of this machine; with Ray IN_FLIGHT_PER_CPU per CPU of the cluster (what Ray
-    schedules, not this machine's cores), never all of a book at once. `--workers` bounds the
-    pages running at once in both. Counted when the first OCR stage asks: a run without OCR
-    never connects to Ray for it; a node that joins later is not counted."""
+    core of this machine; with Ray one per CPU of the cluster (what Ray schedules, not this
+    machine's cores), never all of a book at once. `--workers` bounds the pages running at
+    once in both. Counted when the first OCR stage asks: a run without OCR never connects to
+    Ray for it; a node that joins later is not counted.
+
+    Not more with Ray: a task beyond the free CPUs waits for a lease, and when the driver's
+    node has no CPU (a head started with --num-cpus=0) Ray bounces that request between the
+    head's raylet, the driver and a busy node, which rejects it, many times a second: two
+    tasks per CPU cost 0.05 core-second more a page on the bench's cluster (a raylet answered
+    1,519 lease requests for 22 pages instead of 10), on the cores the pages share."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -121,11 +124,10 @@ class OcrSlots:
     def _semaphore(self) -> asyncio.Semaphore:
         if self._slots is None:
             if executor_name() == "local":
-                size = min(self.workers, os.cpu_count() or 1)
+                cpus = os.cpu_count() or 1
             else:
                 cpus = int(connect_ray().cluster_resources().get("CPU", 0))
-                size = min(self.workers, max(1, cpus)) * IN_FLIGHT_PER_CPU
-            self._size = max(1, size)
+            self._size = max(1, min(self.workers, cpus))
             self._slots = asyncio.Semaphore(self._size)
         return self._slots
 
