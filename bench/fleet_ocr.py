@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.ocr_throughput import CORES, ROOT, SAMPLE, bare, make_book, tesseract
 from infra.books import Book
-from pipeline.executor import OcrSlots, page_runner
+from pipeline.executor import RAY_SYSTEM_CONFIG, OcrSlots, page_runner
 from pipeline.process import process_book
 from pipeline.registry import STAGES
 
@@ -73,7 +73,9 @@ def main() -> None:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    # the head set up as the README tells a cluster's operator (its nodes take it from the head)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
+                                                            "_system_config": RAY_SYSTEM_CONFIG})
     for _ in range(CORES):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()

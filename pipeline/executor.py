@@ -140,6 +140,13 @@ class OcrSlots:
 
 _own_ray = None  # the Reaper of a local Ray that connect_ray started, for this process's run
 
+# Ray's settings for a Ray that ar starts, and for a cluster's head (`ray start --head
+# --system-config`, README): its own observability, which nothing of ar reads, off. Each
+# event of a raylet's loop timed (event_stats) and metrics gathered for a dashboard cost 0.005
+# core-second a page on the bench's cluster, on the cores the pages share (BENCHMARKS.md).
+# Nothing here touches how Ray finds a dead node or a dead worker.
+RAY_SYSTEM_CONFIG = {"event_stats": False, "enable_metrics_collection": False}
+
 
 def connect_ray():
     """Ray, connected once per process: to RAY_ADDRESS's cluster (its auth settings are the
@@ -147,7 +154,7 @@ def connect_ray():
     here: listening on 127.0.0.1 only (Ray rewrites 127.0.0.1 to the host's address unless
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), token auth with a token made for this run and kept
     in its processes' environment (nothing written under $HOME, no other user of this machine
-    can reach it), no dashboard; stop_own_ray ends it, and a reaper (pipeline/ray_reaper.py)
+    can reach it), no dashboard, RAY_SYSTEM_CONFIG; stop_own_ray ends it, and a reaper (pipeline/ray_reaper.py)
     if this process dies first. The workers import this checkout of ar (PYTHONPATH); nothing
     secret goes in the runtime_env, which Ray stores and shows."""
     global _own_ray
@@ -168,7 +175,8 @@ def connect_ray():
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _temp_dir=_own_ray.folder if address is None else None,  # its reaper's to remove
                  # a local Ray's workers have it from the environment: the ones Ray starts ahead serve at once
-                 runtime_env={"env_vars": code} if address else None)
+                 runtime_env={"env_vars": code} if address else None,
+                 _system_config=RAY_SYSTEM_CONFIG if address is None else None)
     except Exception as e:  # Ray's own errors have no common base; say it in one line
         stop_own_ray()  # what it started of a Ray of our own
         where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"
