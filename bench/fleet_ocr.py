@@ -1,7 +1,8 @@
 """OCR pages per second through Ray against bare tesseract on the same cores.
 
-A local Ray cluster (ray.cluster_utils.Cluster: a head with no CPU, and one worker node of
-one core per core of this machine, on 127.0.0.1) runs ar's OCR stage (process_book with
+A local Ray cluster (ray.cluster_utils.Cluster: a head with no CPU and the system config the
+README gives a cluster's operator, and one worker node of one core per core of this machine,
+on 127.0.0.1) runs ar's OCR stage (process_book with
 AR_EXECUTOR=ray: each page a Ray task of one core). The nodes share this machine's cores, so
 this measures what Ray costs (task submission, scheduling, object transfer, the worker's
 Python), not a speed-up. The reference: the bare `tesseract IMG stdout -l eng tsv`, one
@@ -16,6 +17,11 @@ The sample book's pages (tools.make_sample), repeated to about 20 pages. ar conn
 cluster and warms its workers once before anything is timed (a run of 2 pages): a fleet's
 run lasts hours, its start-up is not its throughput. Each configuration runs RUNS times,
 alternating; the best run counts. Goal: the bare command as Ray tasks >= 0.9 of it here.
+
+The same cost in CPU time, which the machine's other load moves much less than the rates:
+what Ray's processes and the driver spent a page while the bare command ran as Ray tasks,
+against what the bare command spent a page; the pages' share of the cores is the second's
+part of the sum (what the rates' ratio reads on a machine with nothing else to do).
 """
 from __future__ import annotations
 
@@ -66,6 +72,43 @@ def bare_on_ray(run, images: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(Ray's, tesseract's) CPU seconds so far, from /proc. Ray's: the own time of this
+    process (the driver) and of every process it started and they started (the cluster's
+    raylets, GCS, agents, log monitors and workers). Tesseract's: what those processes count
+    as their ended children's (a tesseract is waited for by the worker, or this process, that
+    ran it)."""
+    stats = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                name, fields = f.read().rsplit(")", 1)
+        except (OSError, ValueError):  # not a process, or it ended meanwhile
+            continue
+        fields = fields.split()
+        stats[int(entry)] = (name.rsplit("(", 1)[-1], int(fields[1]), [int(x) for x in fields[11:15]])
+    ours, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (_, parent, _) in stats.items() if parent in ours} - ours
+        ours |= more
+        grew = bool(more)
+    ray = sum(sum(stats[pid][2][:2]) for pid in ours if stats[pid][0] != "tesseract")
+    ended = sum(sum(stats[pid][2][2:]) for pid in ours)
+    return ray / TICK, ended / TICK
+
+
+def measured(run, n: int, cpu: dict, name: str) -> float:
+    """Pages a second of `run()` (its seconds), noting Ray's and tesseract's CPU a page in `cpu`."""
+    ray0, tess0 = cpu_seconds()
+    seconds = run()
+    ray1, tess1 = cpu_seconds()
+    cpu.setdefault(name, []).append(((ray1 - ray0) / n, (tess1 - tess0) / n))
+    return n / seconds
+
+
 def main() -> None:
     if not SAMPLE.is_dir() or not list(SAMPLE.glob("page_*.png")):
         subprocess.run([sys.executable, "-m", "tools.make_sample"], cwd=ROOT, check=True)
@@ -92,10 +135,13 @@ def main() -> None:
             bare_task = page_runner(_bare_page)
             bare_on_ray(bare_task, images[:2])  # its function sent to the workers, untimed
             rates: dict[str, list[float]] = {}
+            cpu: dict[str, list[tuple[float, float]]] = {}
             for i in range(RUNS):
-                rates.setdefault("bare tesseract", []).append(n / bare(images, CORES, True))
+                rates.setdefault("bare tesseract", []).append(
+                    measured(lambda: bare(images, CORES, True), n, cpu, "here"))
                 os.environ["AR_EXECUTOR"] = "ray"
-                rates.setdefault("bare, as Ray tasks", []).append(n / bare_on_ray(bare_task, images))
+                rates.setdefault("bare, as Ray tasks", []).append(
+                    measured(lambda: bare_on_ray(bare_task, images), n, cpu, "ray"))
                 rates.setdefault("ar, OCR as Ray tasks", []).append(n / ar_ocr(make_book(books, f"ray{i}", pages)))
                 os.environ["AR_EXECUTOR"] = "local"
                 rates.setdefault("ar, OCR here", []).append(n / ar_ocr(make_book(books, f"here{i}", pages)))
@@ -104,6 +150,13 @@ def main() -> None:
                 print(f"  {name:<22} {best[name]:6.2f} pages/s  (runs: {' '.join(f'{x:.2f}' for x in r)}; {n} pages)")
             print(f"Ray's own cost: bare as Ray tasks / bare here: "
                   f"{best['bare, as Ray tasks'] / best['bare tesseract']:.2f} (goal >= 0.9)")
+            ray_cpu = [r for r, _ in cpu["ray"]]
+            tess = min(t for _, t in cpu["here"])
+            print(f"Ray's own CPU, the bare command as Ray tasks: {min(ray_cpu):.3f} core-s a page (runs: "
+                  f"{' '.join(f'{r:.3f}' for r in ray_cpu)}; its raylets, GCS, agents, workers and this driver; "
+                  f"{max(r for r, _ in cpu['here']):.3f} at most while the bare command ran here); "
+                  f"the bare command's: {tess:.3f} ({min(t for _, t in cpu['ray']):.3f} as Ray tasks). The pages' share of the cores: "
+                  f"{tess / (tess + min(ray_cpu)):.2f}")
             print(f"ar's OCR as Ray tasks / bare tesseract: {best['ar, OCR as Ray tasks'] / best['bare tesseract']:.2f}; "
                   f"/ ar here: {best['ar, OCR as Ray tasks'] / best['ar, OCR here']:.2f}")
     finally:
