@@ -21,7 +21,8 @@ alternating; the best run counts. Goal: the bare command as Ray tasks >= 0.9 of 
 The same cost in CPU time, which the machine's other load moves much less than the rates:
 what Ray's processes and the driver spent a page while the bare command ran as Ray tasks,
 against what the bare command spent a page; the pages' share of the cores is the second's
-part of the sum (what the rates' ratio reads on a machine with nothing else to do).
+part of the sum (what the rates' ratio reads on a machine with nothing else to do). Then the
+same two on a Ray that ar starts itself (no RAY_ADDRESS: one node, this machine's cores).
 """
 from __future__ import annotations
 
@@ -109,9 +110,43 @@ def measured(run, n: int, cpu: dict, name: str) -> float:
     return n / seconds
 
 
+def print_cpu(cpu: dict[str, list[tuple[float, float]]]) -> None:
+    ray_cpu = [r for r, _ in cpu["ray"]]
+    tess = min(t for _, t in cpu["here"])
+    print(f"Ray's own CPU, the bare command as Ray tasks: {min(ray_cpu):.3f} core-s a page (runs: "
+          f"{' '.join(f'{r:.3f}' for r in ray_cpu)}; its raylets, GCS, agents, workers and this driver; "
+          f"{max(r for r, _ in cpu['here']):.3f} at most while the bare command ran here); the bare command's: "
+          f"{tess:.3f} ({min(t for _, t in cpu['ray']):.3f} as Ray tasks). The pages' share of the cores: "
+          f"{tess / (tess + min(ray_cpu)):.2f}")
+
+
+def on_ars_own_ray(images: list[Path]) -> None:
+    """Ray's own cost on a Ray that ar starts itself (no RAY_ADDRESS): one node with this
+    machine's cores, its settings ar's (pipeline/executor.py's connect_ray)."""
+    from pipeline.executor import stop_own_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["AR_EXECUTOR"] = "ray"
+    print(f"A Ray that ar starts itself, one node of {CORES} CPUs")
+    task = page_runner(_bare_page)
+    bare_on_ray(task, images[:2])  # started and warmed, untimed
+    n, here, ray, cpu = len(images), [], [], {}
+    try:
+        for _ in range(RUNS):
+            here.append(measured(lambda: bare(images, CORES, True), n, cpu, "here"))
+            ray.append(measured(lambda: bare_on_ray(task, images), n, cpu, "ray"))
+    finally:
+        stop_own_ray()
+    print(f"On a Ray that ar starts itself: bare as Ray tasks / bare here: {max(ray) / max(here):.2f} "
+          f"({max(ray):.2f} vs {max(here):.2f} pages/s; runs: {' '.join(f'{x:.2f}' for x in ray)} vs "
+          f"{' '.join(f'{x:.2f}' for x in here)}; goal >= 0.9)")
+    print_cpu(cpu)
+
+
 def main() -> None:
     if not SAMPLE.is_dir() or not list(SAMPLE.glob("page_*.png")):
         subprocess.run([sys.executable, "-m", "tools.make_sample"], cwd=ROOT, check=True)
+    environ = dict(os.environ)  # as it was given, for the run on a Ray of ar's own
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "disabled"
     from ray.cluster_utils import Cluster
@@ -150,13 +185,7 @@ def main() -> None:
                 print(f"  {name:<22} {best[name]:6.2f} pages/s  (runs: {' '.join(f'{x:.2f}' for x in r)}; {n} pages)")
             print(f"Ray's own cost: bare as Ray tasks / bare here: "
                   f"{best['bare, as Ray tasks'] / best['bare tesseract']:.2f} (goal >= 0.9)")
-            ray_cpu = [r for r, _ in cpu["ray"]]
-            tess = min(t for _, t in cpu["here"])
-            print(f"Ray's own CPU, the bare command as Ray tasks: {min(ray_cpu):.3f} core-s a page (runs: "
-                  f"{' '.join(f'{r:.3f}' for r in ray_cpu)}; its raylets, GCS, agents, workers and this driver; "
-                  f"{max(r for r, _ in cpu['here']):.3f} at most while the bare command ran here); "
-                  f"the bare command's: {tess:.3f} ({min(t for _, t in cpu['ray']):.3f} as Ray tasks). The pages' share of the cores: "
-                  f"{tess / (tess + min(ray_cpu)):.2f}")
+            print_cpu(cpu)
             print(f"ar's OCR as Ray tasks / bare tesseract: {best['ar, OCR as Ray tasks'] / best['bare tesseract']:.2f}; "
                   f"/ ar here: {best['ar, OCR as Ray tasks'] / best['ar, OCR here']:.2f}")
     finally:
@@ -164,8 +193,14 @@ def main() -> None:
 
         ray.shutdown()
         cluster.shutdown()
+    # in a process of its own: Ray takes its auth settings when it is imported, as ar's process does
+    subprocess.run([sys.executable, "-m", "bench.fleet_ocr", "--own-ray"], cwd=ROOT, env=environ, check=True)
     print("load average after: %.2f" % os.getloadavg()[0])
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--own-ray"]:
+        with tempfile.TemporaryDirectory(prefix="bench-fleet-ocr-") as d:
+            on_ars_own_ray(make_book(Path(d), "bare", sorted(SAMPLE.glob("page_*.png"))).source_pages())
+    else:
+        main()
