@@ -99,15 +99,18 @@ def _run_task(work: PageWork, *args):
     return asyncio.run(work(*args))
 
 
-IN_FLIGHT_PER_CPU = 2  # Ray tasks given per CPU: one runs, one waits at its node, so no node idles while the driver writes
-
-
 class OcrSlots:
     """The run's one bound on OCR pages in flight, whichever book they are of: here one per
-    core of this machine; with Ray IN_FLIGHT_PER_CPU per CPU of the cluster (what Ray
-    schedules, not this machine's cores), never all of a book at once. `--workers` bounds the
-    pages running at once in both. Counted when the first OCR stage asks: a run without OCR
-    never connects to Ray for it; a node that joins later is not counted."""
+    core of this machine; with Ray one per CPU of the cluster (what Ray schedules, not this
+    machine's cores), never all of a book at once. `--workers` bounds the pages running at
+    once in both. Counted when the first OCR stage asks: a run without OCR never connects to
+    Ray for it; a node that joins later is not counted.
+
+    Not more with Ray: a task beyond the free CPUs waits for a lease, and when the driver's
+    node has no CPU (a head started with --num-cpus=0) Ray bounces that request between the
+    head's raylet, the driver and a busy node, which rejects it, many times a second: two
+    tasks per CPU cost 0.05 core-second more a page on the bench's cluster (a raylet answered
+    1,519 lease requests for 22 pages instead of 10), on the cores the pages share."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -121,11 +124,10 @@ class OcrSlots:
     def _semaphore(self) -> asyncio.Semaphore:
         if self._slots is None:
             if executor_name() == "local":
-                size = min(self.workers, os.cpu_count() or 1)
+                cpus = os.cpu_count() or 1
             else:
                 cpus = int(connect_ray().cluster_resources().get("CPU", 0))
-                size = min(self.workers, max(1, cpus)) * IN_FLIGHT_PER_CPU
-            self._size = max(1, size)
+            self._size = max(1, min(self.workers, cpus))
             self._slots = asyncio.Semaphore(self._size)
         return self._slots
 
@@ -138,6 +140,13 @@ class OcrSlots:
 
 _own_ray = None  # the Reaper of a local Ray that connect_ray started, for this process's run
 
+# Ray's settings for a Ray that ar starts, and for a cluster's head (`ray start --head
+# --system-config`, README): its own observability, which nothing of ar reads, off. Each
+# event of a raylet's loop timed (event_stats) and metrics gathered for a dashboard cost 0.005
+# core-second a page on the bench's cluster, on the cores the pages share (BENCHMARKS.md).
+# Nothing here touches how Ray finds a dead node or a dead worker.
+RAY_SYSTEM_CONFIG = {"event_stats": False, "enable_metrics_collection": False}
+
 
 def connect_ray():
     """Ray, connected once per process: to RAY_ADDRESS's cluster (its auth settings are the
@@ -145,7 +154,7 @@ def connect_ray():
     here: listening on 127.0.0.1 only (Ray rewrites 127.0.0.1 to the host's address unless
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), token auth with a token made for this run and kept
     in its processes' environment (nothing written under $HOME, no other user of this machine
-    can reach it), no dashboard; stop_own_ray ends it, and a reaper (pipeline/ray_reaper.py)
+    can reach it), no dashboard, RAY_SYSTEM_CONFIG; stop_own_ray ends it, and a reaper (pipeline/ray_reaper.py)
     if this process dies first. The workers import this checkout of ar (PYTHONPATH); nothing
     secret goes in the runtime_env, which Ray stores and shows."""
     global _own_ray
@@ -166,7 +175,8 @@ def connect_ray():
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _temp_dir=_own_ray.folder if address is None else None,  # its reaper's to remove
                  # a local Ray's workers have it from the environment: the ones Ray starts ahead serve at once
-                 runtime_env={"env_vars": code} if address else None)
+                 runtime_env={"env_vars": code} if address else None,
+                 _system_config=RAY_SYSTEM_CONFIG if address is None else None)
     except Exception as e:  # Ray's own errors have no common base; say it in one line
         stop_own_ray()  # what it started of a Ray of our own
         where = f"reach the Ray cluster at RAY_ADDRESS={address}" if address else "start Ray on this machine"

@@ -182,8 +182,12 @@ def ray_cluster(tmp_path_factory, pg_server):
                 "AR_ACTOR_IDLE_S": "20", "AR_ACTOR_BOOKS": "2"}  # the books' ledgers an LLM actor keeps open
     # a node killed is known dead in about 3 s (not Ray's 15 s): the tasks it ran are retried that much sooner
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    # and the head's settings the README gives a cluster's operator: the scenarios run under them
+    from pipeline.executor import RAY_SYSTEM_CONFIG
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
-                                                            "env_vars": node_env, "_system_config": health})
+                                                            "env_vars": node_env,
+                                                            "_system_config": {**health, **RAY_SYSTEM_CONFIG}})
     for _ in range(2):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars=node_env)
     cluster.wait_for_nodes()

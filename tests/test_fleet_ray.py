@@ -17,7 +17,7 @@ import pytest
 
 from infra.errors import LeaseLost
 from infra.pg_ledger import PgLedger, PgLibrary
-from pipeline.executor import BookLedgers
+from pipeline.executor import BookLedgers, OcrSlots, connect_ray
 from pipeline.llm_stage import LedgerRecorder
 from tests.conftest import RAY_NODE_KEY, llm_env, noting_tesseract, one_error_line, run_ar, start_ar, text_pages
 from tests.test_fleet import check_fleet, done_pages, fleet_book, pending, query, wait_for
@@ -45,6 +45,23 @@ def test_ocr_pages_run_as_ray_tasks_and_read_as_they_do_here(ray_cluster, books_
     status = json.loads(run_ar("status", "b", "--json", books_dir=books_dir, env=fleet).stdout)
     assert status["stages"]["ocr"]["done"] == 6
     assert not (books_dir / "b" / "checkpoint.db").exists()
+
+
+def test_ocr_gives_ray_no_more_tasks_than_the_cluster_has_cpus(ray_cluster, monkeypatch):
+    """A task beyond the free CPUs waits for a lease, which Ray bounces between the head's
+    raylet (no CPU here, as on many clusters), the driver and a busy node many times a second:
+    the run's bound on OCR pages in flight is the cluster's CPUs, whatever --workers allows."""
+    import ray
+
+    monkeypatch.setenv("AR_EXECUTOR", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    try:
+        cpus = int(connect_ray().cluster_resources()["CPU"])
+        assert cpus >= 2
+        assert OcrSlots(32).size == cpus
+        assert OcrSlots(1).size == 1
+    finally:
+        ray.shutdown()
 
 
 def test_the_driver_killed_its_actors_finish_and_record_their_calls_and_a_new_driver_resumes(
