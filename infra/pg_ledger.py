@@ -584,11 +584,14 @@ class PgLedger(_Connected):
                 reserve = _usd(reserve_usd)
                 for scope, limit, spent, reserved in budgets:
                     if limit is not None and spent + reserved + reserve > limit:
-                        if reserved > 0:
+                        stale = self._stale_reservations(conn, scope) if reserved > 0 else 0
+                        if spent + stale + reserve <= limit:  # room, once calls in flight settle
                             raise NotYet(ADMIT_POLL_S)
+                        stopped = (f"; ${float(stale):.4f} of it held by calls of writers that stopped, "
+                                   "settled by the next run of their books") if stale else ""
                         raise (LibraryBudgetReached if scope == LIBRARY else BudgetReached)(reached(
                             f"{'library budget' if scope == LIBRARY else 'budget'} reached ({scope})", float(spent),
-                            float(limit), float(reserve), float(limit - spent)))
+                            float(limit), float(reserve), float(limit - spent)) + stopped)
                 slot = self._take_slot(conn)
                 call_id = conn.execute(
                     f"INSERT INTO calls (book, run_id, holder_id, request_key, stage, page, model, attempt,"
@@ -602,6 +605,17 @@ class PgLedger(_Connected):
                 self._slots[call_id] = slot
             return call_id
         return self._retrying(work)
+
+    @staticmethod
+    def _stale_reservations(conn, scope: str) -> Decimal:
+        """What the pending calls of writers whose lease lapsed hold of `scope`'s room: no call
+        in flight will free it (a sweeper settles them, at the next run of their book), so a
+        call waiting for it would wait for ever."""
+        book = None if scope == LIBRARY else scope.removeprefix("book:")
+        return conn.execute(
+            "SELECT COALESCE(SUM(c.reserved_usd), 0) FROM calls c WHERE c.status = 'pending'"
+            " AND (%s::text IS NULL OR c.book = %s) AND NOT EXISTS (SELECT 1 FROM holders h"
+            "  WHERE h.holder_id = c.holder_id AND h.lease_until > clock_timestamp())", (book, book)).fetchone()[0]
 
     def _take_slot(self, conn) -> tuple[float, float]:
         """The call's slot in the fleet's rate limit: the next free one (GCRA: slots 1/rate

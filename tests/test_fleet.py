@@ -20,7 +20,7 @@ import pytest
 
 from infra.checkpoint import CALL_COST
 from infra.books import Book
-from infra.pg_ledger import RATE_BURST, PgLedger, import_book
+from infra.pg_ledger import RATE_BURST, PgLedger, PgLibrary, import_book
 from tests.conftest import llm_env, run_ar, start_ar, text_pages
 
 pytestmark = pytest.mark.fleet
@@ -101,6 +101,30 @@ def test_a_writer_stopped_past_its_lease_marks_nothing_when_it_goes_on(sim, book
     assert set(done_pages(pg_url, "b").items()) == {(p, runs[next(p for p in runs if p != zombie.pid)])
                                                      for p in range(1, 5)}
     check_fleet(pg_url, server, {"b": 4})
+
+
+def test_a_call_is_refused_not_kept_waiting_for_room_that_a_dead_writers_calls_hold(pg_url):
+    """A writer killed with calls in flight leaves their reservations until a run of its book
+    settles them: a call that fits only once they are freed would wait for ever (two runs did,
+    past SIGTERM). It waits for the room live writers' calls hold, and is refused beyond."""
+    from infra.errors import LibraryBudgetReached
+    from infra.budget import NotYet
+
+    library = PgLibrary.open(pg_url, create=True)
+    library.set_limit(1.0)
+    library.close()
+    dead, live = PgLedger.open_writer(pg_url, "a"), PgLedger.open_writer(pg_url, "b")
+    dead.begin_call(dead.start_run(1, "t"), "correct", 1, "m", 1, reserve_usd=0.6)
+    run = live.start_run(2, "t")
+    with pytest.raises(NotYet):  # a's call is in flight: its room may come back
+        live.begin_call(run, "correct", 1, "m", 1, reserve_usd=0.5)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a killed: its lease lapses
+        conn.execute("UPDATE holders SET lease_until = clock_timestamp() WHERE holder_id = %s", (dead.holder_id,))
+    with pytest.raises(LibraryBudgetReached, match=r"\$0.6000 of it held by calls of writers that stopped"):
+        live.begin_call(run, "correct", 1, "m", 1, reserve_usd=0.5)
+    assert live.begin_call(run, "correct", 1, "m", 1, reserve_usd=0.3)  # fits beside them
+    live.close()
+    dead.close()
 
 
 def test_two_runs_of_one_book_at_once_share_its_pages_and_both_finish(sim, books_dir, tmp_path, pg_url):
