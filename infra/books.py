@@ -76,6 +76,12 @@ class Book:
         return self.root / "checkpoint.db.imported"
 
     @property
+    def fleet_ledger_mark(self) -> Path:
+        """Written beside the book when a run keeps its ledger in PostgreSQL (AR_LEDGER): a
+        command without AR_LEDGER must not take the book for new, and pay for it again."""
+        return self.root / "ledger.postgresql"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / "writer.lock"
 

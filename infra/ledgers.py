@@ -13,6 +13,7 @@ from typing import TypeVar
 from infra.checkpoint import Ledger
 from infra.errors import LedgerError, UsageError
 from infra.lock import WriterLock
+from infra.storage import atomic_write_bytes
 
 T = TypeVar("T")
 
@@ -37,9 +38,9 @@ def check_ledger_place(book) -> None:
     or one beside the book's ledger in the database (which of the two is right is not ar's guess)."""
     url = ledger_url()
     if url is None:
-        if book.imported_ledger_path.exists() and not book.ledger_path.exists():
-            raise UsageError(f"book {book.id}'s ledger was moved to PostgreSQL ({book.imported_ledger_path.name}): "
-                             "set AR_LEDGER or --ledger")
+        moved = next((p for p in (book.imported_ledger_path, book.fleet_ledger_mark) if p.exists()), None)
+        if moved is not None and not book.ledger_path.exists():
+            raise UsageError(f"book {book.id}'s ledger is in PostgreSQL ({moved.name}): set AR_LEDGER or --ledger")
         return
     if not book.ledger_path.exists():
         return
@@ -59,9 +60,12 @@ def open_ledger(book) -> Ledger:
     url = ledger_url()
     if url is None:
         return Ledger.open_writer(book.ledger_path)
-    from infra.pg_ledger import PgLedger  # psycopg: only for a fleet
+    from infra.pg_ledger import PgLedger, describe  # psycopg: only for a fleet
 
-    return PgLedger.open_writer(url, book.id)
+    ledger = PgLedger.open_writer(url, book.id)
+    if not book.fleet_ledger_mark.exists():
+        atomic_write_bytes(book.fleet_ledger_mark, f"{describe(url)}\n".encode())
+    return ledger
 
 
 def writer_lock(book):

@@ -98,13 +98,29 @@ def test_without_ar_ledger_an_imported_book_is_refused_not_paid_again(books_dir,
     for command in (("status", "b"), ("cost", "b"), ("status",), ("process", "b"), ("estimate", "b")):
         r = run_ar(*command, books_dir=books_dir)
         assert r.returncode == 2, (command, r.stdout, r.stderr)
-        line = one_error_line(r, "book b's ledger was moved to PostgreSQL (checkpoint.db.imported)")
+        line = one_error_line(r, "book b's ledger is in PostgreSQL (checkpoint.db.imported)")
         assert line.endswith("set AR_LEDGER or --ledger")
     with pytest.raises(UsageError):  # the run itself: no call, no new checkpoint.db
         process_book(book, list(ECHO_STAGES), workers=2, registry=ECHO_STAGES)
     assert not book.ledger_path.exists()
     cost = json.loads(run_ar("cost", "b", "--json", "--ledger", pg_url, books_dir=books_dir).stdout)
     assert len(cost["runs"]) == 1 and cost["total_cost_usd"] == pytest.approx(sum(map(page_cost, (1, 2, 3))))
+
+
+def test_without_ar_ledger_a_book_begun_in_postgresql_is_refused_not_paid_again(books_dir, pg_url, monkeypatch):
+    """Never on SQLite, never imported: its ledger was made in PostgreSQL. A shell without
+    AR_LEDGER must not take it for a new book (a new user's trial paid 13 books twice so)."""
+    monkeypatch.delenv("AR_LEDGER", raising=False)
+    assert run_ar("add", str(ROOT / "tests" / "data" / "real-scans" / "c02-22.pdf"), "--id", "b",
+                  books_dir=books_dir).returncode == 0
+    assert run_ar("process", "b", "--stages", "ocr", "--ledger", pg_url, books_dir=books_dir).returncode == 0
+    for command in (("status", "b"), ("process", "b", "--stages", "ocr"), ("cost", "b")):
+        r = run_ar(*command, books_dir=books_dir)
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        one_error_line(r, "book b's ledger is in PostgreSQL (ledger.postgresql): set AR_LEDGER or --ledger")
+    assert not (books_dir / "b" / "checkpoint.db").exists()
+    status = json.loads(run_ar("status", "b", "--json", "--ledger", pg_url, books_dir=books_dir).stdout)
+    assert status["stages"]["ocr"]["done"] == 1
 
 
 def test_ledger_import_moves_a_library_in_with_its_cap(books_dir, pg_url, monkeypatch):
