@@ -24,8 +24,8 @@ from infra.pricing import same_cost
 def reconcile(book: Book, settings: Settings) -> dict:
     """Every recorded generation whose cost the provider states otherwise, or does not know;
     and the unattributed spend (None: no run of the book noted the key's counter at both ends)."""
-    calls, runs = read_ledger(book, lambda ledger: (ledger.calls_with_generation(), ledger.runs()),
-                              ([], []))
+    calls, runs, pending = read_ledger(
+        book, lambda ledger: (ledger.calls_with_generation(), ledger.runs(), ledger.pending_calls()), ([], [], []))
     billed = asyncio.run(_provider_costs(settings, [c["generation_id"] for c in calls]))
     differences, unknown = [], []
     for call, provider in zip(calls, billed):
@@ -39,6 +39,9 @@ def reconcile(book: Book, settings: Settings) -> dict:
             "ledger_usd": sum(c["cost_usd"] for c in calls),
             "provider_usd": sum(b for b in billed if b is not None),
             "differences": differences, "unknown": unknown,
+            # calls a run left pending (it died mid-call): billed or not, their cost is the next run's to settle
+            "pending": [{"call_id": c.call_id, "generation_id": c.generation_id, "model": c.model, "page": c.page}
+                        for c in pending],
             "unattributed_usd": unattributed, "runs_measured": measured}
 
 
@@ -65,9 +68,10 @@ def unattributed_spend(runs: list[dict]) -> tuple[float | None, int]:
 
 
 def reconciled(report: dict) -> bool:
-    """Every generation matches, and the key moved by what the ledger holds (or is unknown)."""
+    """Every generation matches, none is left pending, and the key moved by what the ledger
+    holds (or is unknown)."""
     unattributed = report["unattributed_usd"]
-    return (not report["differences"] and not report["unknown"]
+    return (not report["differences"] and not report["unknown"] and not report["pending"]
             and (unattributed is None or same_cost(unattributed, 0.0)))
 
 

@@ -344,8 +344,13 @@ def reconciliation(r: dict) -> None:
                   "keeps none, or the book ran with others on the key)" if unattributed is None else
                   f"unattributed: ${unattributed:+.9f} (the key's usage over {r['runs_measured']} run(s), "
                   "less what their calls cost)")
+    if r["pending"]:
+        console.print(f"{len(r['pending'])} call(s) left pending by a run that died mid-call (pages "
+                      f"{page_list([c['page'] for c in r['pending'] if c['page']])}): billed or not, their cost is "
+                      f"not in the ledger until the next `ar.py process {r['book']}` settles them")
     if not r["differences"] and not r["unknown"]:
-        console.print("every recorded cost equals the provider's")
+        console.print("every settled cost equals the provider's" if r["pending"] else
+                      "every recorded cost equals the provider's")
         return
     t = Table("call", "generation", "model", "ledger", "provider", "difference", title_justify="left")
     for d in r["differences"]:

@@ -157,6 +157,16 @@ def test_reconcile_finds_a_difference_planted_in_the_ledger(sim, books_dir, tmp_
     assert [d["call_id"] for d in differences] == [call_id]
     assert differences[0]["difference_usd"] == pytest.approx(-0.001, abs=1e-12)
 
+    led = Ledger.open_writer(book / "checkpoint.db")  # the difference undone; a call left pending, as a kill leaves it
+    led._db.execute("UPDATE calls SET provider_cost_usd = provider_cost_usd - 0.001 WHERE call_id = ?", (call_id,))
+    pending = led.begin_call(led.start_run(1, "killed"), "correct", 3, "m/a", 1)
+    led.close()
+    found = run_ar("cost", "book", "--reconcile", books_dir=books_dir, env=env)
+    assert found.returncode == 1  # not "every recorded cost equals the provider's": that call's is not known
+    assert "1 call(s) left pending by a run that died mid-call (pages 3)" in found.stdout
+    report = json.loads(run_ar("cost", "book", "--reconcile", "--json", books_dir=books_dir, env=env).stdout)
+    assert report["differences"] == [] and [c["call_id"] for c in report["pending"]] == [pending]
+
 
 def test_the_cost_report_adds_up_failed_attempts_included(sim, books_dir, tmp_path, ocr_book):
     server = sim("--api-key", KEY, "--seed", "4", "--retry-after", "0", "--fail-500", "0.2",
