@@ -513,8 +513,17 @@ def cmd_status(args, settings: Settings, library: Library) -> int:
     if args.book:
         _emit(args, status_report(library.existing(args.book)), render.status)
     else:
-        _emit(args, library_report(library), render.library)
+        return _emit_library(args, library_report(library))
     return 0
+
+
+def _emit_library(args, report: dict) -> int:
+    """The library's table (or JSON); then each book whose ledger could not be read, in a line
+    of its own on stderr (exit 1): one such book hides none of the others."""
+    _emit(args, report, render.library)
+    for book in report["unreadable"]:
+        print(f"ar: error: {book['why']}", file=sys.stderr)
+    return max((book["exit_code"] for book in report["unreadable"]), default=0)
 
 
 def cmd_cost(args, settings: Settings, library: Library) -> int:
@@ -577,8 +586,7 @@ def cmd_library(args, settings: Settings, library: Library) -> int:
     report["library_budget"] = lib.figures() if lib is not None else None
     if lib is not None:
         lib.close()
-    _emit(args, report, render.library)
-    return 0
+    return _emit_library(args, report)
 
 
 def cmd_monitor(args, settings: Settings, library: Library) -> int:

@@ -81,7 +81,7 @@ def status(r: dict) -> None:
 def library(r: dict) -> None:
     t = Table("book", "pages", "state", "cost", title=f"library {r['books_dir']}")
     for b in r["books"]:
-        t.add_row(b["book"], str(b["pages"]), b["state"], usd(b["total_cost_usd"]))
+        t.add_row(b["book"], str(b["pages"]), b["state"], "?" if b["total_cost_usd"] is None else usd(b["total_cost_usd"]))
     t.add_section()
     t.add_row("total", str(r["total_pages"]), f"{len(r['books'])} books", usd(r["total_cost_usd"]))
     console.print(t)

@@ -5,7 +5,8 @@ from collections import Counter
 
 from infra.books import Book, Library
 from infra.checkpoint import Ledger
-from infra.ledgers import read_ledger
+from infra.errors import ArError
+from infra.ledgers import ledger_errors, read_ledger
 from infra.lock import process_alive
 from pipeline.registry import STAGES, Registry
 
@@ -121,13 +122,21 @@ def cost_report(book: Book) -> dict:
 
 
 def library_report(library: Library) -> dict:
-    books = []
+    """Each book's state and cost, and the totals; a book whose ledger cannot be read is listed
+    with why (`unreadable`), its cost left out of the total, and the others still shown."""
+    books, unreadable = [], []
     for book in library.books():
-        status = status_report(book)
+        try:
+            status = status_report(book)
+        except (*ledger_errors(), ArError) as e:
+            unreadable.append({"book": book.id, "why": str(e), "exit_code": getattr(e, "exit_code", ArError.exit_code)})
+            books.append({"book": book.id, "pages": book.page_count(), "state": "unreadable", "total_cost_usd": None})
+            continue
         books.append({k: status[k] for k in ("book", "pages", "state", "total_cost_usd")})
     return {
         "books_dir": str(library.root),
         "books": books,
-        "total_cost_usd": sum(b["total_cost_usd"] for b in books),
+        "unreadable": unreadable,
+        "total_cost_usd": sum(b["total_cost_usd"] or 0.0 for b in books),
         "total_pages": sum(b["pages"] for b in books),
     }

@@ -88,6 +88,10 @@ def test_a_library_run_with_one_book_not_imported_runs_the_others(books_dir, pg_
     (refused,) = report["refused"]
     assert refused["book"] == "old" and "ar.py ledger import old" in refused["why"]
     assert has_ledger(pg_url, "new") and not has_ledger(pg_url, "old")
+    view = run_ar("library", "--json", "--ledger", pg_url, books_dir=books_dir)  # the others still shown
+    assert view.returncode == 1
+    one_error_line(view, "book old's checkpoint.db is not in")
+    assert {b["book"]: b["state"] for b in json.loads(view.stdout)["books"]} == {"new": "partial", "old": "unreadable"}
 
 
 def test_without_ar_ledger_an_imported_book_is_refused_not_paid_again(books_dir, pg_url, monkeypatch):
