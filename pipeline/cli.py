@@ -656,7 +656,8 @@ def _import_book(url: str, book) -> dict:
 
     if not book.ledger_path.exists():
         return {"book": book.id, "status": "skipped", "reason": "already imported"
-                if book.imported_ledger_path.exists() else "never run: no checkpoint.db"}
+                if book.imported_ledger_path.exists() else "begun in PostgreSQL"
+                if book.fleet_ledger_mark.exists() else "never run: no checkpoint.db"}
     try:
         with WriterLock(book.lock_path, book.id):
             return {"status": "imported", **import_book(url, book)}

@@ -147,8 +147,8 @@ def fleet_report(library: Library, url: str, conn=None) -> dict:
         elapsed = max(report["at"] - b["started_at"], 1e-3)
         order = {name: i for i, name in enumerate(STAGES.names)}
         b["stages"] = dict(sorted(b["stages"].items(), key=lambda item: order.get(item[0], len(order))))
-        for s in b["stages"].values():
-            s["total"] = b["pages"]
+        for name, s in b["stages"].items():
+            s["total"] = STAGES[name].total(b["pages"]) if name in STAGES and b["pages"] is not None else b["pages"]
             s["pages_per_minute"] = s["done_this_run"] * 60 / elapsed
         # how fast the book gets done: the pages leaving the last page stage at work
         working = [s for name, s in b["stages"].items()
