@@ -122,6 +122,7 @@ class Ledger:
     """One book's checkpoint.db. Use `open_writer` (after taking the book's lock) or `open_reader`."""
 
     write_errors = (sqlite3.Error,)  # what a refused record raises (a full disk)
+    shared = False  # other writers of the book's ledger may die meanwhile, leaving calls to settle (PgLedger)
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self._db = conn

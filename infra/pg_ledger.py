@@ -259,6 +259,7 @@ class PgLedger(_Connected):
     """One book's ledger in the fleet's database: the interface of infra.checkpoint.Ledger."""
 
     write_errors = (psycopg.Error,)
+    shared = True
 
     def __init__(self, url: str, book: str, conn: psycopg.Connection, holder_id: int | None = None):
         super().__init__(url, conn, f"ledger {describe(url)} (book {book!r})")

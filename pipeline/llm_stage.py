@@ -253,9 +253,7 @@ class LLMSetup:
         ctx.llm = self.llm
         await _note_key_usage(ctx, "key_usage_start")
         if pending:
-            counts = await ctx.llm.resolve_pending(
-                pending, lambda call: LedgerRecorder(ctx.ledger, call.run_id, call.stage, call.page))
-            log_event(log, "resolved calls left pending by an earlier run", **counts)
+            await _settle(ctx, pending)
         if limit is not None or self.library is not None:
             for spec in self.selected:  # a model whose price is known only from the bill: VariablePrice
                 if spec.uses_llm:
@@ -273,16 +271,29 @@ class LLMSetup:
 
     async def after_run(self, ctx: RunContext) -> None:
         """A book's last step, before its run closes: its calls cut mid-answer settled (in its
-        ledger), the key's counter noted."""
+        ledger), and with a shared ledger those of writers that died during the run; the key's
+        counter noted."""
         if ctx.llm is None:
             return
         await ctx.llm.drain()
+        if ctx.ledger.shared:  # a writer that died during the run (its lease lapsed since): its calls
+            pending = ctx.ledger.orphaned_calls()
+            if pending:
+                await _settle(ctx, pending)
         await _note_key_usage(ctx, "key_usage_end")
 
     async def close(self) -> None:
         """The run's last step: the client closed."""
         if self.llm is not None:
             await self.llm.aclose()
+
+
+async def _settle(ctx: RunContext, pending: list) -> None:
+    """Calls no live writer will settle (a run killed mid-call), resolved through the provider:
+    their cost recorded as billed, or released as lost."""
+    counts = await ctx.llm.resolve_pending(
+        pending, lambda call: LedgerRecorder(ctx.ledger, call.run_id, call.stage, call.page))
+    log_event(log, "resolved calls left pending by a writer that stopped", **counts)
 
 
 async def _note_key_usage(ctx: RunContext, column: str) -> None:

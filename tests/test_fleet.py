@@ -153,6 +153,28 @@ def test_two_runs_of_one_book_at_once_share_its_pages_and_both_finish(sim, books
     check_fleet(pg_url, server, {"b": 8})
 
 
+def test_a_run_settles_at_its_end_the_calls_of_a_writer_killed_during_it(sim, books_dir, tmp_path, pg_url):
+    """Two runs of one book; one is killed mid-call after the other began (whose start found
+    nothing to sweep). The survivor does the dead one's pages once its lease lapses, and at its
+    end settles the dead one's calls: its book's cost is the bill, no reservation left held."""
+    fleet_book(books_dir, tmp_path, pg_url, "b", 8)
+    server = sim("--api-key", KEY, "--latency-ms", "1500")
+    env = {**llm_env(server, tmp_path), "AR_LEDGER": pg_url}
+    args = ("process", "b", "--stages", "correct", "--workers", "2")
+    doomed = start_ar(*args, books_dir=books_dir, env={**env, "AR_LEASE_S": "2"})
+    wait_for(lambda: pending(pg_url) >= 1)
+    survivor = start_ar(*args, books_dir=books_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: query(pg_url, "SELECT COUNT(*) FROM runs WHERE pid = %s", (survivor.pid,))[0][0] == 1)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    left = query(pg_url, "SELECT COUNT(*) FROM calls c JOIN holders h USING (holder_id) WHERE c.status = 'pending'"
+                         " AND h.pid = %s", (doomed.pid,))[0][0]
+    _, err = survivor.communicate(timeout=240)
+    assert survivor.returncode == 0, err
+    assert left >= 1 and sorted(done_pages(pg_url, "b")) == list(range(1, 9))
+    check_fleet(pg_url, server, {"b": 8})  # nothing pending, the ledger equal to the bill
+
+
 def test_every_connection_killed_again_and_again_the_run_pauses_and_goes_on(sim, books_dir, tmp_path, pg_url,
                                                                            pg_server):
     fleet_book(books_dir, tmp_path, pg_url, "b", 6)
