@@ -923,11 +923,8 @@ def _has_rows(conn: psycopg.Connection, book: str) -> bool:
 
 
 def has_ledger(url: str, book: str) -> bool:
-    conn = connect(url, read_only=True)
-    try:
-        return conn.execute("SELECT to_regclass('ar_schema') IS NOT NULL").fetchone()[0] and _has_rows(conn, book)
-    finally:
-        conn.close()
+    conn = _reader(url)
+    return conn.execute("SELECT to_regclass('ar_schema') IS NOT NULL").fetchone()[0] and _has_rows(conn, book)
 
 
 def import_book(url: str, book) -> dict:

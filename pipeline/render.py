@@ -112,16 +112,10 @@ def cost(r: dict) -> None:
     console.print(t)
 
 
-def _every_stage_done(r: dict) -> bool:
-    """Every stage of the book is through, whatever its state says (another writer of the
-    fleet may still have its run open on it)."""
-    return r["state"] == "done" or all(s["done"] >= s["total"] for s in r["stages"].values())
-
-
 def process_summary(r: dict, book: Book) -> None:
     outcome = r["outcome"]
     if outcome["status"] == "done":
-        finished = _every_stage_done(r)
+        finished = r["state"] == "done"
         if outcome["pages_processed"] == 0 and finished:
             console.print(f"book {r['book']!r} is done: nothing to do.")
         elif finished and r["pages_to_review"]:  # not a plain "done": the last line says what is left
@@ -156,7 +150,7 @@ def process_summary(r: dict, book: Book) -> None:
                           f"made with {model}, not {other['model']}: `ar.py clean {r['book']} {stage}` "
                           "redoes them with it (and the stages made from them)")
     if outcome["status"] == "done" and r["pages_to_review"]:  # the last line: what is left to a person
-        through = "done" if _every_stage_done(r) else "the stages asked for are done"
+        through = "done" if r["state"] == "done" else "the stages asked for are done"
         console.print(f"{through}, {to_review(r)}: see `ar.py review {r['book']}`")
 
 

@@ -12,14 +12,15 @@ from pipeline.registry import STAGES, Registry
 
 
 def _state(stages: dict, runs: list[dict], registry: Registry) -> str:
-    """`runs`: those that did something (not idle)."""
+    """`runs`: those that did something (not idle). Every stage through is done, whatever run
+    is still open on the book (another writer of the fleet may have one)."""
+    if runs and all(stages[spec.name]["done"] >= stages[spec.name]["total"] for spec in registry):
+        return "done"
     last = runs[-1] if runs else None
     if last and last["status"] == "running":
         return "running" if process_alive(last["pid"]) else "crashed"
     if not runs:
         return "new"
-    if all(stages[spec.name]["done"] >= stages[spec.name]["total"] for spec in registry):
-        return "done"
     return last["status"] if last["status"] != "done" else "partial"
 
 
