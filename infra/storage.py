@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"
@@ -40,11 +41,21 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_temp_files(directory: Path) -> int:
-    """Delete temp files a killed writer left behind; returns how many."""
+def remove_temp_files(directory: Path, older_than_s: float = 0.0) -> int:
+    """Delete temp files a killed writer left behind, those last written over `older_than_s`
+    ago (0: every one, for a writer alone in the book); returns how many."""
     if not directory.is_dir():
         return 0
-    leftovers = [p for p in directory.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name]
+    before = time.time() - older_than_s
+    leftovers = [p for p in directory.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name
+                 and (not older_than_s or _mtime(p) < before)]
     for p in leftovers:
         p.unlink(missing_ok=True)
     return len(leftovers)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # renamed into place meanwhile
+        return float("inf")

@@ -23,6 +23,7 @@ from infra.storage import atomic_write_json, remove_temp_files
 from pipeline.registry import BOOK_PAGE, Registry, StageSpec
 
 log = logging.getLogger("ar.stage")
+STALE_TEMP_S = 600  # a page's or book's output is written in well under this
 DEFAULT_LANG = "eng"
 
 
@@ -60,7 +61,9 @@ class Stage:
         folders = [spec.folder(ctx.book)] if self.per_page else [(ctx.book.root / f).parent for f in spec.writes]
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
-            remove_temp_files(folder)
+            # alone in the book (its lock): every leftover; with a shared ledger another writer
+            # may be writing one now, so only those no write takes that long for
+            remove_temp_files(folder, STALE_TEMP_S if ctx.ledger.shared else 0.0)
         ledger = ctx.ledger
         # What earlier runs spent stays in the totals: loaded here, only ever added to.
         self.stats: dict[str, float | int] = {

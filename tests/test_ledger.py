@@ -195,3 +195,19 @@ def test_reopening_keeps_everything(ledger_backend, book):
     again = open_ledger(book)
     assert again.total_cost() == 1.5
     again.close()
+
+
+def test_with_a_shared_ledger_only_old_temp_files_are_taken_for_a_dead_writers(tmp_path):
+    """Two runs of one book (PostgreSQL): a stage starting must not delete the temp file the
+    other run is writing now (a CI run lost page_map.json so); one left long ago goes."""
+    import os
+    import time
+
+    from infra.storage import remove_temp_files
+
+    fresh, old = tmp_path / ".page_map.json.tmp-7504", tmp_path / ".book.md.tmp-99"
+    fresh.write_text("{")
+    old.write_text("{")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert remove_temp_files(tmp_path, 600) == 1 and fresh.exists() and not old.exists()
+    assert remove_temp_files(tmp_path) == 1 and not fresh.exists()  # alone in the book: every one
